@@ -1,0 +1,197 @@
+"""The one Lightning DataModule every trainer uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from recdata.batching import SequenceStore
+from recdata.candidates import load_or_draw_candidates
+from recdata.contract import PreparedDataset, load_prepared
+from recdata.errors import UserError
+from recdata.splits import SampleKeys, check_limit, split_keys
+
+TRAIN_MODES = ("sequence", "prefix")
+
+
+def _identity(batch):
+    return batch
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation that depends only on (seed, epoch), so a run resumed at an epoch boundary
+    sees exactly the batches an uninterrupted run would (Lightning calls `set_epoch`)."""
+
+    def __init__(self, length: int, seed: int):
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+
+class SplitDataset(Dataset):
+    """Samples of one split; `__getitems__` builds a whole batch with tensor ops."""
+
+    def __init__(self, store: SequenceStore, keys: SampleKeys, max_seq_len: int,
+                 candidates: torch.Tensor | None = None, with_full_history: bool = False):  # fmt: skip
+        self.store, self.keys, self.max_seq_len = store, keys, max_seq_len
+        self.candidates, self.with_full_history = candidates, with_full_history
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        users, positions = self.keys.user_ids[idx], self.keys.positions[idx]
+        batch = {
+            "user_id": users,
+            "position": positions,
+            "history": self.store.window(users, positions, self.max_seq_len),
+            "target": self.store.targets(users, positions),
+        }
+        if self.with_full_history:
+            batch["full_history"] = self.store.full_history(users, positions)
+        if self.candidates is not None:
+            batch["candidates"] = self.candidates[idx]
+        return batch
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+
+class SequenceTrainDataset(Dataset):
+    """One row per user: inputs items[:e] and next-item targets at every position, where e is
+    the user's last train position + 1 — the same (prefix, target) pairs as the prefix samples,
+    scored in one causal pass."""
+
+    def __init__(self, store: SequenceStore, keys: SampleKeys, max_seq_len: int):
+        self.store, self.max_seq_len = store, max_seq_len
+        users, inverse = torch.unique_consecutive(keys.user_ids, return_inverse=True)
+        last = torch.zeros(len(users), dtype=torch.int64).scatter_reduce_(
+            0, inverse, keys.positions, reduce="amax", include_self=False
+        )
+        self.user_ids, self.ends = users, last  # inputs end before the last train target
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        users, ends = self.user_ids[idx], self.ends[idx]
+        inputs = self.store.window(users, ends, self.max_seq_len)
+        targets = self.store.window(users, ends + 1, self.max_seq_len)
+        return {"user_id": users, "history": inputs, "targets": torch.where(inputs > 0, targets, 0)}
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+
+class SequentialDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        processed_dir: str | Path,
+        max_seq_len: int = 200,
+        batch_size: int = 128,
+        eval_batch_size: int = 256,
+        limit_data_rows: int = -1,
+        train_mode: str = "sequence",
+        num_workers: int = 0,
+        num_candidates: int = 20,
+        candidate_seed: int = 2024,
+        seed: int = 42,
+    ):
+        super().__init__()
+        if train_mode not in TRAIN_MODES:
+            raise UserError(
+                f"train_mode must be one of {', '.join(TRAIN_MODES)}, got {train_mode!r}"
+            )
+        if max_seq_len < 1:
+            raise UserError(f"max_seq_len must be positive, got {max_seq_len}")
+        self.processed_dir = Path(processed_dir)
+        self.max_seq_len, self.batch_size, self.eval_batch_size = (
+            max_seq_len,
+            batch_size,
+            eval_batch_size,
+        )
+        self.limit_data_rows = check_limit(limit_data_rows)
+        self.train_mode, self.num_workers = train_mode, num_workers
+        self.num_candidates, self.candidate_seed, self.seed = num_candidates, candidate_seed, seed
+        self.dataset: PreparedDataset | None = None
+
+    # -- setup -------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is not None:
+            return
+        self.dataset = load_prepared(self.processed_dir)
+        self.store = SequenceStore(self.dataset)
+        self.keys = {
+            s: split_keys(self.dataset.lengths, s, self.limit_data_rows)
+            for s in ("train", "valid", "test")
+        }
+        self.candidates = None
+        if self.num_candidates > 0:
+            drawn = load_or_draw_candidates(
+                self.dataset, self.store, self.num_candidates, self.candidate_seed
+            )
+            self.candidates = {s: drawn[s][: len(self.keys[s])] for s in ("valid", "test")}
+        if len(self.keys["train"]) == 0:
+            raise UserError(
+                f"{self.processed_dir}: no training samples (limit_data_rows={self.limit_data_rows})"
+            )
+
+    @property
+    def num_items(self) -> int:
+        assert self.dataset is not None, "call setup() first"
+        return self.dataset.num_items
+
+    @property
+    def fingerprint(self) -> str:
+        assert self.dataset is not None, "call setup() first"
+        return self.dataset.fingerprint
+
+    # -- datasets ------------------------------------------------------------------------------
+    def split_dataset(self, split: str, *, with_candidates: bool = True) -> SplitDataset:
+        self.setup()
+        cands = self.candidates.get(split) if (self.candidates and with_candidates) else None
+        return SplitDataset(self.store, self.keys[split], self.max_seq_len, cands,
+                            with_full_history=split != "train")  # fmt: skip
+
+    def train_dataset(self) -> Dataset:
+        self.setup()
+        if self.train_mode == "sequence":
+            return SequenceTrainDataset(self.store, self.keys["train"], self.max_seq_len)
+        return self.split_dataset("train")
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=_identity,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def loader(self, split: str, batch_size: int | None = None) -> DataLoader:
+        """An ordered loader over one evaluation split (or train prefixes)."""
+        return self._loader(self.split_dataset(split), batch_size or self.eval_batch_size, False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset(), self.batch_size, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")

@@ -1,0 +1,237 @@
+"""Parsers for the raw MovieLens layouts into one in-memory form.
+
+Every malformed line is reported with its file, line number and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recdata.errors import DataError
+
+# Genres of the original ML-100K u.item, in the order of its 19 flag columns (u.genre).
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+
+_TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})\)\s*$")
+# "Usual Suspects, The" -> "The Usual Suspects"; keeps a trailing "(original title)".
+_TRAILING_ARTICLE = re.compile(
+    r"^(?P<main>.+?), (?P<article>The|A|An|Les|Le|La|L'|Il|Das|Der|Die|El|Los|Las)"
+    r"(?P<rest>\s*\(.*\))?$"
+)
+
+
+@dataclass
+class RawItem:
+    title: str
+    year: int | None
+    genres: list[str]
+
+
+@dataclass
+class RawInteractions:
+    """Interactions in file order (file order breaks timestamp ties)."""
+
+    users: np.ndarray  # raw user ids, int64
+    items: np.ndarray  # raw item ids, int64
+    ratings: np.ndarray  # float32
+    timestamps: np.ndarray  # int64
+
+
+def clean_title(title: str) -> str:
+    title = title.strip()
+    match = _TRAILING_ARTICLE.match(title)
+    if match:
+        article = match["article"]
+        sep = "" if article.endswith("'") else " "
+        title = f"{article}{sep}{match['main']}{match['rest'] or ''}"
+    return title
+
+
+def split_title_year(text: str) -> tuple[str, int | None]:
+    match = _TITLE_YEAR.match(text.strip())
+    if match:
+        return clean_title(match["title"]), int(match["year"])
+    return clean_title(text), None
+
+
+def _read_lines(path: Path, encoding: str) -> list[str]:
+    if not path.is_file():
+        raise DataError(f"missing file {path}")
+    try:
+        return path.read_text(encoding=encoding).splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not {encoding} text ({exc.reason} at byte {exc.start})") from None
+
+
+def _parse_interaction_lines(
+    path: Path, lines: list[str], sep: str, expected: str, first_line: int
+) -> RawInteractions:
+    users, items, ratings, stamps = [], [], [], []
+    for offset, line in enumerate(lines):
+        if not line.strip():
+            continue
+        fields = line.split(sep)
+        try:
+            if len(fields) != 4:
+                raise ValueError
+            user, item, rating, stamp = fields
+            users.append(int(user))
+            items.append(int(item))
+            ratings.append(float(rating))
+            stamps.append(int(float(stamp)))
+        except ValueError:
+            lineno = first_line + offset
+            raise DataError(f"{path}:{lineno}: expected {expected}, got {line[:80]!r}") from None
+    if not users:
+        raise DataError(f"{path}: no interactions")
+    return RawInteractions(
+        users=np.asarray(users, dtype=np.int64),
+        items=np.asarray(items, dtype=np.int64),
+        ratings=np.asarray(ratings, dtype=np.float32),
+        timestamps=np.asarray(stamps, dtype=np.int64),
+    )
+
+
+def _int_field(path: Path, lineno: int, value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(f"{path}:{lineno}: expected an integer {what}, got {value!r}") from None
+
+
+# --- MovieLens-1M: ratings.dat / movies.dat ("::"-separated, latin-1) -------------------------
+
+
+def parse_ml1m(raw_dir: Path) -> tuple[RawInteractions, dict[int, RawItem]]:
+    ratings_path, movies_path = raw_dir / "ratings.dat", raw_dir / "movies.dat"
+    interactions = _parse_interaction_lines(
+        ratings_path,
+        _read_lines(ratings_path, "latin-1"),
+        "::",
+        "UserID::MovieID::Rating::Timestamp",
+        first_line=1,
+    )
+    items: dict[int, RawItem] = {}
+    for lineno, line in enumerate(_read_lines(movies_path, "latin-1"), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("::")
+        if len(fields) != 3:
+            raise DataError(
+                f"{movies_path}:{lineno}: expected MovieID::Title (Year)::Genre|Genre, "
+                f"got {line[:80]!r}"
+            )
+        item_id = _int_field(movies_path, lineno, fields[0], "MovieID")
+        title, year = split_title_year(fields[1])
+        genres = [g for g in fields[2].split("|") if g]
+        items[item_id] = RawItem(title=title, year=year, genres=genres)
+    return interactions, items
+
+
+# --- MovieLens-100K as shipped by RecBole: ml-100k.inter / ml-100k.item (tab-separated) -------
+
+
+def _check_header(path: Path, header: str, expected_prefix: list[str]) -> None:
+    columns = [c.split(":")[0] for c in header.split("\t")]
+    if columns[: len(expected_prefix)] != expected_prefix:
+        raise DataError(
+            f"{path}:1: expected a header starting with {expected_prefix}, got {columns}"
+        )
+
+
+def parse_recbole_ml100k(raw_dir: Path) -> tuple[RawInteractions, dict[int, RawItem]]:
+    inter_path, item_path = raw_dir / "ml-100k.inter", raw_dir / "ml-100k.item"
+    inter_lines = _read_lines(inter_path, "utf-8")
+    if not inter_lines:
+        raise DataError(f"{inter_path}: empty file")
+    _check_header(inter_path, inter_lines[0], ["user_id", "item_id", "rating", "timestamp"])
+    interactions = _parse_interaction_lines(
+        inter_path, inter_lines[1:], "\t", "user_id<TAB>item_id<TAB>rating<TAB>timestamp", 2
+    )
+    item_lines = _read_lines(item_path, "utf-8")
+    if not item_lines:
+        raise DataError(f"{item_path}: empty file")
+    _check_header(item_path, item_lines[0], ["item_id", "movie_title", "release_year", "class"])
+    items: dict[int, RawItem] = {}
+    for lineno, line in enumerate(item_lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 4:
+            raise DataError(
+                f"{item_path}:{lineno}: expected item_id<TAB>movie_title<TAB>release_year"
+                f"<TAB>class, got {line[:80]!r}"
+            )
+        item_id = _int_field(item_path, lineno, fields[0], "item_id")
+        year = int(fields[2]) if fields[2].isdigit() else None
+        genres = [g for g in fields[3].split() if g and g != "unknown"]
+        items[item_id] = RawItem(title=clean_title(fields[1]), year=year, genres=genres)
+    return interactions, items
+
+
+# --- MovieLens-100K original layout: u.data / u.item ------------------------------------------
+
+
+def parse_original_ml100k(raw_dir: Path) -> tuple[RawInteractions, dict[int, RawItem]]:
+    data_path, item_path = raw_dir / "u.data", raw_dir / "u.item"
+    interactions = _parse_interaction_lines(
+        data_path,
+        _read_lines(data_path, "latin-1"),
+        "\t",
+        "user id<TAB>item id<TAB>rating<TAB>timestamp",
+        first_line=1,
+    )
+    items: dict[int, RawItem] = {}
+    for lineno, line in enumerate(_read_lines(item_path, "latin-1"), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) != 5 + len(ML100K_GENRES):
+            raise DataError(
+                f"{item_path}:{lineno}: expected 24 '|'-separated fields (id|title|release "
+                f"date|video date|url|19 genre flags), got {len(fields)}"
+            )
+        item_id = _int_field(item_path, lineno, fields[0], "movie id")
+        title, year = split_title_year(fields[1])
+        if year is None and fields[2][-4:].isdigit():
+            year = int(fields[2][-4:])
+        flags = fields[5:]
+        if any(flag not in ("0", "1") for flag in flags):
+            raise DataError(f"{item_path}:{lineno}: expected 0/1 genre flags, got {flags}")
+        genres = [g for g, flag in zip(ML100K_GENRES, flags, strict=True) if flag == "1"]
+        items[item_id] = RawItem(
+            title=title, year=year, genres=[g for g in genres if g != "unknown"]
+        )
+    return interactions, items
+
+
+LAYOUTS = {
+    "ml-1m": (("ratings.dat", "movies.dat"), parse_ml1m),
+    "recbole": (("ml-100k.inter", "ml-100k.item"), parse_recbole_ml100k),
+    "ml-100k-original": (("u.data", "u.item"), parse_original_ml100k),
+}
+
+
+def detect_layout(raw_dir: Path, allowed: tuple[str, ...]) -> str:
+    for layout in allowed:
+        files, _ = LAYOUTS[layout]
+        if all((raw_dir / name).is_file() for name in files):
+            return layout
+    expected = " or ".join("+".join(LAYOUTS[layout][0]) for layout in allowed)
+    raise DataError(f"{raw_dir}: no dataset files found (expected {expected})")
+
+
+def parse_raw(
+    raw_dir: Path, allowed: tuple[str, ...]
+) -> tuple[str, RawInteractions, dict[int, RawItem]]:
+    layout = detect_layout(raw_dir, allowed)
+    interactions, items = LAYOUTS[layout][1](raw_dir)
+    return layout, interactions, items

@@ -1,0 +1,70 @@
+"""Leave-one-out-by-time samples keyed by (user_id, position), materialised as tensors once.
+
+For a sequence of length L: test predicts index L-1, valid predicts L-2, train predicts every
+index t in 1..L-3. A sample's history is items[:position] of that user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recdata.errors import UserError
+
+SPLITS = ("train", "valid", "test")
+SPLIT_RULE = "leave-one-out by time: test = index L-1, valid = L-2, train = every t in 1..L-3"
+
+
+def split_counts(lengths: np.ndarray) -> dict[str, int]:
+    lengths = np.asarray(lengths)
+    return {
+        "train": int(np.clip(lengths - 3, 0, None).sum()),
+        "valid": int((lengths >= 2).sum()),
+        "test": int((lengths >= 1).sum()),
+    }
+
+
+def check_limit(limit_data_rows: int) -> int:
+    if limit_data_rows == 0 or limit_data_rows < -1:
+        raise UserError(
+            f"dataset.limit_data_rows must be -1 (all samples) or a positive count, got {limit_data_rows}"
+        )
+    return limit_data_rows
+
+
+@dataclass
+class SampleKeys:
+    """The samples of one split, in (user_id, position) order."""
+
+    user_ids: torch.Tensor  # int64 (S,)
+    positions: torch.Tensor  # int64 (S,)
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def head(self, n: int) -> SampleKeys:
+        return SampleKeys(self.user_ids[:n], self.positions[:n]) if n >= 0 else self
+
+
+def split_keys(lengths: np.ndarray, split: str, limit_data_rows: int = -1) -> SampleKeys:
+    """Sample keys of `split` for users 1..U with the given sequence lengths."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    lengths = torch.as_tensor(np.asarray(lengths), dtype=torch.int64)
+    users = torch.arange(1, len(lengths) + 1, dtype=torch.int64)
+    if split == "test":
+        keep = lengths >= 1
+        keys = SampleKeys(users[keep], lengths[keep] - 1)
+    elif split == "valid":
+        keep = lengths >= 2
+        keys = SampleKeys(users[keep], lengths[keep] - 2)
+    else:
+        counts = (lengths - 3).clamp(min=0)
+        user_ids = torch.repeat_interleave(users, counts)
+        # position within each user's run: 1..count, via a cumulative-count offset trick
+        starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        positions = torch.arange(len(user_ids), dtype=torch.int64) - starts + 1
+        keys = SampleKeys(user_ids, positions)
+    return keys.head(check_limit(limit_data_rows))
