@@ -17,6 +17,19 @@ from recdata.errors import DataError
 SCHEMA_VERSION = 1
 ITEMS_FILE, SEQUENCES_FILE, META_FILE = "items.parquet", "sequences.parquet", "meta.json"
 
+SPLIT_RULE = "leave-one-out by time: test = index L-1, valid = L-2, train = every t in 1..L-3"
+
+
+def split_counts(lengths: np.ndarray) -> dict[str, int]:
+    """Samples per split for sequences of these lengths (see recdata.splits)."""
+    lengths = np.asarray(lengths)
+    return {
+        "train": int(np.clip(lengths - 3, 0, None).sum()),
+        "valid": int((lengths >= 2).sum()),
+        "test": int((lengths >= 1).sum()),
+    }
+
+
 ITEMS_SCHEMA = pa.schema(
     [
         ("item_id", pa.int32()),
@@ -110,12 +123,13 @@ def load_prepared(path: Path) -> PreparedDataset:
     item_lists = sequences.column("item_ids").combine_chunks()
     time_lists = sequences.column("timestamps").combine_chunks()
     offsets = item_lists.offsets.to_numpy().astype(np.int64)
+    # flatten(), not .values: it honours a sliced list array's offset, matching offsets - offsets[0]
     return PreparedDataset(
         path=path,
         meta=meta,
         titles=[""] + items.column("title").to_pylist(),
         user_raw_ids=sequences.column("raw_user_id").to_pylist(),
         offsets=offsets - offsets[0],
-        items=item_lists.values.to_numpy().astype(np.int32),
-        timestamps=time_lists.values.to_numpy().astype(np.int64),
+        items=item_lists.flatten().to_numpy().astype(np.int32),
+        timestamps=time_lists.flatten().to_numpy().astype(np.int64),
     )

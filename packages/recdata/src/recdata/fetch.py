@@ -132,13 +132,16 @@ def fetch_archive(
     return raw_dir
 
 
-def fetch_from_local(spec: DatasetSpec, local: Path, raw_dir: Path) -> Path:
-    """Accept an already-downloaded copy: a directory with the raw files, or the zip archive."""
+def fetch_from_local(
+    spec: DatasetSpec, local: Path, raw_dir: Path, sha256: str | None = None
+) -> Path:
+    """Accept an already-downloaded copy: a directory with the raw files, or the zip archive
+    (checked against `sha256` when given, else the official digest)."""
     local = Path(local)
     if local.is_file():
         if not isinstance(spec.source, ArchiveSource):
             raise UserError(f"--from {local}: {spec.name} is not distributed as an archive")
-        _verify(local, spec.source.sha256)
+        _verify(local, sha256 or spec.source.sha256)
         raw_dir.parent.mkdir(parents=True, exist_ok=True)
         _extract_archive(local, spec.source, raw_dir)
         return raw_dir
@@ -166,7 +169,7 @@ def fetch(
     sha256: str | None = None,
 ) -> Path:
     if from_path is not None:
-        return fetch_from_local(spec, from_path, raw_dir)
+        return fetch_from_local(spec, from_path, raw_dir, sha256=sha256)
     if isinstance(spec.source, WheelSource):
         return fetch_from_wheel(spec, raw_dir, cache_dir)
     return fetch_archive(spec, raw_dir, cache_dir, url=url, sha256=sha256)

@@ -25,7 +25,8 @@ def target_ranks(
         scores.masked_fill_(exclude, -torch.inf)
     target_scores = scores.gather(1, targets.view(-1, 1))
     at_least = (scores >= target_scores).sum(1) - 1  # minus the target itself
-    worst = torch.full_like(at_least, scores.shape[1] - 1)
+    # NaN target: last among the ranked items (padding and excluded items are not ranked).
+    worst = (~scores.isneginf()).sum(1) - 1
     return torch.where(target_scores.squeeze(1).isnan(), worst, at_least)
 
 
@@ -35,7 +36,7 @@ def ranking_metrics(ranks: torch.Tensor, ks=DEFAULT_KS) -> dict[str, float]:
     out = {}
     for k in ks:
         hit = ranks < k
-        out[f"hr@{k}"] = hit.mean().item() if len(ranks) else math.nan
+        out[f"hr@{k}"] = hit.double().mean().item() if len(ranks) else math.nan
         out[f"ndcg@{k}"] = torch.where(hit, gains, 0.0).mean().item() if len(ranks) else math.nan
     return out
 

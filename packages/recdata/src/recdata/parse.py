@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from recdata.errors import DataError
 
@@ -66,9 +69,15 @@ def _read_lines(path: Path, encoding: str) -> list[str]:
     if not path.is_file():
         raise DataError(f"missing file {path}")
     try:
-        return path.read_text(encoding=encoding).splitlines()
+        text = path.read_text(encoding=encoding)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not {encoding} text ({exc.reason} at byte {exc.start})") from None
+    # Split on "\n" only: str.splitlines() also breaks at \x85, \x1c-\x1e, \x0b, \x0c, which
+    # latin-1 text may contain inside a field, and would shift every reported line number.
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def _parse_interaction_lines(
@@ -87,7 +96,7 @@ def _parse_interaction_lines(
             items.append(int(item))
             ratings.append(float(rating))
             stamps.append(int(float(stamp)))
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: int(float("inf"))
             lineno = first_line + offset
             raise DataError(f"{path}:{lineno}: expected {expected}, got {line[:80]!r}") from None
     if not users:
@@ -98,6 +107,57 @@ def _parse_interaction_lines(
         ratings=np.asarray(ratings, dtype=np.float32),
         timestamps=np.asarray(stamps, dtype=np.int64),
     )
+
+
+def _parse_interactions_fast(path: Path, sep: str, skip_rows: int) -> RawInteractions | None:
+    """The common case in one vectorised pass (pyarrow's CSV reader): every line exactly
+    `int<sep>int<sep>number<sep>int`. Returns None on anything else (a malformed line, a float
+    timestamp, stray whitespace lines, an empty file), and the caller falls back to the line
+    loop, which accepts the same well-formed files and names the file and line of a bad one."""
+    # "::" is split on ":" and the fields between the separators must then be empty.
+    names = ["user", "item", "rating", "stamp"]
+    if sep == "::":
+        names = ["user", "_1", "item", "_2", "rating", "_3", "stamp"]
+    elif len(sep) != 1:
+        return None
+    types = {"user": pa.int64(), "item": pa.int64(), "rating": pa.float64(), "stamp": pa.int64()}
+    types.update({name: pa.string() for name in names if name.startswith("_")})
+    try:
+        table = pa_csv.read_csv(
+            path,
+            read_options=pa_csv.ReadOptions(column_names=names, skip_rows=skip_rows),
+            parse_options=pa_csv.ParseOptions(delimiter=sep[0], quote_char=False),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=types, null_values=[], strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )  # fmt: skip
+    except (pa.ArrowException, OSError):
+        return None
+    if table.num_rows == 0 or any(column.null_count for column in table.columns):
+        return None
+    for name in names:
+        if name.startswith("_") and pc.sum(pc.binary_length(table.column(name))).as_py():
+            return None
+    return RawInteractions(
+        users=table.column("user").to_numpy().astype(np.int64, copy=False),
+        items=table.column("item").to_numpy().astype(np.int64, copy=False),
+        ratings=table.column("rating").to_numpy().astype(np.float32),
+        timestamps=table.column("stamp").to_numpy().astype(np.int64, copy=False),
+    )
+
+
+def _parse_interactions(
+    path: Path, sep: str, expected: str, encoding: str, first_line: int = 1
+) -> RawInteractions:
+    """Fast path first; on any irregularity the line loop finds and reports the bad line."""
+    if not path.is_file():
+        raise DataError(f"missing file {path}")
+    fast = _parse_interactions_fast(path, sep, skip_rows=first_line - 1)
+    if fast is not None:
+        return fast
+    lines = _read_lines(path, encoding)[first_line - 1 :]
+    return _parse_interaction_lines(path, lines, sep, expected, first_line)
 
 
 def _int_field(path: Path, lineno: int, value: str, what: str) -> int:
@@ -112,12 +172,8 @@ def _int_field(path: Path, lineno: int, value: str, what: str) -> int:
 
 def parse_ml1m(raw_dir: Path) -> tuple[RawInteractions, dict[int, RawItem]]:
     ratings_path, movies_path = raw_dir / "ratings.dat", raw_dir / "movies.dat"
-    interactions = _parse_interaction_lines(
-        ratings_path,
-        _read_lines(ratings_path, "latin-1"),
-        "::",
-        "UserID::MovieID::Rating::Timestamp",
-        first_line=1,
+    interactions = _parse_interactions(
+        ratings_path, "::", "UserID::MovieID::Rating::Timestamp", "latin-1"
     )
     items: dict[int, RawItem] = {}
     for lineno, line in enumerate(_read_lines(movies_path, "latin-1"), start=1):
@@ -139,6 +195,20 @@ def parse_ml1m(raw_dir: Path) -> tuple[RawInteractions, dict[int, RawItem]]:
 # --- MovieLens-100K as shipped by RecBole: ml-100k.inter / ml-100k.item (tab-separated) -------
 
 
+def _first_line(path: Path, encoding: str) -> str | None:
+    """The first line of `path` (None for an empty file), without reading the rest."""
+    if not path.is_file():
+        raise DataError(f"missing file {path}")
+    with open(path, "rb") as handle:
+        raw = handle.readline()
+    if not raw:
+        return None
+    try:
+        return raw.decode(encoding).rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not {encoding} text ({exc.reason} at byte {exc.start})") from None
+
+
 def _check_header(path: Path, header: str, expected_prefix: list[str]) -> None:
     columns = [c.split(":")[0] for c in header.split("\t")]
     if columns[: len(expected_prefix)] != expected_prefix:
@@ -149,12 +219,12 @@ def _check_header(path: Path, header: str, expected_prefix: list[str]) -> None:
 
 def parse_recbole_ml100k(raw_dir: Path) -> tuple[RawInteractions, dict[int, RawItem]]:
     inter_path, item_path = raw_dir / "ml-100k.inter", raw_dir / "ml-100k.item"
-    inter_lines = _read_lines(inter_path, "utf-8")
-    if not inter_lines:
+    header = _first_line(inter_path, "utf-8")
+    if header is None:
         raise DataError(f"{inter_path}: empty file")
-    _check_header(inter_path, inter_lines[0], ["user_id", "item_id", "rating", "timestamp"])
-    interactions = _parse_interaction_lines(
-        inter_path, inter_lines[1:], "\t", "user_id<TAB>item_id<TAB>rating<TAB>timestamp", 2
+    _check_header(inter_path, header, ["user_id", "item_id", "rating", "timestamp"])
+    interactions = _parse_interactions(
+        inter_path, "\t", "user_id<TAB>item_id<TAB>rating<TAB>timestamp", "utf-8", first_line=2
     )
     item_lines = _read_lines(item_path, "utf-8")
     if not item_lines:
@@ -182,12 +252,8 @@ def parse_recbole_ml100k(raw_dir: Path) -> tuple[RawInteractions, dict[int, RawI
 
 def parse_original_ml100k(raw_dir: Path) -> tuple[RawInteractions, dict[int, RawItem]]:
     data_path, item_path = raw_dir / "u.data", raw_dir / "u.item"
-    interactions = _parse_interaction_lines(
-        data_path,
-        _read_lines(data_path, "latin-1"),
-        "\t",
-        "user id<TAB>item id<TAB>rating<TAB>timestamp",
-        first_line=1,
+    interactions = _parse_interactions(
+        data_path, "\t", "user id<TAB>item id<TAB>rating<TAB>timestamp", "latin-1"
     )
     items: dict[int, RawItem] = {}
     for lineno, line in enumerate(_read_lines(item_path, "latin-1"), start=1):

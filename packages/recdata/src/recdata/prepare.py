@@ -18,12 +18,13 @@ from recdata.contract import (
     SCHEMA_VERSION,
     SEQUENCES_FILE,
     SEQUENCES_SCHEMA,
+    SPLIT_RULE,
     fingerprint,
+    split_counts,
 )  # fmt: skip
 from recdata.errors import DataError
 from recdata.parse import LAYOUTS, RawInteractions, RawItem, parse_raw
 from recdata.sources import DatasetSpec
-from recdata.splits import SPLIT_RULE, split_counts
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +144,20 @@ def _write(out_dir, items_meta, item_raw, user_raw, offsets, items, times, ratin
         pq.write_table(items_table, tmp / ITEMS_FILE)
         pq.write_table(sequences_table, tmp / SEQUENCES_FILE)
         write_json(tmp / META_FILE, meta)
+
+
+def ensure_prepared(
+    name: str, raw_dir: Path, processed_dir: Path, cache_dir: Path, min_user_interactions: int = 3
+) -> Path:
+    """Fetch and prepare the dataset unless its contract is already there (used by trainers)."""
+    from recdata.fetch import fetch, is_fetched
+    from recdata.sources import dataset_spec
+
+    if (Path(processed_dir) / META_FILE).is_file():
+        return Path(processed_dir)
+    spec = dataset_spec(name)
+    if not is_fetched(spec, Path(raw_dir)):
+        fetch(spec, Path(raw_dir), Path(cache_dir))
+    log.info("preparing %s into %s", name, processed_dir)
+    build_contract(spec, Path(raw_dir), Path(processed_dir), min_user_interactions=min_user_interactions)
+    return Path(processed_dir)

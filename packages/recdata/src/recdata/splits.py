@@ -11,19 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recdata.contract import SPLIT_RULE as SPLIT_RULE
+from recdata.contract import split_counts as split_counts
 from recdata.errors import UserError
 
+# SPLIT_RULE and split_counts (re-exported above) live in the torch-free contract module, so
+# `recdata prepare` never imports torch (~5 s and ~600 MiB).
 SPLITS = ("train", "valid", "test")
-SPLIT_RULE = "leave-one-out by time: test = index L-1, valid = L-2, train = every t in 1..L-3"
-
-
-def split_counts(lengths: np.ndarray) -> dict[str, int]:
-    lengths = np.asarray(lengths)
-    return {
-        "train": int(np.clip(lengths - 3, 0, None).sum()),
-        "valid": int((lengths >= 2).sum()),
-        "test": int((lengths >= 1).sum()),
-    }
 
 
 def check_limit(limit_data_rows: int) -> int:

@@ -1,0 +1,58 @@
+"""Lightning module of the SASRec student (full-softmax CE at every position)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from recdata.checkpoint import load_checkpoint, load_state_strict
+
+from sasrec.model import SASRec, SASRecConfig, next_item_cross_entropy
+from sasrec.validation import RankingValidationMixin
+
+KIND = "sasrec"
+
+
+class SASRecModule(RankingValidationMixin, L.LightningModule):
+    checkpoint_kind = KIND
+
+    def __init__(self, config: SASRecConfig, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 42):
+        super().__init__()
+        self.model = SASRec(config)
+        self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
+
+    @property
+    def num_items(self) -> int:
+        return self.model.config.num_items
+
+    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.score(batch["history"])
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Random draws (dropout, sampled negatives) depend only on (seed, epoch, batch), so a
+        # resumed run repeats an uninterrupted one step for step.
+        torch.manual_seed((self.seed * 1_000_003 + self.current_epoch) * 100_003 + batch_idx)
+
+    def training_step(self, batch, batch_idx):
+        table = self.model.item_table()
+        states = self.model.encode(batch["history"], table)
+        loss = next_item_cross_entropy(states, batch["targets"], table)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["history"]))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    # -- checkpoint contract --------------------------------------------------------------
+    def checkpoint_payload(self) -> dict:
+        return {"tensors": self.model.state_dict(), "hparams": {"model": self.model.config.to_dict()}}
+
+
+def load_sasrec(path: Path, *, fingerprint: str | None = None, num_items: int | None = None,
+                kinds: tuple[str, ...] = (KIND,)) -> tuple[SASRec, dict]:  # fmt: skip
+    """Rebuild a plain SASRec from a checkpoint directory (validated before any work)."""
+    ckpt = load_checkpoint(path, kinds=kinds, fingerprint=fingerprint, num_items=num_items)
+    model = SASRec(SASRecConfig(**ckpt.hparams["model"]))
+    load_state_strict(model, ckpt.tensors, ckpt.path)
+    return model.eval(), ckpt.card

@@ -1,0 +1,222 @@
+"""The training run shared by the student, the teacher and the distilled student.
+
+fit (resumable) -> export the best/last checkpoint contract -> evaluate the best on test once ->
+write the metrics files -> print `run_dir: <path>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+from recdata.atomic import atomic_file
+from recdata.checkpoint import save_checkpoint
+from recdata.datamodule import SequentialDataModule
+from recdata.errors import UserError
+from recdata.evaluation import EvalResult, evaluate, write_eval_result
+from recdata.prepare import ensure_prepared
+from recdata.runs import announce_run_dir, hydra_run_dir
+
+log = logging.getLogger(__name__)
+LAST_CKPT = "last.ckpt"
+
+
+def seed_run(cfg: DictConfig) -> None:
+    """Seed before any module is built, so initial weights depend on cfg.seed alone."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+def build_datamodule(cfg: DictConfig, *, max_seq_len: int, train_mode: str = "sequence",
+                     batch_size: int | None = None) -> SequentialDataModule:  # fmt: skip
+    data = cfg.dataset
+    processed = ensure_prepared(data.name, Path(data.data_dir), Path(data.processed_dir),
+                                Path(cfg.paths.cache_dir), data.min_user_interactions)  # fmt: skip
+    dm = SequentialDataModule(
+        processed, max_seq_len=max_seq_len, batch_size=batch_size or cfg.train.batch_size,
+        eval_batch_size=cfg.eval.batch_size, limit_data_rows=data.limit_data_rows,
+        train_mode=train_mode, num_workers=cfg.train.num_workers,
+        num_candidates=cfg.eval.num_candidates, candidate_seed=cfg.eval.candidate_seed, seed=cfg.seed,
+    )  # fmt: skip
+    dm.setup()
+    return dm
+
+
+def data_card(dm: SequentialDataModule) -> dict:
+    return {"dataset": dm.dataset.name, "fingerprint": dm.fingerprint, "num_items": dm.num_items,
+            "limit_data_rows": dm.limit_data_rows}  # fmt: skip
+
+
+class ContractExport(Callback):
+    """Export checkpoints/best (on improvement of valid/<monitor>) and checkpoints/last in the
+    checkpoint contract after every validation. Its best score is resumed with the run."""
+
+    def __init__(self, directory: Path, monitor: str, data: dict, extra: dict | None = None):
+        self.directory, self.monitor, self.data, self.extra = Path(directory), monitor, data, extra or {}
+        self.best = -math.inf
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state["best"]
+
+    def _export(self, module, name: str, metrics: dict) -> None:
+        payload = module.checkpoint_payload()
+        save_checkpoint(self.directory / name, kind=module.checkpoint_kind, tensors=payload["tensors"],
+                        hparams=payload["hparams"], data=self.data, metrics=metrics,
+                        extra={**self.extra, **payload.get("extra", {})}, files=payload.get("files"))  # fmt: skip
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        valid = {k.removeprefix("valid/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("valid/")}
+        current = valid.get(self.monitor, math.nan)
+        metrics = {"epoch": trainer.current_epoch, "global_step": trainer.global_step, "valid": valid}
+        if current > self.best:
+            self.best = current
+            self._export(module, "best", metrics)
+        self._export(module, "last", metrics)
+
+
+class EpochSummary(Callback):
+    """One log line per validation, so the console keeps a readable history of the run."""
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.started = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        shown = "  ".join(f"{k}={float(v):.4f}" for k, v in m.items() if k.startswith(("valid/", "train/")))
+        elapsed = time.perf_counter() - getattr(self, "started", time.perf_counter())
+        log.info("epoch %d step %d (%.1fs): %s", trainer.current_epoch, trainer.global_step, elapsed, shown)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback]) -> L.Trainer:
+    t = cfg.trainer
+    return L.Trainer(
+        default_root_dir=run_dir,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision, log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar, gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic, max_epochs=cfg.train.max_epochs, max_steps=cfg.train.max_steps,
+        val_check_interval=cfg.train.val_check_interval, num_sanity_val_steps=0,
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""),
+        callbacks=callbacks,
+    )  # fmt: skip
+
+
+def resolve_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
+    """(run_dir, last.ckpt to resume from or None)."""
+    if cfg.train.get("resume"):
+        run_dir = Path(cfg.train.resume)
+        ckpt = run_dir / "checkpoints" / LAST_CKPT
+        if not ckpt.is_file():
+            raise UserError(f"train.resume={run_dir}: no checkpoints/{LAST_CKPT} to resume from")
+        return run_dir, ckpt
+    return hydra_run_dir(), None
+
+
+def check_monitor(cfg: DictConfig) -> None:
+    names = [f"{m}@{k}" for k in cfg.eval.ks for m in ("hr", "ndcg")]
+    names += ["hr@1_of_20"] if cfg.eval.num_candidates else []
+    if cfg.train.monitor not in names:
+        raise UserError(f"train.monitor={cfg.train.monitor} is not a validation metric; with eval.ks={list(cfg.eval.ks)} choose one of {', '.join(names)}")
+
+
+def save_config(cfg: DictConfig, run_dir: Path) -> None:
+    with atomic_file(run_dir / "config.yaml") as tmp:
+        tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def run_training(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataModule,
+                 *, card_extra: dict | None = None) -> EvalResult | None:  # fmt: skip
+    """Fit, export, test once and write the run's files; returns the test result on rank 0."""
+    check_monitor(cfg)
+    run_dir, resume_from = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    export = ContractExport(ckpt_dir, cfg.train.monitor, data_card(dm), card_extra)
+    callbacks = [
+        export,
+        EarlyStopping(monitor=f"valid/{cfg.train.monitor}", mode="max", patience=cfg.train.patience),
+        ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True),
+        EpochSummary(),
+    ]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    module.eval_mask_history, module.eval_ks = cfg.eval.mask_history, tuple(cfg.eval.ks)
+    trainer = build_trainer(cfg, run_dir, callbacks)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
+    if not trainer.is_global_zero:
+        return None
+    result = test_best(cfg, module, dm, ckpt_dir / "best")
+    write_eval_result(run_dir, result, module.checkpoint_kind)
+    _record_test_metrics(ckpt_dir / "best", result)
+    log.info("test (%s): %s", module.checkpoint_kind, result.headline())
+    print(Path(run_dir / "test_metrics.txt").read_text())
+    _cleanup_resume_dir(cfg, run_dir)
+    announce_run_dir(run_dir)
+    return result
+
+
+def test_best(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataModule, best_dir: Path) -> EvalResult:
+    from safetensors.torch import load_file
+
+    if not (best_dir / "model.safetensors").is_file():
+        raise UserError(f"no best checkpoint was exported to {best_dir} (did any validation run?)")
+    module.load_best(load_file(best_dir / "model.safetensors")) if hasattr(module, "load_best") else \
+        module.model.load_state_dict(load_file(best_dir / "model.safetensors"))  # fmt: skip
+    module.eval()
+    device = module.device
+
+    def score(batch):
+        return module.score({k: v.to(device) for k, v in batch.items()}).cpu()
+
+    return evaluate(score, dm.loader("test"), dm.num_items, ks=tuple(cfg.eval.ks), mask_history=cfg.eval.mask_history,
+                    extra_protocol=_protocol(cfg, dm))  # fmt: skip
+
+
+def _protocol(cfg: DictConfig, dm: SequentialDataModule) -> dict:
+    return {
+        "candidates": {"num": cfg.eval.num_candidates, "seed": cfg.eval.candidate_seed,
+                       "negatives": "uniform, distinct, from items the user never interacted with",
+                       "metric": "hr@1_of_20: target strictly above the other candidates"},
+        "data": data_card(dm),
+    }  # fmt: skip
+
+
+def _record_test_metrics(best_dir: Path, result: EvalResult) -> None:
+    import json
+
+    from recdata.atomic import write_json
+
+    card = json.loads((best_dir / "card.json").read_text())
+    card["metrics"]["test"] = result.metrics
+    write_json(best_dir / "card.json", card)
+
+
+def _cleanup_resume_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """A resumed run writes into its original directory; drop the empty one Hydra made."""
+    if not cfg.train.get("resume"):
+        return
+    fresh = hydra_run_dir()
+    if fresh.resolve() != run_dir.resolve() and not any(p.suffix == ".ckpt" for p in fresh.rglob("*")):
+        for log_file in fresh.glob("*.log"):
+            shutil.copyfile(log_file, run_dir / f"resume_{log_file.name}")
+        shutil.rmtree(fresh, ignore_errors=True)
+
+
+def torch_threads() -> None:
+    """Never oversubscribe the CPU (2 cores here)."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))

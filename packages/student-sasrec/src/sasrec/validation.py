@@ -1,0 +1,37 @@
+"""Per-epoch ranking metrics on the valid split, for any module with `score(batch)`."""
+
+from __future__ import annotations
+
+import torch
+from recdata.batching import history_mask
+from recdata.metrics import DEFAULT_KS, candidate_hits_at_1, ranking_metrics, target_ranks
+
+
+class RankingValidationMixin:
+    """Mix into a LightningModule that defines `score(batch) -> (B, N+1)` and `num_items`.
+
+    Ranks are gathered from every process before the metrics are computed, so the logged
+    `valid/*` figures are exact under DDP too (up to the sampler's padding duplicates)."""
+
+    eval_ks = DEFAULT_KS
+    eval_mask_history = True
+
+    def on_validation_epoch_start(self) -> None:
+        self._valid_ranks, self._valid_hits = [], []
+
+    def validation_step(self, batch, batch_idx):
+        scores = self.score(batch)
+        exclude = history_mask(batch["full_history"], self.num_items, keep=batch["target"]) if self.eval_mask_history else None
+        self._valid_ranks.append(target_ranks(scores, batch["target"], exclude.to(scores.device) if exclude is not None else None))
+        if "candidates" in batch:
+            self._valid_hits.append(candidate_hits_at_1(scores, batch["candidates"]).float())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._valid_ranks:
+            return
+        ranks = self.all_gather(torch.cat(self._valid_ranks)).reshape(-1)
+        metrics = ranking_metrics(ranks.cpu(), self.eval_ks)
+        if self._valid_hits:
+            metrics["hr@1_of_20"] = self.all_gather(torch.cat(self._valid_hits)).float().mean().item()
+        for name, value in metrics.items():
+            self.log(f"valid/{name}", value, prog_bar=name in ("ndcg@10", "hr@10"), sync_dist=False, rank_zero_only=False)
