@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from recdata.testing import cyclic_sequences, make_prepared
 
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from sasrec.model import SASRec, SASRecConfig, next_item_cross_entropy
 
 

@@ -7,6 +7,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import torch
+
 from recdata.checkpoint import load_checkpoint
 from recdata.datamodule import SequentialDataModule
 from recdata.errors import CheckpointError

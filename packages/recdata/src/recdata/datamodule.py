@@ -109,6 +109,7 @@ class SequentialDataModule(L.LightningDataModule):
         num_candidates: int = 20,
         candidate_seed: int = 2024,
         seed: int = 42,
+        train_samples: str = "all",
     ):
         super().__init__()
         if train_mode not in TRAIN_MODES:
@@ -126,6 +127,7 @@ class SequentialDataModule(L.LightningDataModule):
         self.limit_data_rows = check_limit(limit_data_rows)
         self.train_mode, self.num_workers = train_mode, num_workers
         self.num_candidates, self.candidate_seed, self.seed = num_candidates, candidate_seed, seed
+        self.train_samples = train_samples
         self.dataset: PreparedDataset | None = None
 
     # -- setup -------------------------------------------------------------------------------

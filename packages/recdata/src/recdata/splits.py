@@ -62,3 +62,19 @@ def split_keys(lengths: np.ndarray, split: str, limit_data_rows: int = -1) -> Sa
         positions = torch.arange(len(user_ids), dtype=torch.int64) - starts + 1
         keys = SampleKeys(user_ids, positions)
     return keys.head(check_limit(limit_data_rows))
+
+
+def select_samples(keys: SampleKeys, spec: str) -> SampleKeys:
+    """A subset of train samples: `all`, or `last_n_per_user=N` (each user's N latest prefixes,
+    the ones closest to valid/test; used to bound LLM cost on CPU)."""
+    spec = str(spec).strip()
+    if spec == "all":
+        return keys
+    name, _, value = spec.partition("=")
+    if name != "last_n_per_user" or not value.isdigit() or int(value) < 1:
+        raise UserError(f"sample selection must be 'all' or 'last_n_per_user=N' (N >= 1), got {spec!r}")
+    n = int(value)
+    last = torch.zeros(int(keys.user_ids.max()) + 1 if len(keys) else 1, dtype=torch.int64)
+    last.scatter_reduce_(0, keys.user_ids, keys.positions, reduce="amax")
+    keep = keys.positions > last[keys.user_ids] - n
+    return SampleKeys(keys.user_ids[keep], keys.positions[keep])

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from recdata.checkpoint import load_checkpoint, load_state_strict
 
+from recdata.checkpoint import load_checkpoint, load_state_strict
 from sasrec.model import SASRec, SASRecConfig, next_item_cross_entropy
+from sasrec.recipe import seed_training_step
 from sasrec.validation import RankingValidationMixin
 
 KIND = "sasrec"
@@ -30,9 +31,7 @@ class SASRecModule(RankingValidationMixin, L.LightningModule):
         return self.model.score(batch["history"])
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        # Random draws (dropout, sampled negatives) depend only on (seed, epoch, batch), so a
-        # resumed run repeats an uninterrupted one step for step.
-        torch.manual_seed((self.seed * 1_000_003 + self.current_epoch) * 100_003 + batch_idx)
+        seed_training_step(self.seed, self.current_epoch, batch_idx)
 
     def training_step(self, batch, batch_idx):
         table = self.model.item_table()
@@ -47,6 +46,9 @@ class SASRecModule(RankingValidationMixin, L.LightningModule):
     # -- checkpoint contract --------------------------------------------------------------
     def checkpoint_payload(self) -> dict:
         return {"tensors": self.model.state_dict(), "hparams": {"model": self.model.config.to_dict()}}
+
+    def load_payload(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(tensors)
 
 
 def load_sasrec(path: Path, *, fingerprint: str | None = None, num_items: int | None = None,

@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+
 from recdata.atomic import atomic_file
 from recdata.checkpoint import save_checkpoint
 from recdata.datamodule import SequentialDataModule
@@ -34,16 +35,23 @@ def seed_run(cfg: DictConfig) -> None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
 
+def seed_training_step(seed: int, epoch: int, batch_idx: int) -> None:
+    """Random draws (dropout, sampled negatives) depend only on (seed, epoch, batch), so a
+    resumed run repeats an uninterrupted one step for step. Call from on_train_batch_start."""
+    torch.manual_seed((seed * 1_000_003 + epoch) * 100_003 + batch_idx)
+
+
 def build_datamodule(cfg: DictConfig, *, max_seq_len: int, train_mode: str = "sequence",
-                     batch_size: int | None = None) -> SequentialDataModule:  # fmt: skip
+                     batch_size: int | None = None, train_samples: str = "all") -> SequentialDataModule:  # fmt: skip
     data = cfg.dataset
     processed = ensure_prepared(data.name, Path(data.data_dir), Path(data.processed_dir),
                                 Path(cfg.paths.cache_dir), data.min_user_interactions)  # fmt: skip
     dm = SequentialDataModule(
         processed, max_seq_len=max_seq_len, batch_size=batch_size or cfg.train.batch_size,
-        eval_batch_size=cfg.eval.batch_size, limit_data_rows=data.limit_data_rows,
+        eval_batch_size=cfg.train.eval_batch_size, limit_data_rows=data.limit_data_rows,
         train_mode=train_mode, num_workers=cfg.train.num_workers,
         num_candidates=cfg.eval.num_candidates, candidate_seed=cfg.eval.candidate_seed, seed=cfg.seed,
+        train_samples=train_samples,
     )  # fmt: skip
     dm.setup()
     return dm
@@ -110,6 +118,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback]) -> 
         enable_progress_bar=t.enable_progress_bar, gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic, max_epochs=cfg.train.max_epochs, max_steps=cfg.train.max_steps,
         val_check_interval=cfg.train.val_check_interval, num_sanity_val_steps=0,
+        limit_val_batches=cfg.train.limit_val_batches,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""),
         callbacks=callbacks,
     )  # fmt: skip
@@ -139,7 +148,7 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def run_training(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataModule,
-                 *, card_extra: dict | None = None) -> EvalResult | None:  # fmt: skip
+                 *, card_extra: dict | None = None, finalize_best=None) -> EvalResult | None:  # fmt: skip
     """Fit, export, test once and write the run's files; returns the test result on rank 0."""
     check_monitor(cfg)
     run_dir, resume_from = resolve_run_dir(cfg)
@@ -160,7 +169,10 @@ def run_training(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataM
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
     if not trainer.is_global_zero:
         return None
-    result = test_best(cfg, module, dm, ckpt_dir / "best")
+    load_best(module, ckpt_dir / "best")
+    if finalize_best is not None:  # e.g. the teacher adds its item embeddings to the contract
+        finalize_best(module, ckpt_dir / "best")
+    result = test_best(cfg, module, dm)
     write_eval_result(run_dir, result, module.checkpoint_kind)
     _record_test_metrics(ckpt_dir / "best", result)
     log.info("test (%s): %s", module.checkpoint_kind, result.headline())
@@ -170,13 +182,16 @@ def run_training(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataM
     return result
 
 
-def test_best(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataModule, best_dir: Path) -> EvalResult:
+def load_best(module: L.LightningModule, best_dir: Path) -> None:
+    """Put the best exported weights back into the module (`load_payload` of its contract)."""
     from safetensors.torch import load_file
 
     if not (best_dir / "model.safetensors").is_file():
         raise UserError(f"no best checkpoint was exported to {best_dir} (did any validation run?)")
-    module.load_best(load_file(best_dir / "model.safetensors")) if hasattr(module, "load_best") else \
-        module.model.load_state_dict(load_file(best_dir / "model.safetensors"))  # fmt: skip
+    module.load_payload(load_file(best_dir / "model.safetensors"))
+
+
+def test_best(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataModule) -> EvalResult:
     module.eval()
     device = module.device
 

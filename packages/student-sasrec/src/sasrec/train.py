@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from omegaconf import DictConfig
-from recdata.runs import hydra_entry
 
+from recdata.runs import hydra_entry
 from sasrec.model import SASRecConfig
 from sasrec.module import SASRecModule
 from sasrec.recipe import build_datamodule, run_training, seed_run

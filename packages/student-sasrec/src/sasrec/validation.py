@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from recdata.batching import history_mask
 from recdata.metrics import DEFAULT_KS, candidate_hits_at_1, ranking_metrics, target_ranks
 

@@ -1,0 +1,95 @@
+"""Building the teacher from config, and the teacher's checkpoint contract (DESIGN §3.2).
+
+A teacher checkpoint holds only what it trained and names its base LLM (with a digest) and the
+student checkpoint it was built on (with the digest of its weights). Loading rebuilds the
+teacher from those and refuses when any of them differs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ilora.llm import load_llm
+from ilora.model import ILoRATeacher, TeacherConfig
+from recdata.atomic import sha256_file
+from recdata.checkpoint import WEIGHTS_FILE, Checkpoint, load_checkpoint
+from recdata.contract import PreparedDataset
+from recdata.errors import CheckpointError
+from sasrec.model import SASRec
+from sasrec.module import load_sasrec
+
+log = logging.getLogger(__name__)
+KIND = "ilora-teacher"
+ITEM_EMBEDDINGS_FILE = "item_embeddings.safetensors"
+
+
+def student_reference(path: Path, card: dict) -> dict:
+    return {"path": str(Path(path).resolve()), "kind": card["kind"],
+            "weights_sha256": sha256_file(Path(path) / WEIGHTS_FILE)}  # fmt: skip
+
+
+def build_teacher(config: TeacherConfig, student: SASRec, titles: list[str], *, device: str = "cpu",
+                  precision: str = "auto", use_flash_attention="auto", gradient_checkpointing: bool = False,
+                  cache_dir: Path | None = None):  # fmt: skip
+    """Load the base LLM and wrap it as an iLoRA teacher; returns (teacher, llm_info)."""
+    llm, tokenizer, info = load_llm(config.llm_model_name, device=device, precision=precision,
+                                    use_flash_attention=use_flash_attention,
+                                    gradient_checkpointing=gradient_checkpointing, cache_dir=cache_dir)  # fmt: skip
+    teacher = ILoRATeacher(llm, tokenizer, student, titles, config).to(device)
+    return teacher, info
+
+
+def teacher_payload(teacher: ILoRATeacher, llm_info, student_ref: dict) -> dict:
+    return {
+        "tensors": teacher.trainable_state_dict(),
+        "hparams": {"teacher": teacher.config.to_dict(), "student": teacher.student.config.to_dict()},
+        "extra": {
+            "base_llm": {"name": llm_info.name, "digest": llm_info.digest, "source": llm_info.source,
+                         "hidden_size": llm_info.hidden_size, "dtype": llm_info.dtype,
+                         "attn_implementation": llm_info.attn_implementation},
+            "student_checkpoint": student_ref,
+        },
+    }  # fmt: skip
+
+
+def load_teacher(path: Path, dataset: PreparedDataset, *, device: str = "cpu", precision: str = "auto",
+                 cache_dir: Path | None = None) -> tuple[ILoRATeacher, Checkpoint]:  # fmt: skip
+    """Rebuild a trained teacher for inference, validating data, student and base LLM first."""
+    ckpt = load_checkpoint(path, kinds=KIND, fingerprint=dataset.fingerprint, num_items=dataset.num_items)
+    ref = ckpt.card["student_checkpoint"]
+    student_dir = Path(ref["path"])
+    if not (student_dir / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{path}: its student checkpoint {student_dir} is missing")
+    if sha256_file(student_dir / WEIGHTS_FILE) != ref["weights_sha256"]:
+        raise CheckpointError(f"{path}: student checkpoint {student_dir} changed since the teacher was trained")
+    student, _ = load_sasrec(student_dir, fingerprint=dataset.fingerprint, num_items=dataset.num_items,
+                             kinds=(ref["kind"],))  # fmt: skip
+    config = TeacherConfig(**ckpt.hparams["teacher"])
+    teacher, info = build_teacher(config, student, dataset.titles, device=device, precision=precision, cache_dir=cache_dir)
+    if info.digest != ckpt.card["base_llm"]["digest"]:
+        raise CheckpointError(f"{path}: base LLM {config.llm_model_name!r} now has digest {info.digest[:16]}…, "
+                              f"the teacher was trained on {ckpt.card['base_llm']['digest'][:16]}…")  # fmt: skip
+    load_trained(teacher, ckpt.tensors, ckpt.path)
+    return teacher.eval(), ckpt
+
+
+def load_trained(teacher: ILoRATeacher, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    expected = teacher.trainable_state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    wrong = [k for k in expected.keys() & tensors.keys() if expected[k].shape != tensors[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{where} does not match the teacher built from its card: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}")  # fmt: skip
+    teacher.load_state_dict(tensors, strict=False)
+
+
+def load_item_embeddings(path: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    file = Path(path) / ITEM_EMBEDDINGS_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{path} has no {ITEM_EMBEDDINGS_FILE}")
+    return load_file(file)["item_embeddings"]

@@ -1,0 +1,71 @@
+"""Lightning module of the iLoRA teacher: CE over items + lambda(t) * embedding imitation."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from ilora.checkpoint import KIND, load_trained, teacher_payload
+from ilora.model import ILoRATeacher
+from ilora.regularization import DecaySchedule, imitation_loss
+from sasrec.recipe import seed_training_step
+from sasrec.validation import RankingValidationMixin
+
+
+class TeacherModule(RankingValidationMixin, L.LightningModule):
+    checkpoint_kind = KIND
+
+    def __init__(self, teacher: ILoRATeacher, *, llm_info, student_ref: dict, lr: float = 5e-4,
+                 weight_decay: float = 0.0, schedule: DecaySchedule, loss_type: str = "mse",
+                 contrastive_temperature: float = 0.1, seed: int = 42):  # fmt: skip
+        super().__init__()
+        self.teacher, self.llm_info, self.student_ref = teacher, llm_info, student_ref
+        self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
+        self.schedule, self.loss_type, self.temperature = schedule, loss_type, contrastive_temperature
+        self.strict_loading = False  # Lightning's last.ckpt holds only the trained tensors
+
+    @property
+    def num_items(self) -> int:
+        return self.teacher.student.config.num_items
+
+    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.teacher(batch["history"])
+
+    def on_fit_start(self) -> None:
+        # null distill_decay_steps = the run's real number of optimizer steps
+        self.schedule = self.schedule.resolve(self.trainer.estimated_stepping_batches)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        seed_training_step(self.seed, self.current_epoch, batch_idx)
+
+    def training_step(self, batch, batch_idx):
+        scores = self.teacher(batch["history"])
+        ce = F.cross_entropy(scores, batch["target"])
+        lam = self.schedule(self.global_step)
+        loss = ce
+        if self.teacher.item_table is not None and lam > 0:
+            rows = torch.cat([batch["history"].flatten(), batch["target"]])
+            imitation = imitation_loss(self.teacher.item_table, self.teacher.initial_item_table,
+                                       self.loss_type, temperature=self.temperature, rows=rows)  # fmt: skip
+            loss = ce + lam * imitation
+            self.log("train/imitation", imitation, batch_size=len(scores))
+        self.log_dict({"train/ce": ce, "train/lambda": lam}, batch_size=len(scores))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(scores))
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.teacher.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Keep last.ckpt small: the frozen LLM and student are rebuilt from their sources.
+        trained = {f"teacher.{k}" for k in self.teacher.trainable_state_dict()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
+
+    # -- checkpoint contract --------------------------------------------------------------
+    def checkpoint_payload(self) -> dict:
+        return teacher_payload(self.teacher, self.llm_info, self.student_ref)
+
+    def load_payload(self, tensors: dict[str, torch.Tensor]) -> None:
+        load_trained(self.teacher, tensors, "checkpoints/best")

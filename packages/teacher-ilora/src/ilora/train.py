@@ -1,0 +1,79 @@
+"""`train-teacher`: train the iLoRA teacher on a trained SASRec (seed guide §3.2)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ilora.checkpoint import ITEM_EMBEDDINGS_FILE, build_teacher, student_reference
+from ilora.model import TeacherConfig
+from ilora.module import TeacherModule
+from ilora.regularization import DecaySchedule
+from recdata.atomic import atomic_file
+from recdata.runs import find_newest_checkpoint, hydra_entry
+from sasrec.module import load_sasrec
+from sasrec.recipe import build_datamodule, run_training, seed_run
+
+log = logging.getLogger(__name__)
+ARCH_KEYS = set(TeacherConfig.__dataclass_fields__)
+
+
+def resolve_device(accelerator: str) -> str:
+    """The device Lightning will run on, known before the LLM is loaded (dtype depends on it)."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+def resolve_student_path(cfg: DictConfig) -> Path:
+    if cfg.teacher.rec_model_checkpoint_path:
+        return Path(cfg.teacher.rec_model_checkpoint_path)
+    path = find_newest_checkpoint(Path(cfg.paths.result_dir), ("sasrec",))
+    log.info("teacher.rec_model_checkpoint_path not set: using the newest student %s", path)
+    return path
+
+
+def teacher_config(cfg: DictConfig) -> TeacherConfig:
+    values = OmegaConf.to_container(cfg.teacher, resolve=True)
+    return TeacherConfig(**{k: v for k, v in values.items() if k in ARCH_KEYS})
+
+
+def save_item_embeddings(module: TeacherModule, best_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    embeddings = module.teacher.item_title_embeddings()
+    with atomic_file(best_dir / ITEM_EMBEDDINGS_FILE) as tmp:
+        save_file({"item_embeddings": embeddings.contiguous()}, tmp)
+    log.info("wrote teacher item embeddings %s to %s", tuple(embeddings.shape), best_dir)
+
+
+def build_module(cfg: DictConfig, dm) -> TeacherModule:
+    t = cfg.teacher
+    student_path = resolve_student_path(cfg)
+    student, student_card = load_sasrec(student_path, fingerprint=dm.fingerprint, num_items=dm.num_items)
+    teacher, info = build_teacher(
+        teacher_config(cfg), student, dm.dataset.titles, device=resolve_device(cfg.trainer.accelerator),
+        precision=t.precision, use_flash_attention=t.use_flash_attention,
+        gradient_checkpointing=t.gradient_checkpointing, cache_dir=Path(cfg.paths.cache_dir),
+    )  # fmt: skip
+    schedule = DecaySchedule(t.distill_lambda, t.distill_min_lambda, t.distill_decay_type, t.distill_decay_steps)
+    return TeacherModule(teacher, llm_info=info, student_ref=student_reference(student_path, student_card),
+                         lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, schedule=schedule,
+                         loss_type=t.distill_loss_type, contrastive_temperature=t.contrastive_temperature,
+                         seed=cfg.seed)  # fmt: skip
+
+
+@hydra_entry("run_teacher")
+def main(cfg: DictConfig) -> None:
+    seed_run(cfg)
+    dm = build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len, train_mode="prefix",
+                          train_samples=cfg.teacher.train_samples)  # fmt: skip
+    module = build_module(cfg, dm)
+    run_training(cfg, module, dm, finalize_best=save_item_embeddings)
+
+
+if __name__ == "__main__":
+    main()
