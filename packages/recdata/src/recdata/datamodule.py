@@ -89,8 +89,11 @@ class SequenceTrainDataset(Dataset):
         idx = torch.as_tensor(indices, dtype=torch.int64)
         users, ends = self.user_ids[idx], self.ends[idx]
         inputs = self.store.window(users, ends, self.max_seq_len)
-        targets = self.store.window(users, ends + 1, self.max_seq_len)
-        return {"user_id": users, "history": inputs, "targets": torch.where(inputs > 0, targets, 0)}
+        targets = torch.where(inputs > 0, self.store.window(users, ends + 1, self.max_seq_len), 0)
+        # sample key of each column's target: (user_id, position); 0 where there is no target
+        offsets = torch.arange(self.max_seq_len - 1, -1, -1)
+        positions = torch.where(targets > 0, ends.unsqueeze(1) - offsets, 0)
+        return {"user_id": users, "history": inputs, "targets": targets, "target_positions": positions}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([index]).items()}

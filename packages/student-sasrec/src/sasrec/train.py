@@ -10,11 +10,14 @@ from sasrec.module import SASRecModule
 from sasrec.recipe import build_datamodule, run_training, seed_run
 
 
-def build_student(cfg: DictConfig, num_items: int) -> SASRecModule:
+def student_config(cfg: DictConfig, num_items: int) -> SASRecConfig:
     s = cfg.student
-    config = SASRecConfig(num_items=num_items, hidden_size=s.hidden_size, num_blocks=s.num_blocks,
-                          num_heads=s.num_heads, dropout=s.dropout, max_seq_len=s.max_seq_len)  # fmt: skip
-    return SASRecModule(config, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, seed=cfg.seed)
+    return SASRecConfig(num_items=num_items, hidden_size=s.hidden_size, num_blocks=s.num_blocks,
+                        num_heads=s.num_heads, dropout=s.dropout, max_seq_len=s.max_seq_len)  # fmt: skip
+
+
+def build_student(cfg: DictConfig, num_items: int) -> SASRecModule:
+    return SASRecModule(student_config(cfg, num_items), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, seed=cfg.seed)
 
 
 @hydra_entry("run_student")

@@ -1,0 +1,139 @@
+"""`precompute-soft-labels`: score training samples with a teacher checkpoint and write the
+teacher-output contract. Resumable (finished shards are kept) and sharded across ranks
+(WORLD_SIZE/RANK from torchrun); shards are merged by key, never by order."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from distill.soft_labels import (
+    SoftLabels,
+    teacher_digest,
+    topk_with_history_masked,
+    write_soft_labels,
+)
+from ilora.checkpoint import load_item_embeddings, load_teacher
+from ilora.train import resolve_device
+from recdata.atomic import atomic_file
+from recdata.datamodule import SplitDataset
+from recdata.runs import find_newest_checkpoint, hydra_entry
+from recdata.splits import SampleKeys, select_samples, split_keys
+from sasrec.recipe import build_datamodule, seed_run
+
+log = logging.getLogger(__name__)
+SHARD_SIZE = 256
+
+
+def resolve_teacher_path(cfg: DictConfig) -> Path:
+    if cfg.distill.teacher_checkpoint_path:
+        return Path(cfg.distill.teacher_checkpoint_path)
+    path = find_newest_checkpoint(Path(cfg.paths.result_dir), ("ilora-teacher",))
+    log.info("distill.teacher_checkpoint_path not set: using the newest teacher %s", path)
+    return path
+
+
+def soft_labels_dir(cfg: DictConfig, teacher_path: Path) -> Path:
+    """Default: next to the teacher run, named by sample selection and K."""
+    if cfg.distill.soft_labels_dir:
+        return Path(cfg.distill.soft_labels_dir)
+    spec = re.sub(r"[^A-Za-z0-9]+", "-", str(cfg.distill.soft_label_samples)).strip("-")
+    return Path(teacher_path).resolve().parent.parent / f"soft_labels_{spec}_k{cfg.distill.candidate_topk}"
+
+
+def training_keys(dm, spec: str) -> SampleKeys:
+    return select_samples(split_keys(dm.dataset.lengths, "train", dm.limit_data_rows), spec)
+
+
+def _rank_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def score_shard(teacher, dataset: SplitDataset, lo: int, hi: int, k: int, mask_history: bool, batch_size: int, device) -> pa.Table:
+    users, positions, items, scores = [], [], [], []
+    for start in range(lo, hi, batch_size):
+        batch = dataset.__getitems__(list(range(start, min(start + batch_size, hi))))
+        with torch.no_grad():
+            s = teacher(batch["history"].to(device)).cpu()
+        history = batch["full_history"] if mask_history else None
+        top_items, top_scores = topk_with_history_masked(s, history, k)
+        users.append(batch["user_id"]), positions.append(batch["position"])
+        items.append(top_items), scores.append(top_scores)
+    return pa.table({
+        "user_id": pa.array(torch.cat(users).numpy()), "position": pa.array(torch.cat(positions).numpy()),
+        "topk_items": pa.array(list(torch.cat(items).numpy()), pa.list_(pa.int64())),
+        "topk_scores": pa.array(list(torch.cat(scores).numpy()), pa.list_(pa.float32())),
+    })  # fmt: skip
+
+
+def merge_shards(shard_dir: Path, k: int) -> tuple[torch.Tensor, ...]:
+    table = pa.concat_tables([pq.read_table(p) for p in sorted(shard_dir.glob("shard_*.parquet"))])
+    col = lambda name: torch.as_tensor(table.column(name).to_numpy())  # noqa: E731
+    flat = lambda name: torch.as_tensor(table.column(name).combine_chunks().flatten().to_numpy().copy()).reshape(-1, k)  # noqa: E731
+    return col("user_id").long(), col("position").long(), flat("topk_items").long(), flat("topk_scores").float()
+
+
+def precompute(cfg: DictConfig) -> Path:
+    d = cfg.distill
+    dm = build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len, train_mode="prefix")
+    teacher_path = resolve_teacher_path(cfg)
+    out = soft_labels_dir(cfg, teacher_path)
+    device = resolve_device(cfg.trainer.accelerator)
+    teacher, ckpt = load_teacher(teacher_path, dm.dataset, device=device, cache_dir=Path(cfg.paths.cache_dir))
+    keys = training_keys(dm, d.soft_label_samples)
+    dataset = SplitDataset(dm.store, keys, dm.max_seq_len, with_full_history=True)
+    shard_dir = out.with_name(out.name + ".shards")
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = _rank_world()
+    shards = [(i, lo, min(lo + SHARD_SIZE, len(keys))) for i, lo in enumerate(range(0, len(keys), SHARD_SIZE))]
+    todo = [s for s in shards if s[0] % world == rank and not (shard_dir / f"shard_{s[0]:06d}.parquet").is_file()]
+    log.info("soft labels: %d samples (%s), %d shards, %d to do on rank %d/%d", len(keys), d.soft_label_samples, len(shards), len(todo), rank, world)
+    for index, lo, hi in tqdm(todo, desc="teacher top-K", unit="shard", disable=not cfg.trainer.enable_progress_bar):
+        table = score_shard(teacher, dataset, lo, hi, d.candidate_topk, d.mask_history_in_topk, cfg.train.eval_batch_size, device)
+        with atomic_file(shard_dir / f"shard_{index:06d}.parquet") as tmp:
+            pq.write_table(table, tmp)
+    if world > 1:
+        _barrier()
+        if rank != 0:
+            return out
+    user_ids, positions, items, scores = merge_shards(shard_dir, d.candidate_topk)
+    card = {
+        "teacher_checkpoint": str(Path(teacher_path).resolve()), "teacher_digest": teacher_digest(teacher_path),
+        "data_fingerprint": dm.fingerprint, "dataset": dm.dataset.name, "samples": str(d.soft_label_samples),
+        "history_masked": bool(d.mask_history_in_topk), "source": "precomputed",
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    labels = SoftLabels(user_ids, positions, items, scores, load_item_embeddings(ckpt.path), card)
+    labels = labels.aligned_to(keys)  # refuses a merge that lost samples; sorts by key
+    write_soft_labels(out, labels)
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    return out
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    dist.barrier()
+
+
+@hydra_entry("run_precompute")
+def main(cfg: DictConfig) -> None:
+    seed_run(cfg)
+    out = precompute(cfg)
+    print(f"soft_labels: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The teacher-output contract (DESIGN §3.3): soft_labels.parquet + item_embeddings.safetensors
++ card.json, keyed by (user_id, position) — never by loader order.
+
+Produced by `precompute-soft-labels` (from a teacher checkpoint) or fetched from the teacher
+service; both yield the same `SoftLabels`, so distillation gets identical inputs either way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
+
+from recdata.atomic import atomic_directory, sha256_file, write_json
+from recdata.checkpoint import WEIGHTS_FILE
+from recdata.errors import UserError
+from recdata.splits import SampleKeys
+
+SOFT_LABELS_FILE, EMBEDDINGS_FILE, CARD_FILE = "soft_labels.parquet", "item_embeddings.safetensors", "card.json"
+
+
+class SoftLabelError(UserError):
+    """Soft labels that do not belong to this teacher, dataset or sample set."""
+
+
+def teacher_digest(checkpoint_dir: Path) -> str:
+    """Identity of a teacher checkpoint: the sha256 of its trained weights."""
+    return sha256_file(Path(checkpoint_dir) / WEIGHTS_FILE)
+
+
+def topk_with_history_masked(scores: torch.Tensor, history: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's top-K (descending) over items 1..N, history items excluded when given."""
+    scores = scores.float().clone()
+    scores[:, 0] = -torch.inf
+    if history is not None:
+        scores.scatter_(1, history, -torch.inf)
+        scores[:, 0] = -torch.inf
+    values, items = scores.topk(k, dim=1)
+    return items, values
+
+
+@dataclass
+class SoftLabels:
+    user_ids: torch.Tensor  # (S,) int64
+    positions: torch.Tensor  # (S,) int64
+    topk_items: torch.Tensor  # (S, K) int64, descending teacher score
+    topk_scores: torch.Tensor  # (S, K) float32
+    item_embeddings: torch.Tensor  # (N+1, H) float32
+    card: dict
+
+    @property
+    def k(self) -> int:
+        return self.topk_items.shape[1]
+
+    def aligned_to(self, keys: SampleKeys) -> SoftLabels:
+        """Rows reordered to `keys`; every key must be present (missing rows are refused)."""
+        stride = int(max(self.positions.max(), keys.positions.max())) + 1
+        mine = self.user_ids * stride + self.positions
+        wanted = keys.user_ids * stride + keys.positions
+        order = torch.argsort(mine)
+        sorted_keys = mine[order]
+        where = torch.searchsorted(sorted_keys, wanted).clamp(max=len(sorted_keys) - 1)
+        found = sorted_keys[where] == wanted
+        if not bool(found.all()):
+            missing = int((~found).sum())
+            first = (int(keys.user_ids[~found][0]), int(keys.positions[~found][0]))
+            raise SoftLabelError(f"soft labels lack {missing} of {len(wanted)} training samples (first missing key (user_id, position) = {first}); re-run precompute-soft-labels with the same distill.soft_label_samples")
+        rows = order[where]
+        return SoftLabels(keys.user_ids, keys.positions, self.topk_items[rows], self.topk_scores[rows],
+                          self.item_embeddings, self.card)  # fmt: skip
+
+
+def write_soft_labels(directory: Path, labels: SoftLabels) -> Path:
+    """Write the contract atomically: readers see the old directory or the complete new one."""
+    table = pa.table(
+        {
+            "user_id": pa.array(labels.user_ids.numpy().astype(np.int32)),
+            "position": pa.array(labels.positions.numpy().astype(np.int32)),
+            "topk_items": pa.array(list(labels.topk_items.numpy().astype(np.int32)), pa.list_(pa.int32())),
+            "topk_scores": pa.array(list(labels.topk_scores.numpy().astype(np.float32)), pa.list_(pa.float32())),
+        }
+    )
+    with atomic_directory(Path(directory)) as tmp:
+        pq.write_table(table, tmp / SOFT_LABELS_FILE)
+        save_file({"item_embeddings": labels.item_embeddings.float().contiguous()}, tmp / EMBEDDINGS_FILE)
+        write_json(tmp / CARD_FILE, {**labels.card, "num_samples": len(labels.user_ids), "k": labels.k})
+    return Path(directory)
+
+
+def read_soft_labels(directory: Path, *, fingerprint: str, teacher: str | None = None, min_k: int = 1) -> SoftLabels:
+    """Read and validate: same data fingerprint, same teacher (when given), K large enough."""
+    directory = Path(directory)
+    if not (directory / CARD_FILE).is_file():
+        raise SoftLabelError(f"{directory} holds no soft labels (no {CARD_FILE}); run precompute-soft-labels first")
+    card = json.loads((directory / CARD_FILE).read_text())
+    if card.get("data_fingerprint") != fingerprint:
+        raise SoftLabelError(f"{directory} was computed on other data (fingerprint {str(card.get('data_fingerprint'))[:12]}…, dataset has {fingerprint[:12]}…)")
+    if teacher is not None and card.get("teacher_digest") != teacher:
+        raise SoftLabelError(f"{directory} was computed by another teacher ({str(card.get('teacher_digest'))[:12]}…, expected {teacher[:12]}…)")
+    if card.get("k", 0) < min_k:
+        raise SoftLabelError(f"{directory} holds top-{card.get('k')} lists; distillation needs K >= {min_k}")
+    table = pq.read_table(directory / SOFT_LABELS_FILE)
+    k = card["k"]
+    items = table.column("topk_items").combine_chunks().flatten().to_numpy().reshape(-1, k)
+    scores = table.column("topk_scores").combine_chunks().flatten().to_numpy().reshape(-1, k)
+    return SoftLabels(
+        user_ids=torch.as_tensor(table.column("user_id").to_numpy(), dtype=torch.int64),
+        positions=torch.as_tensor(table.column("position").to_numpy(), dtype=torch.int64),
+        topk_items=torch.as_tensor(items, dtype=torch.int64),
+        topk_scores=torch.as_tensor(scores, dtype=torch.float32),
+        item_embeddings=load_file(directory / EMBEDDINGS_FILE)["item_embeddings"],
+        card=card,
+    )

@@ -1,0 +1,64 @@
+"""`distill`: train a fresh SASRec with the DLLM2Rec objective (seed guide §3.3)."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from distill.losses import DLLM2RecLoss
+from distill.module import DistillModule
+from distill.precompute import resolve_teacher_path, soft_labels_dir, training_keys
+from distill.soft_labels import SoftLabels, read_soft_labels, teacher_digest
+from recdata.errors import UserError
+from recdata.runs import hydra_entry
+from sasrec.recipe import build_datamodule, run_training, seed_run
+from sasrec.train import student_config
+
+log = logging.getLogger(__name__)
+SOURCES = ("precomputed", "service")
+
+
+def load_labels(cfg: DictConfig, dm) -> SoftLabels:
+    d = cfg.distill
+    if d.teacher_source not in SOURCES:
+        raise UserError(f"distill.teacher_source must be one of {', '.join(SOURCES)}, got {d.teacher_source!r}")
+    keys = training_keys(dm, d.soft_label_samples)
+    if d.teacher_source == "service":
+        from distill.teacher_client import fetch_soft_labels
+
+        labels = fetch_soft_labels(d.teacher_url, dm, keys, k=d.candidate_topk, batch_size=d.service_batch_size,
+                                   timeout=d.request_timeout, retries=d.max_retries,
+                                   mask_history=d.mask_history_in_topk)  # fmt: skip
+    else:
+        teacher_path = resolve_teacher_path(cfg)
+        labels = read_soft_labels(soft_labels_dir(cfg, teacher_path), fingerprint=dm.fingerprint,
+                                  teacher=teacher_digest(teacher_path), min_k=d.candidate_topk)  # fmt: skip
+    labels = labels.aligned_to(keys)
+    if labels.k > d.candidate_topk:
+        labels = SoftLabels(labels.user_ids, labels.positions, labels.topk_items[:, : d.candidate_topk],
+                            labels.topk_scores[:, : d.candidate_topk], labels.item_embeddings, labels.card)  # fmt: skip
+    return labels
+
+
+def build_module(cfg: DictConfig, dm, labels: SoftLabels) -> DistillModule:
+    d = cfg.distill
+    loss = DLLM2RecLoss(lam=d.lam, gamma_position=d.gamma_position, gamma_confidence=d.gamma_confidence,
+                        gamma_consistency=d.gamma_consistency, lambda_position=d.lambda_position, form=d.ranking_loss)  # fmt: skip
+    return DistillModule(student_config(cfg, dm.num_items), labels=labels, store=dm.store, loss=loss,
+                         ed_weight=d.ed_weight, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, seed=cfg.seed,
+                         provenance={k: v for k, v in labels.card.items() if k != "created_at"})  # fmt: skip
+
+
+@hydra_entry("run_distill")
+def main(cfg: DictConfig) -> None:
+    seed_run(cfg)
+    dm = build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len, train_mode="sequence")
+    labels = load_labels(cfg, dm)
+    log.info("distilling %d teacher top-%d lists (%s)", len(labels.user_ids), labels.k, labels.card.get("source"))
+    seed_run(cfg)  # the student's initial weights match the baseline's for the same seed
+    run_training(cfg, build_module(cfg, dm, labels), dm)
+
+
+if __name__ == "__main__":
+    main()
