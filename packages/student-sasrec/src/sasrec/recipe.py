@@ -59,7 +59,7 @@ def build_datamodule(cfg: DictConfig, *, max_seq_len: int, train_mode: str = "se
 
 def data_card(dm: SequentialDataModule) -> dict:
     return {"dataset": dm.dataset.name, "fingerprint": dm.fingerprint, "num_items": dm.num_items,
-            "limit_data_rows": dm.limit_data_rows}  # fmt: skip
+            "limit_data_rows": dm.limit_data_rows, "train_samples": len(dm.keys["train"])}  # fmt: skip
 
 
 class ContractExport(Callback):
@@ -199,10 +199,10 @@ def test_best(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataModu
         return module.score({k: v.to(device) for k, v in batch.items()}).cpu()
 
     return evaluate(score, dm.loader("test"), dm.num_items, ks=tuple(cfg.eval.ks), mask_history=cfg.eval.mask_history,
-                    extra_protocol=_protocol(cfg, dm))  # fmt: skip
+                    extra_protocol=eval_protocol(cfg, dm))  # fmt: skip
 
 
-def _protocol(cfg: DictConfig, dm: SequentialDataModule) -> dict:
+def eval_protocol(cfg: DictConfig, dm: SequentialDataModule) -> dict:
     return {
         "candidates": {"num": cfg.eval.num_candidates, "seed": cfg.eval.candidate_seed,
                        "negatives": "uniform, distinct, from items the user never interacted with",

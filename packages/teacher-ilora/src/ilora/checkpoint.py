@@ -59,6 +59,9 @@ def load_teacher(path: Path, dataset: PreparedDataset, *, device: str = "cpu", p
                  cache_dir: Path | None = None) -> tuple[ILoRATeacher, Checkpoint]:  # fmt: skip
     """Rebuild a trained teacher for inference, validating data, student and base LLM first."""
     ckpt = load_checkpoint(path, kinds=KIND, fingerprint=dataset.fingerprint, num_items=dataset.num_items)
+    missing = [key for key in ("student_checkpoint", "base_llm") if key not in ckpt.card]
+    if missing:
+        raise CheckpointError(f"{path}: teacher card lacks {', '.join(missing)}; it cannot be rebuilt")
     ref = ckpt.card["student_checkpoint"]
     student_dir = Path(ref["path"])
     if not (student_dir / WEIGHTS_FILE).is_file():

@@ -42,7 +42,7 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
     def training_step(self, batch, batch_idx):
         scores = self.teacher(batch["history"])
         ce = F.cross_entropy(scores, batch["target"])
-        lam = self.schedule(self.global_step)
+        lam = self.schedule(self.global_step + 1)  # after this step: min is reached on the last one
         loss = ce
         if self.teacher.item_table is not None and lam > 0:
             rows = torch.cat([batch["history"].flatten(), batch["target"]])

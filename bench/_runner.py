@@ -1,0 +1,32 @@
+"""Run a pipeline command as a child process and measure wall time and peak RSS."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run_measured(cmd: list[str], log_path: Path) -> tuple[float, float, str]:
+    """(seconds, peak RSS of the largest child in GiB, run_dir printed on the last line)."""
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+    seconds = time.perf_counter() - started
+    log_path.with_suffix(".out").write_text(proc.stdout)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {log_path}")
+    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    run_dir = proc.stdout.strip().splitlines()[-1].removeprefix("run_dir: ")
+    return seconds, peak_gib, run_dir
+
+
+def read_metrics(run_dir: str) -> dict:
+    return json.loads((Path(run_dir) / "test_metrics.json").read_text())
+
+
+def best_card(run_dir: str) -> dict:
+    return json.loads((Path(run_dir) / "checkpoints" / "best" / "card.json").read_text())

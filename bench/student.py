@@ -1,0 +1,45 @@
+"""Quality and speed of the SASRec student on ML-100K (issue: student acceptance).
+
+    uv run python bench/student.py [hydra overrides...]
+
+Trains with the default config in a child process and prints test NDCG@10 / HR@10 (history
+masked and unmasked), epochs to best valid, seconds per epoch, training throughput, total wall
+time and peak RSS. References measured on this machine (same split, full ranking, masked):
+RecBole 1.2.1 SASRec 0.052 / 0.106 (23 min), SASRec.pytorch 0.0875 / 0.173 (874 s).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _runner import best_card, read_metrics, run_measured  # noqa: E402
+
+
+def main() -> None:
+    out = Path(tempfile.mkdtemp(prefix="bench-student-"))
+    cmd = ["uv", "run", "--frozen", "train-student", f"paths.result_dir={out}", "trainer.enable_progress_bar=false", *sys.argv[1:]]
+    seconds, peak, run_dir = run_measured(cmd, out / "train.log")
+    metrics, card = read_metrics(run_dir), best_card(run_dir)
+    epochs = [float(s) for s in re.findall(r"epoch \d+ step \d+ \(([\d.]+)s\)", (out / "train.log").read_text())]
+    train_samples = card["data"].get("train_samples")
+    m, u = metrics["metrics_masked"], metrics["metrics_unmasked"]
+    print(f"run_dir                 {run_dir}")
+    print(f"test NDCG@10 / HR@10    masked {m['ndcg@10']:.4f} / {m['hr@10']:.4f}   unmasked {u['ndcg@10']:.4f} / {u['hr@10']:.4f}")
+    print(f"test HR@1 of 20         {m['hr@1_of_20']:.4f}")
+    print(f"best epoch              {card['metrics']['epoch'] + 1} of {len(epochs)} run (valid ndcg@10 {card['metrics']['valid']['ndcg@10']:.4f})")
+    if epochs:
+        per_epoch = sorted(epochs)[len(epochs) // 2]
+        print(f"seconds per epoch       {per_epoch:.1f} (median, incl. validation)")
+        if train_samples:
+            print(f"training throughput     {train_samples / per_epoch:.0f} samples/s (prefix samples per epoch / s)")
+    print(f"total wall time         {seconds:.0f} s (incl. start-up and test)")
+    print(f"peak RSS                {peak:.2f} GiB")
+    print(f"target (masked)         NDCG@10 >= 0.090, HR@10 >= 0.175, < 300 s, < 2 GiB")
+
+
+if __name__ == "__main__":
+    main()
