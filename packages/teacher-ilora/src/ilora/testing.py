@@ -52,3 +52,39 @@ def build_tiny_llama(vocab_size: int = 128, seed: int = 0, **overrides):
     model = LlamaForCausalLM(LlamaConfig(**cfg))
     return model.eval()
 
+
+
+def save_tiny_llm(directory, seed: int = 0):
+    """A tiny Llama + tokenizer saved like a local checkpoint (`teacher.llm_model_name=<dir>`)."""
+    from pathlib import Path
+
+    directory = Path(directory)
+    build_tiny_llama(seed=seed).save_pretrained(directory)
+    build_tiny_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def tiny_teacher_overrides(llm_dir, student_best) -> list[str]:
+    """Overrides that make `train-teacher` a seconds-long run on a tiny LLM."""
+    return [f"teacher.llm_model_name={llm_dir}", f"teacher.rec_model_checkpoint_path={student_best}",
+            "teacher.target_modules=[q_proj,v_proj]", "teacher.train_samples=all", "teacher.hidden_size=16",
+            "teacher.gate_hidden_size=8", "train.max_epochs=1", "train.batch_size=4", "train.eval_batch_size=8",
+            "train.limit_val_batches=1.0", "train.lr=0.003"]  # fmt: skip
+
+
+def train_tiny_pipeline(root) -> dict:
+    """Prepared cyclic data, a trained tiny student and a trained tiny teacher under `root`:
+    {"data", "llm", "student", "teacher"} (checkpoint dirs are `checkpoints/best`)."""
+    from pathlib import Path
+
+    from ilora import train as teacher_train
+    from recdata.testing import cyclic_sequences, make_prepared, run_cli, tiny_run_overrides
+    from sasrec import train as student_train
+
+    root = Path(root)
+    data = make_prepared(root / "data", cyclic_sequences())
+    llm = save_tiny_llm(root / "tiny-llm")
+    run_cli(student_train.main, tiny_run_overrides(data, root / "runs" / "student", "train.max_epochs=20", "train.patience=20"))
+    student = root / "runs" / "student" / "checkpoints" / "best"
+    run_cli(teacher_train.main, tiny_run_overrides(data, root / "runs" / "teacher", *tiny_teacher_overrides(llm, student)))
+    return {"data": data, "llm": llm, "student": student, "teacher": root / "runs" / "teacher" / "checkpoints" / "best"}
