@@ -1,17 +1,20 @@
 # The verbs users type. Every verb depends on `setup`, so a fresh machine with only
 # Python 3.11+ gets uv (via pip) and the locked environment first.
+# Hydra overrides go in ARGS, e.g.  make train-student ARGS="train.batch_size=64"
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 ARGS ?=
+DEMO := experiment=cpu_demo
+TEACHER ?=
 
-.PHONY: setup data train-student train-teacher precompute distill eval demo serve test lint bench help
+.PHONY: help setup data train-student train-teacher precompute distill eval summarize demo serve test lint bench
 
 help:
-	@echo "make demo   - fetch ML-100K and run the pipeline on the embedded defaults"
-	@echo "make test   - lint and run every test"
-	@echo "other verbs: setup data train-student train-teacher precompute distill eval serve bench lint"
-	@echo "pass Hydra overrides with ARGS='train.batch_size=64 ...'"
+	@echo "make demo    - the whole pipeline on the embedded defaults (ML-100K, SmolLM2-135M, CPU)"
+	@echo "make test    - lint and run every test"
+	@echo "steps: data train-student train-teacher precompute distill eval summarize serve bench"
+	@echo "Hydra overrides: ARGS='train.batch_size=64 ...'"
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -23,11 +26,43 @@ data: setup
 train-student: data
 	$(RUN) train-student $(ARGS)
 
+train-teacher: data
+	$(RUN) train-teacher $(ARGS)
+
+precompute: data
+	$(RUN) precompute-soft-labels $(ARGS)
+
+distill: data
+	$(RUN) distill $(ARGS)
+
+eval: data
+	$(RUN) eval-all $(ARGS)
+
+summarize: setup
+	$(RUN) summarize result/
+
+# student -> teacher -> soft labels -> distilled student -> side-by-side evaluation
+demo: data
+	$(RUN) train-student $(DEMO) $(ARGS)
+	$(RUN) train-teacher $(DEMO) $(ARGS)
+	$(RUN) precompute-soft-labels $(DEMO) $(ARGS)
+	$(RUN) distill $(DEMO) $(ARGS)
+	$(RUN) eval-all $(DEMO) $(ARGS)
+
+# serve the newest teacher (or TEACHER=<checkpoint dir>) on 127.0.0.1:3000
+serve: setup
+	TEACHER_CHECKPOINT="$${TEACHER:-$$($(RUN) python -c 'from recdata.runs import find_newest_checkpoint as f; print(f("result", ("ilora-teacher",)))')}" \
+		$(RUN) bentoml serve teacher.service:TeacherService --port 3000
+
 lint: setup
 	$(RUN) ruff check .
 
 test: lint
 	$(RUN) pytest -q
 
-demo: data
-	@echo "demo: ML-100K prepared (see statistics above)"
+bench: data
+	$(RUN) python bench/data.py
+	$(RUN) python bench/student.py
+	$(RUN) python bench/teacher.py
+	$(RUN) python bench/distill.py
+	$(RUN) python bench/service.py
