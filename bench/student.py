@@ -24,7 +24,8 @@ def main() -> None:
     cmd = ["uv", "run", "--frozen", "train-student", f"paths.result_dir={out}", "trainer.enable_progress_bar=false", *sys.argv[1:]]
     seconds, peak, run_dir = run_measured(cmd, out / "train.log")
     metrics, card = read_metrics(run_dir), best_card(run_dir)
-    epochs = [float(s) for s in re.findall(r"epoch \d+ step \d+ \(([\d.]+)s\)", (out / "train.log").read_text())]
+    log_text = (Path(run_dir) / "train.log").read_text()  # Hydra's per-run log
+    epochs = [float(s) for s in re.findall(r"epoch \d+ step \d+ \(([\d.]+)s\)", log_text)]
     train_samples = card["data"].get("train_samples")
     m, u = metrics["metrics_masked"], metrics["metrics_unmasked"]
     print(f"run_dir                 {run_dir}")
@@ -38,7 +39,7 @@ def main() -> None:
             print(f"training throughput     {train_samples / per_epoch:.0f} samples/s (prefix samples per epoch / s)")
     print(f"total wall time         {seconds:.0f} s (incl. start-up and test)")
     print(f"peak RSS                {peak:.2f} GiB")
-    print(f"target (masked)         NDCG@10 >= 0.090, HR@10 >= 0.175, < 300 s, < 2 GiB")
+    print("target (masked)         NDCG@10 >= 0.090, HR@10 >= 0.175, < 300 s, < 2 GiB")
 
 
 if __name__ == "__main__":

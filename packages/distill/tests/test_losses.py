@@ -270,13 +270,24 @@ def _ced(ed_weight=0.3):
 def test_embedding_distillation_hand_computed_and_padding_row():
     mod, student = _ced()
     out = mod(student)
-    # row 1: W t + b = [1*1 + 0.5, 2*2 - 0.5] = [1.5, 3.5]; row 2: [-1 + 0.5, 1 - 0.5] = [-0.5, 0.5]
-    _close(
-        out, [[0.0, 0.0], [0.1 + 0.3 * 1.5, 0.2 + 0.3 * 3.5], [0.3 - 0.3 * 0.5, -0.4 + 0.3 * 0.5]]
-    )
+    # teacher rows 1,2 = [1, 2], [-1, 0.5]; mean [0, 1.25]; centred [1, 0.75], [-1, -0.75], each of
+    # norm 1.25 -> standardised [0.8, 0.6], [-0.8, -0.6].
+    # W t + b: row 1 = [0.8 + 0.5, 1.2 - 0.5] = [1.3, 0.7]; row 2 = [-0.8 + 0.5, -1.2 - 0.5] = [-0.3, -1.7]
+    _close(out, [[0.0, 0.0], [0.1 + 0.3 * 1.3, 0.2 + 0.3 * 0.7], [0.3 - 0.3 * 0.3, -0.4 - 0.3 * 1.7]])
     assert torch.equal(out[0], torch.zeros(2))  # exactly zero despite bias and teacher row 0
     out.sum().backward()
     assert student.grad is not None and mod.proj.weight.grad is not None
+
+
+def test_embedding_distillation_starts_at_the_plain_student():
+    teacher = torch.randn(5, 3) * 40 + 30  # large shared offset, as LLM title states have
+    mod = CollaborativeEmbeddingDistillation(teacher, dim=2, ed_weight=0.3)
+    student = torch.randn(5, 2)
+    assert torch.equal(mod(student), student)  # zero-initialised projection
+    items = mod.teacher_items[1:]
+    torch.testing.assert_close(items.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    assert items.norm(dim=1).mean().item() == pytest.approx(1.0)
+    assert torch.equal(mod.teacher_items[0], torch.zeros(3))
 
 
 def test_embedding_distillation_identity_fold_and_frozen_teacher():

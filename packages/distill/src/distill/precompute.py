@@ -1,10 +1,12 @@
 """`precompute-soft-labels`: score training samples with a teacher checkpoint and write the
-teacher-output contract. Resumable (finished shards are kept) and sharded across ranks
+teacher-output contract. Resumable (finished shards of the same job are kept; shards computed
+for another teacher, data, sample set or K are recomputed) and sharded across ranks
 (WORLD_SIZE/RANK from torchrun); shards are merged by key, never by order."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -27,12 +29,14 @@ from ilora.checkpoint import load_item_embeddings, load_teacher
 from ilora.train import resolve_device
 from recdata.atomic import atomic_file
 from recdata.datamodule import SplitDataset
+from recdata.errors import UserError
 from recdata.runs import find_newest_checkpoint, hydra_entry
 from recdata.splits import SampleKeys, select_samples, split_keys
 from sasrec.recipe import build_datamodule, seed_run
 
 log = logging.getLogger(__name__)
 SHARD_SIZE = 256
+SHARD_TAG = b"ilora.soft_label_shard"  # parquet schema metadata: what a shard was computed for
 
 
 def resolve_teacher_path(cfg: DictConfig) -> Path:
@@ -67,6 +71,9 @@ def score_shard(teacher, dataset: SplitDataset, lo: int, hi: int, k: int, mask_h
             s = teacher(batch["history"].to(device)).cpu()
         history = batch["full_history"] if mask_history else None
         top_items, top_scores = topk_with_history_masked(s, history, k)
+        if not bool(torch.isfinite(top_scores).all()):
+            row = int((~torch.isfinite(top_scores)).any(1).nonzero()[0])
+            raise UserError(f"distill.candidate_topk={k} exceeds the items the teacher can rank for sample (user_id, position) = ({int(batch['user_id'][row])}, {int(batch['position'][row])}) once its history is masked; lower distill.candidate_topk")
         users.append(batch["user_id"]), positions.append(batch["position"])
         items.append(top_items), scores.append(top_scores)
     return pa.table({
@@ -76,39 +83,65 @@ def score_shard(teacher, dataset: SplitDataset, lo: int, hi: int, k: int, mask_h
     })  # fmt: skip
 
 
-def merge_shards(shard_dir: Path, k: int) -> tuple[torch.Tensor, ...]:
-    table = pa.concat_tables([pq.read_table(p) for p in sorted(shard_dir.glob("shard_*.parquet"))])
-    col = lambda name: torch.as_tensor(table.column(name).to_numpy())  # noqa: E731
+def shard_path(shard_dir: Path, index: int) -> Path:
+    return shard_dir / f"shard_{index:06d}.parquet"
+
+
+def shard_is_done(path: Path, tag: bytes) -> bool:
+    """A shard counts as finished only if it was computed for exactly this job (same teacher,
+    data, samples, K, masking and shard layout); shards of another job are recomputed."""
+    if not path.is_file():
+        return False
+    try:
+        return (pq.read_schema(path).metadata or {}).get(SHARD_TAG) == tag
+    except (OSError, pa.ArrowInvalid):
+        return False
+
+
+def merge_shards(paths: list[Path], k: int) -> tuple[torch.Tensor, ...]:
+    table = pa.concat_tables([pq.read_table(p) for p in paths])
+    col = lambda name: torch.as_tensor(table.column(name).to_numpy().copy())  # noqa: E731
     flat = lambda name: torch.as_tensor(table.column(name).combine_chunks().flatten().to_numpy().copy()).reshape(-1, k)  # noqa: E731
     return col("user_id").long(), col("position").long(), flat("topk_items").long(), flat("topk_scores").float()
 
 
 def precompute(cfg: DictConfig) -> Path:
     d = cfg.distill
+    if not isinstance(d.candidate_topk, int) or isinstance(d.candidate_topk, bool) or d.candidate_topk < 1:
+        raise UserError(f"distill.candidate_topk must be an integer >= 1, got {d.candidate_topk!r}")
     dm = build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len, train_mode="prefix")
+    keys = training_keys(dm, d.soft_label_samples)  # a bad selection fails before the teacher loads
     teacher_path = resolve_teacher_path(cfg)
     out = soft_labels_dir(cfg, teacher_path)
     device = resolve_device(cfg.trainer.accelerator)
     teacher, ckpt = load_teacher(teacher_path, dm.dataset, device=device, cache_dir=Path(cfg.paths.cache_dir))
-    keys = training_keys(dm, d.soft_label_samples)
     dataset = SplitDataset(dm.store, keys, dm.max_seq_len, with_full_history=True)
     shard_dir = out.with_name(out.name + ".shards")
     shard_dir.mkdir(parents=True, exist_ok=True)
     rank, world = _rank_world()
+    digest = teacher_digest(teacher_path)
+    tag = json.dumps({"teacher_digest": digest, "data_fingerprint": dm.fingerprint, "samples": str(d.soft_label_samples),
+                      "num_samples": len(keys), "k": int(d.candidate_topk), "history_masked": bool(d.mask_history_in_topk),
+                      "max_seq_len": dm.max_seq_len, "shard_size": SHARD_SIZE}, sort_keys=True).encode()  # fmt: skip
     shards = [(i, lo, min(lo + SHARD_SIZE, len(keys))) for i, lo in enumerate(range(0, len(keys), SHARD_SIZE))]
-    todo = [s for s in shards if s[0] % world == rank and not (shard_dir / f"shard_{s[0]:06d}.parquet").is_file()]
+    todo = [s for s in shards if s[0] % world == rank and not shard_is_done(shard_path(shard_dir, s[0]), tag)]
     log.info("soft labels: %d samples (%s), %d shards, %d to do on rank %d/%d", len(keys), d.soft_label_samples, len(shards), len(todo), rank, world)
     for index, lo, hi in tqdm(todo, desc="teacher top-K", unit="shard", disable=not cfg.trainer.enable_progress_bar):
         table = score_shard(teacher, dataset, lo, hi, d.candidate_topk, d.mask_history_in_topk, cfg.train.eval_batch_size, device)
-        with atomic_file(shard_dir / f"shard_{index:06d}.parquet") as tmp:
-            pq.write_table(table, tmp)
+        with atomic_file(shard_path(shard_dir, index)) as tmp:
+            pq.write_table(table.replace_schema_metadata({SHARD_TAG: tag}), tmp)
     if world > 1:
         _barrier()
         if rank != 0:
             return out
-    user_ids, positions, items, scores = merge_shards(shard_dir, d.candidate_topk)
+    paths = [shard_path(shard_dir, i) for i, _, _ in shards]
+    unfinished = [p.name for p in paths if not shard_is_done(p, tag)]
+    if unfinished:
+        raise UserError(f"{shard_dir}: {len(unfinished)} shard(s) unfinished or from another job (first {unfinished[0]}); re-run precompute-soft-labels to complete them")
+    # only this job's shards are merged (a stale shard of another layout never leaks in)
+    user_ids, positions, items, scores = merge_shards(paths, d.candidate_topk)
     card = {
-        "teacher_checkpoint": str(Path(teacher_path).resolve()), "teacher_digest": teacher_digest(teacher_path),
+        "teacher_checkpoint": str(Path(teacher_path).resolve()), "teacher_digest": digest,
         "data_fingerprint": dm.fingerprint, "dataset": dm.dataset.name, "samples": str(d.soft_label_samples),
         "history_masked": bool(d.mask_history_in_topk), "source": "precomputed",
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

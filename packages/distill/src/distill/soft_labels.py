@@ -60,13 +60,16 @@ class SoftLabels:
 
     def aligned_to(self, keys: SampleKeys) -> SoftLabels:
         """Rows reordered to `keys`; every key must be present (missing rows are refused)."""
-        stride = int(max(self.positions.max(), keys.positions.max())) + 1
+        if len(keys) == 0:
+            return SoftLabels(keys.user_ids, keys.positions, self.topk_items[:0], self.topk_scores[:0],
+                              self.item_embeddings, self.card)  # fmt: skip
+        stride = max(int(self.positions.max()) if len(self.positions) else 0, int(keys.positions.max())) + 1
         mine = self.user_ids * stride + self.positions
         wanted = keys.user_ids * stride + keys.positions
         order = torch.argsort(mine)
         sorted_keys = mine[order]
-        where = torch.searchsorted(sorted_keys, wanted).clamp(max=len(sorted_keys) - 1)
-        found = sorted_keys[where] == wanted
+        where = torch.searchsorted(sorted_keys, wanted).clamp(max=max(len(sorted_keys) - 1, 0))
+        found = sorted_keys[where] == wanted if len(sorted_keys) else torch.zeros_like(wanted, dtype=torch.bool)
         if not bool(found.all()):
             missing = int((~found).sum())
             first = (int(keys.user_ids[~found][0]), int(keys.positions[~found][0]))
@@ -107,11 +110,11 @@ def read_soft_labels(directory: Path, *, fingerprint: str, teacher: str | None =
         raise SoftLabelError(f"{directory} holds top-{card.get('k')} lists; distillation needs K >= {min_k}")
     table = pq.read_table(directory / SOFT_LABELS_FILE)
     k = card["k"]
-    items = table.column("topk_items").combine_chunks().flatten().to_numpy().reshape(-1, k)
-    scores = table.column("topk_scores").combine_chunks().flatten().to_numpy().reshape(-1, k)
+    items = table.column("topk_items").combine_chunks().flatten().to_numpy().reshape(-1, k).copy()
+    scores = table.column("topk_scores").combine_chunks().flatten().to_numpy().reshape(-1, k).copy()
     return SoftLabels(
-        user_ids=torch.as_tensor(table.column("user_id").to_numpy(), dtype=torch.int64),
-        positions=torch.as_tensor(table.column("position").to_numpy(), dtype=torch.int64),
+        user_ids=torch.as_tensor(table.column("user_id").to_numpy().astype(np.int64)),
+        positions=torch.as_tensor(table.column("position").to_numpy().astype(np.int64)),
         topk_items=torch.as_tensor(items, dtype=torch.int64),
         topk_scores=torch.as_tensor(scores, dtype=torch.float32),
         item_embeddings=load_file(directory / EMBEDDINGS_FILE)["item_embeddings"],

@@ -6,7 +6,7 @@ import logging
 
 from omegaconf import DictConfig
 
-from distill.losses import DLLM2RecLoss
+from distill.losses import RANK_FORMS, DLLM2RecLoss
 from distill.module import DistillModule
 from distill.precompute import resolve_teacher_path, soft_labels_dir, training_keys
 from distill.soft_labels import SoftLabels, read_soft_labels, teacher_digest
@@ -19,10 +19,25 @@ log = logging.getLogger(__name__)
 SOURCES = ("precomputed", "service")
 
 
-def load_labels(cfg: DictConfig, dm) -> SoftLabels:
+def check_distill_config(cfg: DictConfig) -> None:
+    """Refuse a bad distill.* setting with a one-line UserError before any data or model loads."""
     d = cfg.distill
     if d.teacher_source not in SOURCES:
         raise UserError(f"distill.teacher_source must be one of {', '.join(SOURCES)}, got {d.teacher_source!r}")
+    if d.ranking_loss not in RANK_FORMS:
+        raise UserError(f"distill.ranking_loss must be one of {', '.join(RANK_FORMS)}, got {d.ranking_loss!r}")
+    for name, low, strict in (("lam", 0, False), ("ed_weight", 0, False), ("gamma_position", 0, False),
+                              ("gamma_confidence", 0, False), ("gamma_consistency", 0, False),
+                              ("lambda_position", 0, True), ("candidate_topk", 1, False)):  # fmt: skip
+        value = d[name]
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and (value > low if strict else value >= low)
+        if not ok:
+            raise UserError(f"distill.{name} must be a number {'>' if strict else '>='} {low}, got {value!r}")
+
+
+def load_labels(cfg: DictConfig, dm) -> SoftLabels:
+    d = cfg.distill
+    check_distill_config(cfg)
     keys = training_keys(dm, d.soft_label_samples)
     if d.teacher_source == "service":
         from distill.teacher_client import fetch_soft_labels
@@ -43,8 +58,11 @@ def load_labels(cfg: DictConfig, dm) -> SoftLabels:
 
 def build_module(cfg: DictConfig, dm, labels: SoftLabels) -> DistillModule:
     d = cfg.distill
-    loss = DLLM2RecLoss(lam=d.lam, gamma_position=d.gamma_position, gamma_confidence=d.gamma_confidence,
-                        gamma_consistency=d.gamma_consistency, lambda_position=d.lambda_position, form=d.ranking_loss)  # fmt: skip
+    try:
+        loss = DLLM2RecLoss(lam=d.lam, gamma_position=d.gamma_position, gamma_confidence=d.gamma_confidence,
+                            gamma_consistency=d.gamma_consistency, lambda_position=d.lambda_position, form=d.ranking_loss)  # fmt: skip
+    except ValueError as error:  # e.g. an unknown ranking_loss form: a config error, not a crash
+        raise UserError(f"distill: {error}") from None
     return DistillModule(student_config(cfg, dm.num_items), labels=labels, store=dm.store, loss=loss,
                          ed_weight=d.ed_weight, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, seed=cfg.seed,
                          provenance={k: v for k, v in labels.card.items() if k != "created_at"})  # fmt: skip
@@ -52,6 +70,7 @@ def build_module(cfg: DictConfig, dm, labels: SoftLabels) -> DistillModule:
 
 @hydra_entry("run_distill")
 def main(cfg: DictConfig) -> None:
+    check_distill_config(cfg)
     seed_run(cfg)
     dm = build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len, train_mode="sequence")
     labels = load_labels(cfg, dm)

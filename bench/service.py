@@ -1,0 +1,175 @@
+"""Teacher service speed on this machine (CPU): soft-label throughput in-process vs through the
+BentoML service, and the service's latency under concurrent single-history clients.
+
+(a) throughput (samples/s) over the first `--samples` training prefixes (last_n_per_user=1, the
+    distill default): in-process precompute-style scoring (`teacher(history)` + top-K, batches of
+    `--batch-size`) vs `distill.teacher_client.fetch_soft_labels` against the service (same batch
+    size, one call at a time), and whether the two agree;
+(b) p50/p99 latency of single-history `/topk` calls at 1, 4 and 16 concurrent clients, a bounded
+    `--requests` calls per level shared by its clients, and the mean model batch the adaptive
+    batcher formed (from the service's /metrics).
+
+The service is started here (`bentoml serve teacher.service:TeacherService` on a free localhost
+port) and stopped at the end.
+
+    uv run python bench/service.py [--checkpoint result/<run>/checkpoints/best] [--data data/processed/ml-100k]
+                                   [--samples 32] [--batch-size 8] [--requests 32] [--levels 1,4,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# bench/ holds teacher.py and distill.py, named like the `teacher` and `distill` packages: drop
+# this directory from the import path so the packages are found.
+BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def batch_histogram(url: str) -> tuple[float, float]:
+    """(sum, count) of the service's adaptive batch sizes for /topk so far."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    total = count = 0.0
+    for line in text.splitlines():
+        if "adaptive_batch_size" in line and 'method_name="topk"' in line:
+            value = float(line.rsplit(" ", 1)[1])
+            if re.match(r"\S*adaptive_batch_size_sum\{", line):
+                total += value
+            elif re.match(r"\S*adaptive_batch_size_count\{", line):
+                count += value
+    return total, count
+
+
+def in_process(teacher, dataset, n: int, batch_size: int, k: int):
+    from distill.soft_labels import topk_with_history_masked
+
+    items, scores = [], []
+    start = time.perf_counter()
+    for lo in range(0, n, batch_size):
+        batch = dataset.__getitems__(list(range(lo, min(lo + batch_size, n))))
+        with torch.no_grad():
+            s = teacher(batch["history"])
+        top_items, top_scores = topk_with_history_masked(s, batch["full_history"], k)
+        items.append(top_items), scores.append(top_scores)
+    return time.perf_counter() - start, torch.cat(items), torch.cat(scores)
+
+
+def latency_level(
+    url: str, histories: list[list[int]], clients: int, total: int, k: int
+) -> list[float]:
+    per_client = [total // clients + (1 if c < total % clients else 0) for c in range(clients)]
+
+    def client(c: int) -> list[float]:
+        times = []
+        with httpx.Client(base_url=url, timeout=1800) as http:
+            for j in range(per_client[c]):
+                history = histories[(c * 7919 + j) % len(histories)]
+                t0 = time.perf_counter()
+                response = http.post("/topk", json={"requests": [{"history": history, "k": k}]})
+                times.append(time.perf_counter() - t0)
+                response.raise_for_status()
+        return times
+
+    with ThreadPoolExecutor(clients) as pool:
+        return [t for times in pool.map(client, range(clients)) for t in times]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="teacher checkpoints/best (default: newest under result/)",
+    )
+    parser.add_argument("--data", type=Path, default=Path("data/processed/ml-100k"))
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--requests", type=int, default=32, help="single-history calls per concurrency level"
+    )
+    parser.add_argument("--levels", default="1,4,16")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from distill.precompute import training_keys
+    from distill.teacher_client import fetch_soft_labels
+    from ilora.checkpoint import load_teacher
+    from recdata.contract import load_prepared
+    from recdata.datamodule import SequentialDataModule, SplitDataset
+    from recdata.runs import find_newest_checkpoint
+    from recdata.splits import SampleKeys
+    from teacher.testing import ServiceProcess
+
+    checkpoint = args.checkpoint or find_newest_checkpoint(Path("result"), ("ilora-teacher",))
+    print(f"teacher checkpoint      {checkpoint}")
+    t0 = time.perf_counter()
+    teacher, ckpt = load_teacher(checkpoint, load_prepared(args.data))
+    print(
+        f"in-process load         {time.perf_counter() - t0:.1f} s  ({ckpt.hparams['teacher']['llm_model_name']})"
+    )
+    dm = SequentialDataModule(
+        args.data, max_seq_len=teacher.student.config.max_seq_len, train_mode="prefix"
+    )
+    dm.setup()
+    keys = training_keys(dm, "last_n_per_user=1")
+    n = min(args.samples, len(keys))
+    keys = SampleKeys(keys.user_ids[:n], keys.positions[:n])
+    dataset = SplitDataset(dm.store, keys, dm.max_seq_len, with_full_history=True)
+
+    seconds, ref_items, ref_scores = in_process(teacher, dataset, n, args.batch_size, args.k)
+    print(
+        f"in-process scoring      {n / seconds:7.2f} samples/s  ({n} samples, batch {args.batch_size}, {seconds:.1f} s)"
+    )
+    del teacher
+
+    log = Path(tempfile.mkdtemp(prefix="bench-service-")) / "serve.log"
+    t0 = time.perf_counter()
+    with ServiceProcess(checkpoint, args.data, log_file=log, startup_timeout=600) as service:
+        print(f"service start-up        {time.perf_counter() - t0:.1f} s  (to /readyz; log {log})")
+        t0 = time.perf_counter()
+        labels = fetch_soft_labels(service.url, dm, keys, k=args.k, batch_size=args.batch_size)
+        seconds = time.perf_counter() - t0
+        same_items = torch.equal(labels.topk_items, ref_items)
+        diff = (labels.topk_scores - ref_scores).abs().max().item()
+        print(
+            f"through the service     {n / seconds:7.2f} samples/s  ({n} samples, batch {args.batch_size}, {seconds:.1f} s "
+            f"incl. info + item embeddings; items identical: {same_items}, max |score diff| {diff:.2e})"
+        )
+
+        histories = [
+            row[row > 0].tolist() for row in dataset.__getitems__(list(range(n)))["full_history"]
+        ]
+        for clients in (int(c) for c in args.levels.split(",")):
+            before = batch_histogram(service.url)
+            start = time.perf_counter()
+            times = latency_level(service.url, histories, clients, args.requests, args.k)
+            wall = time.perf_counter() - start
+            after = batch_histogram(service.url)
+            batches = after[1] - before[1]
+            mean_batch = (after[0] - before[0]) / batches if batches else float("nan")
+            print(
+                f"latency {clients:>2} client(s)    p50 {statistics.median(times):6.2f} s  p99 {percentile(times, 99):6.2f} s  "
+                f"({len(times)} calls, {len(times) / wall:.2f} calls/s, mean model batch {mean_batch:.1f})"
+            )
+
+
+if __name__ == "__main__":
+    main()

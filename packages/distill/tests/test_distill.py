@@ -1,0 +1,216 @@
+"""`distill` on the tiny pipeline: the run contract, alignment of soft labels by key, the
+folded export, equality with the baseline when the distillation terms are off, every ablation
+switch, and clean config errors."""
+
+import contextlib
+import io
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distill import precompute
+from distill import train as distill_train
+from distill.losses import DLLM2RecLoss
+from distill.module import DistillModule
+from distill.soft_labels import SoftLabels, read_soft_labels, write_soft_labels
+from recdata.datamodule import SequentialDataModule
+from recdata.testing import run_cli, tiny_run_overrides
+from sasrec import train as student_train
+from sasrec.model import SASRecConfig
+from sasrec.module import load_sasrec
+
+EPOCHS = "train.max_epochs=2"
+
+
+def fingerprint(data) -> str:
+    return json.loads((data / "meta.json").read_text())["fingerprint"]
+
+
+def run_distill(pipeline, soft_dir, run_dir, *extra) -> str:
+    """Run `distill` in-process; returns its stdout."""
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        run_cli(distill_train.main, tiny_run_overrides(
+            pipeline["data"], run_dir, f"distill.teacher_checkpoint_path={pipeline['teacher']}",
+            f"distill.soft_labels_dir={soft_dir}", "distill.soft_label_samples=all", EPOCHS, *extra))  # fmt: skip
+    return stdout.getvalue()
+
+
+def weights(run_dir, name="model.safetensors") -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoints" / "best" / name)
+
+
+def read_test_metrics(run_dir) -> dict:
+    return json.loads((run_dir / "test_metrics.json").read_text())
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.fixture(scope="module")
+def soft_dir(tiny_pipeline, tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    run_cli(precompute.main, tiny_run_overrides(
+        tiny_pipeline["data"], root / "precompute", f"distill.teacher_checkpoint_path={tiny_pipeline['teacher']}",
+        f"distill.soft_labels_dir={root / 'soft'}", "distill.soft_label_samples=all"))  # fmt: skip
+    return root / "soft"
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_pipeline, soft_dir):
+    run_dir = soft_dir.parent / "full"
+    return run_dir, run_distill(tiny_pipeline, soft_dir, run_dir)
+
+
+def test_distill_writes_a_distilled_run(tiny_pipeline, soft_dir, full_run):
+    run_dir, stdout = full_run
+    assert stdout.strip().splitlines()[-1] == f"run_dir: {run_dir}"
+    card = json.loads((run_dir / "checkpoints" / "best" / "card.json").read_text())
+    assert card["kind"] == "sasrec-distilled" and card["hparams"]["folded"] is True
+    assert card["hparams"]["ed_weight"] == 0.3 and card["hparams"]["loss"]["lam"] == 0.7
+    soft_card = json.loads((soft_dir / "card.json").read_text())
+    assert card["distillation"]["teacher_digest"] == soft_card["teacher_digest"]
+    assert card["distillation"]["num_samples"] == soft_card["num_samples"] == 110
+    assert card["data"]["fingerprint"] == fingerprint(tiny_pipeline["data"])
+    metrics = read_test_metrics(run_dir)
+    assert metrics["model"] == "sasrec-distilled" and metrics["split"] == "test"
+    assert metrics["metrics"] == card["metrics"]["test"]
+    assert (run_dir / "test_predictions.parquet").is_file() and (run_dir / "config.yaml").is_file()
+
+
+def test_soft_labels_are_aligned_by_key_not_by_row_order(
+    tiny_pipeline, soft_dir, full_run, tmp_path
+):
+    labels = read_soft_labels(soft_dir, fingerprint=fingerprint(tiny_pipeline["data"]))
+    perm = torch.randperm(len(labels.user_ids), generator=torch.Generator().manual_seed(1))
+    shuffled = write_soft_labels(tmp_path / "shuffled", SoftLabels(
+        labels.user_ids[perm], labels.positions[perm], labels.topk_items[perm], labels.topk_scores[perm],
+        labels.item_embeddings, labels.card))  # fmt: skip
+    stored = read_soft_labels(shuffled, fingerprint=fingerprint(tiny_pipeline["data"]))
+    assert torch.equal(stored.user_ids, labels.user_ids[perm])  # really stored in another order
+    run_distill(tiny_pipeline, shuffled, tmp_path / "run")
+    run_dir, _ = full_run
+    assert_same_weights(weights(tmp_path / "run"), weights(run_dir))
+    assert_same_weights(
+        weights(tmp_path / "run", "unfolded.safetensors"), weights(run_dir, "unfolded.safetensors")
+    )
+    assert read_test_metrics(tmp_path / "run")["metrics"] == read_test_metrics(run_dir)["metrics"]
+
+
+def test_export_folds_the_embedding_distillation_into_a_plain_sasrec(
+    tiny_pipeline, soft_dir, full_run
+):
+    best = full_run[0] / "checkpoints" / "best"
+    plain, card = load_sasrec(best, kinds=("sasrec-distilled",))
+    dm = SequentialDataModule(tiny_pipeline["data"], max_seq_len=16, num_candidates=0)
+    dm.setup()
+    # the distillation module as it trained: unfolded student table + teacher-embedding projection
+    labels = read_soft_labels(soft_dir, fingerprint=dm.fingerprint)
+    module = DistillModule(SASRecConfig(**card["hparams"]["model"]), labels=labels, store=dm.store,
+                           loss=DLLM2RecLoss(), ed_weight=card["hparams"]["ed_weight"])  # fmt: skip
+    unfolded = load_file(best / "unfolded.safetensors")
+    for prefix, target in (
+        ("model.", module.model),
+        ("embedding_distillation.", module.embedding_distillation),
+    ):
+        target.load_state_dict(
+            {k.removeprefix(prefix): v for k, v in unfolded.items() if k.startswith(prefix)}
+        )
+    module.eval()
+    # the fold is not trivial: the exported table differs from the student's own table
+    delta = (plain.item_table() - module.model.item_table()).detach()
+    assert delta[1:].abs().amax() > 1e-2 and torch.equal(delta[0], torch.zeros_like(delta[0]))
+    with torch.no_grad():
+        for split in ("valid", "test"):
+            for batch in dm.loader(split):
+                expected = module.score(batch)
+                got = plain.score(batch["history"])
+                assert torch.isneginf(got[:, 0]).all() and torch.isneginf(expected[:, 0]).all()
+                torch.testing.assert_close(got[:, 1:], expected[:, 1:], rtol=0, atol=1e-5)
+
+
+def test_without_distillation_terms_the_run_equals_the_baseline_student(
+    tiny_pipeline, soft_dir, tmp_path
+):
+    """lam=0 and ed_weight=0 reduce DLLM2Rec to the plain student: same seed and config give the
+    same weights and test metrics, so baseline-vs-distilled compares the distillation alone."""
+    run_cli(
+        student_train.main, tiny_run_overrides(tiny_pipeline["data"], tmp_path / "baseline", EPOCHS)
+    )
+    run_distill(
+        tiny_pipeline, soft_dir, tmp_path / "distilled", "distill.lam=0", "distill.ed_weight=0"
+    )
+    assert_same_weights(weights(tmp_path / "distilled"), weights(tmp_path / "baseline"))
+    baseline, distilled = (
+        read_test_metrics(tmp_path / "baseline"),
+        read_test_metrics(tmp_path / "distilled"),
+    )
+    for key in ("metrics", "metrics_masked", "metrics_unmasked"):
+        assert distilled[key] == baseline[key]
+
+
+ABLATIONS = ["distill.gamma_position=0", "distill.gamma_confidence=0", "distill.gamma_consistency=0",
+             "distill.ranking_loss=listwise", "distill.lam=0", "distill.ed_weight=0"]  # fmt: skip
+
+
+@pytest.mark.parametrize("switch", ABLATIONS)
+def test_each_ablation_switch_runs_and_changes_the_model(
+    tiny_pipeline, soft_dir, full_run, tmp_path, switch
+):
+    run_distill(tiny_pipeline, soft_dir, tmp_path / "run", switch)
+    card = json.loads((tmp_path / "run" / "checkpoints" / "best" / "card.json").read_text())
+    name, value = switch.removeprefix("distill.").split("=")
+    recorded = (
+        card["hparams"]["ed_weight"]
+        if name == "ed_weight"
+        else card["hparams"]["loss"]["form" if name == "ranking_loss" else name]
+    )
+    assert str(recorded) in (value, f"{value}.0")
+    assert set(read_test_metrics(tmp_path / "run")["metrics"]) >= {"hr@5", "ndcg@5"}
+    ablated, full = (
+        weights(tmp_path / "run", "unfolded.safetensors"),
+        weights(full_run[0], "unfolded.safetensors"),
+    )
+    assert any(not torch.equal(ablated[k], full[k]) for k in full)  # the switch acts on training
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("distill.teacher_source=nope", "error: distill.teacher_source must be one of precomputed, service, got 'nope'"),
+    ("distill.ranking_loss=nope", "error: distill.ranking_loss must be one of pointwise, listwise, got 'nope'"),
+    ("distill.gamma_confidence=-1", "error: distill.gamma_confidence must be a number >= 0, got -1"),
+])  # fmt: skip
+def test_bad_config_exits_2_with_one_line(
+    tiny_pipeline, soft_dir, tmp_path, capsys, override, message
+):
+    with pytest.raises(SystemExit) as exit_info:
+        run_distill(tiny_pipeline, soft_dir, tmp_path / "run", override)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message]
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
+
+
+def test_soft_labels_missing_a_training_sample_are_refused(
+    tiny_pipeline, soft_dir, tmp_path, capsys
+):
+    labels = read_soft_labels(soft_dir, fingerprint=fingerprint(tiny_pipeline["data"]))
+    keep = torch.arange(len(labels.user_ids)) != 12
+    partial = tmp_path / "partial"
+    write_soft_labels(partial, SoftLabels(labels.user_ids[keep], labels.positions[keep], labels.topk_items[keep],
+                                          labels.topk_scores[keep], labels.item_embeddings, labels.card))  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        run_distill(tiny_pipeline, partial, tmp_path / "run")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    key = (int(labels.user_ids[12]), int(labels.positions[12]))
+    assert (
+        len(err) == 1
+        and f"lack 1 of 110 training samples (first missing key (user_id, position) = {key})"
+        in err[0]
+    )
+    shutil.rmtree(partial)
