@@ -34,6 +34,7 @@ class TeacherConfig:
     max_history: int = 10
     max_title_tokens: int = 12
     use_item_embeddings_head: bool = True
+    residual_student_state: bool = True
 
     def moe_config(self) -> MoELoRAConfig:
         return MoELoRAConfig(r=self.lora_r, num_experts=self.num_lora_experts, alpha=self.lora_alpha,
@@ -64,6 +65,11 @@ class ILoRATeacher(nn.Module):
         else:
             self.item_table = None
             self.head = nn.Linear(width, student.config.num_items + 1)
+        if config.residual_student_state:
+            # The LLM learns a correction to the student's view: with a zero head the teacher
+            # starts exactly as its student, so a short (CPU-budget) run never ends below it.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -75,8 +81,9 @@ class ILoRATeacher(nn.Module):
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {n: t for n, t in self.state_dict().items() if n in names}
 
-    def encode(self, history: torch.Tensor) -> torch.Tensor:
-        """(B, L) left-padded item ids -> (B, H_llm) state at the prompt's last token."""
+    def encode(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) left-padded item ids -> ((B, H_llm) state at the prompt's last token,
+        (B, d) the frozen student's state u of the same history)."""
         with torch.no_grad():
             u = self.student.last_state(history)
         set_gate(self.llm, self.gate(u))  # stays set for gradient checkpointing's re-runs
@@ -87,15 +94,21 @@ class ILoRATeacher(nn.Module):
         embeds = embeds.masked_scatter((slots > 0).unsqueeze(-1), item_vectors.to(embeds.dtype))
         out = self.llm.base_model(inputs_embeds=embeds, attention_mask=prompt["attention_mask"],
                                   position_ids=prompt["position_ids"], use_cache=False)  # fmt: skip
-        return out.last_hidden_state[:, -1].float()
+        return out.last_hidden_state[:, -1].float(), u
 
-    def scores_from_state(self, state: torch.Tensor) -> torch.Tensor:
-        scores = self.head(state) @ self.item_table.T if self.item_table is not None else self.head(state)
+    def scores_from_state(self, state: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        if self.item_table is not None:
+            query = self.head(state) + (u if self.config.residual_student_state else 0)
+            scores = query @ self.item_table.T
+        else:
+            scores = self.head(state)
+            if self.config.residual_student_state:
+                scores = scores + u @ self.student.item_table().T
         return scores.index_fill(1, torch.zeros(1, dtype=torch.long, device=scores.device), -torch.inf)
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         """(B, N+1) scores over all items; column 0 (padding) is -inf."""
-        return self.scores_from_state(self.encode(history))
+        return self.scores_from_state(*self.encode(history))
 
     @torch.no_grad()
     def item_title_embeddings(self, batch_size: int = 64) -> torch.Tensor:

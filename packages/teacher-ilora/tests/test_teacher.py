@@ -1,0 +1,150 @@
+"""The iLoRA teacher as a whole: batching invariance, what trains, decay in a real run,
+checkpoint round trip, refusing mismatched inputs."""
+
+import json
+import math
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ilora import train as teacher_train
+from ilora.checkpoint import ITEM_EMBEDDINGS_FILE, load_item_embeddings, load_teacher
+from ilora.model import ILoRATeacher, TeacherConfig
+from ilora.testing import build_tiny_llama, build_tiny_tokenizer, tiny_teacher_overrides
+from recdata.contract import load_prepared
+from recdata.metrics import target_ranks
+from recdata.testing import cyclic_sequences, make_prepared, run_cli, tiny_run_overrides
+from sasrec.model import SASRec, SASRecConfig
+
+
+@pytest.fixture
+def teacher():
+    torch.manual_seed(0)
+    student = SASRec(SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16))
+    titles = [""] + [f"the movie {'long ' * (i % 4)}{i}" for i in range(1, 41)]
+    config = TeacherConfig(target_modules=["q_proj", "v_proj"], hidden_size=16, gate_hidden_size=8, max_history=5)
+    model = ILoRATeacher(build_tiny_llama(), build_tiny_tokenizer(), student, titles, config)
+    with torch.no_grad():  # non-zero adapters and head, so the gate and the LLM path matter
+        for name, p in model.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+        model.head.weight.normal_(std=0.1)
+    return model.eval()
+
+
+def left_pad(rows, width=16):
+    return torch.tensor([[0] * (width - len(r)) + r for r in rows])
+
+
+def test_scores_same_alone_and_in_a_padded_batch(teacher):
+    short, long = [3, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    alone = teacher(left_pad([short]))
+    together = teacher(left_pad([short, long]))
+    torch.testing.assert_close(alone[0, 1:], together[0, 1:], rtol=0, atol=1e-5)
+    assert alone[0, 0] == -math.inf
+
+
+def test_gate_depends_on_the_history_and_changes_the_output(teacher):
+    a, b = left_pad([[1, 2, 3]]), left_pad([[7, 8, 9]])
+    ga = teacher.gate(teacher.student.last_state(a))
+    gb = teacher.gate(teacher.student.last_state(b))
+    assert not torch.allclose(ga, gb)
+    torch.testing.assert_close(ga.sum(1), torch.ones(1))
+
+
+def test_only_adapters_gate_projector_and_head_are_trained(teacher):
+    teacher.train()
+    history = left_pad([[1, 2, 3], [4, 5, 6, 7]])
+    F.cross_entropy(teacher(history), torch.tensor([4, 8])).backward()
+    trained = {n for n, p in teacher.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained and all(n.split(".")[0] in ("llm", "gate", "projector", "head", "item_table") for n in trained)
+    assert all("lora_" in n for n in trained if n.startswith("llm."))
+    assert {"item_table", "head.weight"} <= trained and any(n.startswith("gate.") for n in trained)
+    assert any(n.startswith("projector.") for n in trained)
+    frozen = [p for n, p in teacher.named_parameters() if n.startswith("student.") or (n.startswith("llm.") and "lora_" not in n)]
+    assert frozen and all(p.grad is None for p in frozen)
+    assert not teacher.student.training  # the frozen student's dropout never acts
+
+
+def test_teacher_starts_as_its_student(teacher):
+    fresh = ILoRATeacher(build_tiny_llama(), build_tiny_tokenizer(), teacher.student, [""] + ["movie"] * 40,
+                         TeacherConfig(target_modules=["q_proj"], hidden_size=8, gate_hidden_size=4)).eval()
+    history = left_pad([[1, 2, 3], [9, 8]])
+    torch.testing.assert_close(fresh(history)[:, 1:], teacher.student.score(history)[:, 1:], rtol=0, atol=1e-5)
+
+
+def test_linear_head_variant_scores_all_items(teacher):
+    config = TeacherConfig(target_modules=["q_proj"], hidden_size=8, gate_hidden_size=4, use_item_embeddings_head=False)
+    model = ILoRATeacher(build_tiny_llama(), build_tiny_tokenizer(), teacher.student, [""] + ["movie"] * 40, config)
+    assert model.item_table is None and model.head.out_features == 41
+    assert model(left_pad([[1, 2]])).shape == (1, 41)
+
+
+def test_item_title_embeddings_are_per_item_and_padding_is_zero(teacher):
+    emb = teacher.item_title_embeddings(batch_size=7)
+    assert emb.shape == (41, 32) and torch.equal(emb[0], torch.zeros(32))
+    assert not torch.allclose(emb[1], emb[2])
+
+
+def test_round_trip_reproduces_the_runs_own_test_ranks(tiny_pipeline):
+    dataset = load_prepared(tiny_pipeline["data"])
+    teacher, ckpt = load_teacher(tiny_pipeline["teacher"], dataset)
+    assert ckpt.card["student_checkpoint"]["path"].endswith("checkpoints/best")
+    assert set(ckpt.tensors) == set(teacher.trainable_state_dict())
+    assert not any(k.startswith(("student.", "llm.model.embed_tokens")) for k in ckpt.tensors)
+    predictions = pq.read_table(tiny_pipeline["teacher"].parent.parent / "test_predictions.parquet").to_pydict()
+    from recdata.datamodule import SequentialDataModule
+
+    dm = SequentialDataModule(tiny_pipeline["data"], max_seq_len=16, num_candidates=0)
+    batch = next(iter(dm.loader("test")))
+    with torch.no_grad():
+        ranks = target_ranks(teacher(batch["history"]), batch["target"]) + 1
+    assert ranks.tolist() == predictions["rank_unmasked"]
+    assert load_item_embeddings(tiny_pipeline["teacher"]).shape[0] == dataset.num_items + 1
+    assert (tiny_pipeline["teacher"] / ITEM_EMBEDDINGS_FILE).is_file()
+
+
+def _lambda_trace(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars("train/lambda")]
+
+
+@pytest.mark.parametrize("decay_steps", [None, 3])
+def test_lambda_decays_to_its_minimum_in_a_real_run(tiny_pipeline, tmp_path, decay_steps):
+    extra = ["trainer.log_every_n_steps=1", "teacher.distill_lambda=1.0", "teacher.distill_min_lambda=0.2",
+             "teacher.distill_decay_type=linear", f"teacher.distill_decay_steps={decay_steps or 'null'}",
+             "train.limit_val_batches=1"]  # fmt: skip
+    run = tmp_path / "teacher"
+    run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], run,
+            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]), *extra))  # fmt: skip
+    trace = _lambda_trace(run)
+    total = len(trace)  # logged every optimizer step
+    assert total >= 4
+    values = [v for _, v in trace]
+    assert values[0] < 1.0 and all(a >= b for a, b in zip(values, values[1:], strict=False))
+    reach = (decay_steps or total) - 1
+    assert values[reach] == pytest.approx(0.2) and values[reach - 1] > 0.2 + 1e-6
+    assert all(v == pytest.approx(0.2) for v in values[reach:])
+
+
+def test_student_from_other_data_is_refused(tiny_pipeline, tmp_path, capsys):
+    other = make_prepared(tmp_path / "other", cyclic_sequences(length=15))
+    with pytest.raises(SystemExit) as exc:
+        run_cli(teacher_train.main, tiny_run_overrides(other, tmp_path / "t",
+                *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"])))  # fmt: skip
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "built on other data" in err[0]
+
+
+def test_teacher_card_names_base_llm_and_student(tiny_pipeline):
+    card = json.loads((tiny_pipeline["teacher"] / "card.json").read_text())
+    assert card["kind"] == "ilora-teacher"
+    assert card["base_llm"]["name"] == str(tiny_pipeline["llm"]) and card["base_llm"]["digest"]
+    assert len(card["student_checkpoint"]["weights_sha256"]) == 64
+    assert card["hparams"]["teacher"]["num_lora_experts"] == 4
