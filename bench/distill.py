@@ -109,7 +109,8 @@ def soft_labels_dir(teacher: Path, spec: str, overrides: list[str]) -> Path:
 
 
 def valid_soft_labels(directory: Path, teacher: Path, spec: str, k: int) -> bool:
-    from distill.soft_labels import SoftLabelError, read_soft_labels, teacher_digest
+    from distill.soft_labels import SoftLabelError, read_soft_labels
+    from ilora.inference import teacher_digest
 
     card = json.loads((teacher / "card.json").read_text())
     try:

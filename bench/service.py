@@ -1,7 +1,7 @@
 """Teacher service speed on this machine (CPU): soft-label throughput in-process vs through the
 BentoML service, and the service's latency under concurrent single-history clients.
 
-(a) throughput (samples/s) over the first `--samples` training prefixes (last_n_per_user=1, the
+(a) throughput (samples/s, after one warm-up batch each) over the first `--samples` training prefixes (last_n_per_user=1, the
     distill default): in-process precompute-style scoring (`teacher(history)` + top-K, batches of
     `--batch-size`) vs `distill.teacher_client.fetch_soft_labels` against the service (same batch
     size, one call at a time), and whether the two agree;
@@ -56,7 +56,7 @@ def batch_histogram(url: str) -> tuple[float, float]:
 
 
 def in_process(teacher, dataset, n: int, batch_size: int, k: int):
-    from distill.soft_labels import topk_with_history_masked
+    from ilora.inference import topk_with_history_masked
 
     items, scores = [], []
     start = time.perf_counter()
@@ -134,6 +134,7 @@ def main() -> None:
     keys = SampleKeys(keys.user_ids[:n], keys.positions[:n])
     dataset = SplitDataset(dm.store, keys, dm.max_seq_len, with_full_history=True)
 
+    in_process(teacher, dataset, min(n, args.batch_size), args.batch_size, args.k)  # warm-up
     seconds, ref_items, ref_scores = in_process(teacher, dataset, n, args.batch_size, args.k)
     print(
         f"in-process scoring      {n / seconds:7.2f} samples/s  ({n} samples, batch {args.batch_size}, {seconds:.1f} s)"
@@ -144,6 +145,11 @@ def main() -> None:
     t0 = time.perf_counter()
     with ServiceProcess(checkpoint, args.data, log_file=log, startup_timeout=600) as service:
         print(f"service start-up        {time.perf_counter() - t0:.1f} s  (to /readyz; log {log})")
+        histories = [
+            row[row > 0].tolist() for row in dataset.__getitems__(list(range(n)))["full_history"]
+        ]
+        warm = {"requests": [{"history": h, "k": args.k} for h in histories[: args.batch_size]]}
+        httpx.post(f"{service.url}/topk", json=warm, timeout=1800).raise_for_status()  # warm-up
         t0 = time.perf_counter()
         labels = fetch_soft_labels(service.url, dm, keys, k=args.k, batch_size=args.batch_size)
         seconds = time.perf_counter() - t0

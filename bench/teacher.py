@@ -138,12 +138,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument(
+        "--torch-dropout-variant",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time MoE-LoRA with torch's nn.Dropout",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     from peft import LoraConfig, get_peft_model
 
-    from ilora.moe_lora import GateNetwork, MoELoRAConfig, inject_moe_lora, set_gate
+    from ilora.moe_lora import (
+        GateNetwork,
+        MoELoRAConfig,
+        inject_moe_lora,
+        moe_lora_layers,
+        set_gate,
+    )
 
     peak = matmul_peak()
     print(f"threads={torch.get_num_threads()}  fp32 matmul peak (2048^3): {peak:.1f} GFLOP/s  "
@@ -164,25 +176,38 @@ def main() -> None:
         f"MoE-LoRA: {len(replaced)} layers, {moe_step.num_trainable / 1e6:.2f}M trainable; "
         f"LoRA: {lora_step.num_trainable / 1e6:.2f}M trainable"
     )
+    steps = {"MoE-LoRA r=8 E=4": moe_step, "peft LoRA r=8": lora_step}
+    if args.torch_dropout_variant:
+        # the same MoE-LoRA with torch's nn.Dropout (CPU bernoulli_, as peft uses) instead of
+        # LoRADropout: separates the layer's structure from the faster dropout mask
+        variant, _ = load_base(args.cache_dir)
+        inject_moe_lora(variant, cfg)
+        for _, layer in moe_lora_layers(variant):
+            layer.dropout = nn.Dropout(cfg.dropout)
+        steps["MoE-LoRA, nn.Dropout"] = TrainStep(variant, GateNetwork(SASREC_DIM, cfg.num_experts))
 
-    # (a) training step, interleaved so drift hits both equally
-    moe_step()  # warm-up
-    lora_step()
-    t_moe, t_lora = [], []
+    # (a) training step, interleaved so drift hits all variants equally
+    for fn in steps.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(args.repeats):
-        for fn, acc in ((moe_step, t_moe), (lora_step, t_lora)):
+        for key, fn in steps.items():
             t0 = time.perf_counter()
             fn()
-            acc.append(time.perf_counter() - t0)
-    m_moe, m_lora = statistics.median(t_moe), statistics.median(t_lora)
-    b_moe, b_lora = min(t_moe), min(t_lora)
+            times[key].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
     print(f"\n(a) training step (fwd + bwd + AdamW), median (min) of {args.repeats} interleaved")
-    print(f"    MoE-LoRA r=8 E=4 : {m_moe:.3f} s/step ({b_moe:.3f})  {BATCH / m_moe:.2f} samples/s")
-    print(f"    peft LoRA r=8    : {m_lora:.3f} s/step ({b_lora:.3f})  {BATCH / m_lora:.2f} samples/s")
-    print(f"    ratio MoE/LoRA   : {m_moe / m_lora:.3f} ({b_moe / b_lora:.3f})  (target <= 1.15)")
+    for k in steps:
+        print(f"    {k:22s}: {med[k]:.3f} s/step ({best[k]:.3f})  {BATCH / med[k]:.2f} samples/s")
+    ref = "peft LoRA r=8"
+    for k in steps:
+        if k != ref:
+            print(f"    ratio {k} / LoRA: {med[k] / med[ref]:.3f} ({best[k] / best[ref]:.3f})"
+                  "  (target <= 1.15)")
 
     # (b) inference
-    del lora_step, lora_model
+    del steps, lora_step, lora_model
     moe_model.eval()
     backbone = backbone_of(moe_model)
     ids, mask = moe_step.ids, moe_step.mask
@@ -192,16 +217,16 @@ def main() -> None:
         def fwd():
             backbone(input_ids=ids, attention_mask=mask, use_cache=False)
 
-        times = []
+        inf_times = []
         fwd()
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             fwd()
-            times.append(time.perf_counter() - t0)
+            inf_times.append(time.perf_counter() - t0)
     tokens = BATCH * SEQ
     flops = forward_flops(backbone, tokens, BATCH, SEQ)
     print(f"\n(b) MoE-LoRA inference forward (no grad), median (min) of {args.repeats}")
-    for label, t_inf in (("median", statistics.median(times)), ("min", min(times))):
+    for label, t_inf in (("median", statistics.median(inf_times)), ("min", min(inf_times))):
         gflops = flops / t_inf / 1e9
         print(f"    {label:6s}: {t_inf:.3f} s/batch, {tokens / t_inf:.0f} tokens/s, "
               f"{BATCH / t_inf:.2f} samples/s, {gflops:.1f} GFLOP/s = {gflops / peak:.2f} of "

@@ -13,13 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from distill import precompute
-from distill.soft_labels import (
-    SoftLabelError,
-    SoftLabels,
-    read_soft_labels,
-    topk_with_history_masked,
-)
+from distill.soft_labels import SoftLabelError, SoftLabels, read_soft_labels
 from ilora.checkpoint import load_item_embeddings, load_teacher
+from ilora.inference import topk_with_history_masked
 from recdata.contract import load_prepared
 from recdata.splits import SampleKeys
 from recdata.testing import run_cli, tiny_run_overrides

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from distill import precompute
-from distill.soft_labels import SoftLabelError, read_soft_labels, teacher_digest
+from distill.soft_labels import SoftLabelError, read_soft_labels
 from distill.teacher_client import TeacherClient, TeacherServiceError, fetch_soft_labels
+from ilora.inference import teacher_digest
 from recdata.datamodule import SequentialDataModule
 from recdata.testing import cyclic_sequences, make_prepared, run_cli, tiny_run_overrides
 from teacher.testing import ServiceProcess, free_port
@@ -41,7 +42,7 @@ def test_served_soft_labels_equal_precomputed(served, tiny_pipeline, tmp_path):
     run_cli(precompute.main, tiny_run_overrides(
         tiny_pipeline["data"], tmp_path / "run", f"distill.teacher_checkpoint_path={tiny_pipeline['teacher']}",
         f"distill.soft_labels_dir={out}", "distill.soft_label_samples=all", f"distill.candidate_topk={K}",
-        f"train.eval_batch_size={BATCH}"))  # fmt: skip
+        f"distill.teacher_batch_size={BATCH}"))  # fmt: skip
     dm = datamodule(tiny_pipeline["data"])
     reference = read_soft_labels(out, fingerprint=dm.fingerprint)
     keys = precompute.training_keys(dm, "all")

@@ -19,13 +19,9 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from distill.soft_labels import (
-    SoftLabels,
-    teacher_digest,
-    topk_with_history_masked,
-    write_soft_labels,
-)
+from distill.soft_labels import SoftLabels, write_soft_labels
 from ilora.checkpoint import load_item_embeddings, load_teacher
+from ilora.inference import teacher_digest, topk_with_history_masked
 from ilora.train import resolve_device
 from recdata.atomic import atomic_file
 from recdata.datamodule import SplitDataset
@@ -127,7 +123,7 @@ def precompute(cfg: DictConfig) -> Path:
     todo = [s for s in shards if s[0] % world == rank and not shard_is_done(shard_path(shard_dir, s[0]), tag)]
     log.info("soft labels: %d samples (%s), %d shards, %d to do on rank %d/%d", len(keys), d.soft_label_samples, len(shards), len(todo), rank, world)
     for index, lo, hi in tqdm(todo, desc="teacher top-K", unit="shard", disable=not cfg.trainer.enable_progress_bar):
-        table = score_shard(teacher, dataset, lo, hi, d.candidate_topk, d.mask_history_in_topk, cfg.train.eval_batch_size, device)
+        table = score_shard(teacher, dataset, lo, hi, d.candidate_topk, d.mask_history_in_topk, d.teacher_batch_size, device)
         with atomic_file(shard_path(shard_dir, index)) as tmp:
             pq.write_table(table.replace_schema_metadata({SHARD_TAG: tag}), tmp)
     if world > 1:

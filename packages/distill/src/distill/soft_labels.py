@@ -17,8 +17,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from recdata.atomic import atomic_directory, sha256_file, write_json
-from recdata.checkpoint import WEIGHTS_FILE
+from recdata.atomic import atomic_directory, write_json
 from recdata.errors import UserError
 from recdata.splits import SampleKeys
 
@@ -27,22 +26,6 @@ SOFT_LABELS_FILE, EMBEDDINGS_FILE, CARD_FILE = "soft_labels.parquet", "item_embe
 
 class SoftLabelError(UserError):
     """Soft labels that do not belong to this teacher, dataset or sample set."""
-
-
-def teacher_digest(checkpoint_dir: Path) -> str:
-    """Identity of a teacher checkpoint: the sha256 of its trained weights."""
-    return sha256_file(Path(checkpoint_dir) / WEIGHTS_FILE)
-
-
-def topk_with_history_masked(scores: torch.Tensor, history: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The teacher's top-K (descending) over items 1..N, history items excluded when given."""
-    scores = scores.float().clone()
-    scores[:, 0] = -torch.inf
-    if history is not None:
-        scores.scatter_(1, history, -torch.inf)
-        scores[:, 0] = -torch.inf
-    values, items = scores.topk(k, dim=1)
-    return items, values
 
 
 @dataclass

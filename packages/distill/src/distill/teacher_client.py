@@ -5,7 +5,7 @@ The client builds exactly the histories `precompute-soft-labels` scores -- the f
 items[:position] of every sample key, which the service truncates to the model's window and uses
 whole for history exclusion -- and sends them in batches, in key order, one call at a time. With the
 same teacher and keys the result equals the precomputed one: bitwise when the service runs the
-same batches as the precompute (`batch_size` = the precompute's `train.eval_batch_size` <= the
+same batches as the precompute (`batch_size` = the precompute's `distill.teacher_batch_size` <= the
 service's `max_batch_size`, and no other client sharing the service), otherwise up to float32
 rounding of batch-dependent matmuls (~1e-6 relative).
 
@@ -171,7 +171,7 @@ def check_info(info: dict, dm, k: int, batch_size: int) -> None:
         )
     if batch_size > info.get("max_requests", batch_size):
         raise UserError(
-            f"distill.service_batch_size={batch_size} exceeds the service's {info['max_requests']} requests per call"
+            f"distill.teacher_batch_size={batch_size} exceeds the service's {info['max_requests']} requests per call"
         )
     if dm.max_seq_len < info.get("max_seq_len", 0):
         log.warning("student.max_seq_len=%d is shorter than the teacher's window (%d): the service scores the "

@@ -9,7 +9,8 @@ from omegaconf import DictConfig
 from distill.losses import RANK_FORMS, DLLM2RecLoss
 from distill.module import DistillModule
 from distill.precompute import resolve_teacher_path, soft_labels_dir, training_keys
-from distill.soft_labels import SoftLabels, read_soft_labels, teacher_digest
+from distill.soft_labels import SoftLabels, read_soft_labels
+from ilora.inference import teacher_digest
 from recdata.errors import UserError
 from recdata.runs import hydra_entry
 from sasrec.recipe import build_datamodule, run_training, seed_run
@@ -42,7 +43,7 @@ def load_labels(cfg: DictConfig, dm) -> SoftLabels:
     if d.teacher_source == "service":
         from distill.teacher_client import fetch_soft_labels
 
-        labels = fetch_soft_labels(d.teacher_url, dm, keys, k=d.candidate_topk, batch_size=d.service_batch_size,
+        labels = fetch_soft_labels(d.teacher_url, dm, keys, k=d.candidate_topk, batch_size=d.teacher_batch_size,
                                    timeout=d.request_timeout, retries=d.max_retries,
                                    mask_history=d.mask_history_in_topk)  # fmt: skip
     else:

@@ -1,0 +1,291 @@
+"""The iLoRA teacher as a BentoML service (DESIGN §3.3, §7): top-K soft labels and item embeddings.
+
+    TEACHER_CHECKPOINT=result/<run>/checkpoints/best uv run bentoml serve teacher.service:TeacherService --port 3000
+    TEACHER_CHECKPOINT=result/<run>/checkpoints/best uv run bentoml serve teacher --port 3000   # same service
+
+from the repo root (relative paths are resolved there). It listens on 127.0.0.1 only unless
+``--host`` says otherwise.
+
+Configuration (environment, read at startup; checked once before workers start, so a bad setting
+stops `bentoml serve` with one message):
+
+* ``TEACHER_CHECKPOINT`` (required): an ``ilora-teacher`` checkpoint directory (``checkpoints/best``).
+* ``TEACHER_DATA`` (default ``data/processed/ml-100k``): the prepared dataset it was trained on.
+* ``TEACHER_DEVICE`` (default ``cpu``), ``TEACHER_CACHE_DIR`` (converted base LLMs; default
+  ``$ILORA_CACHE`` or ``~/.cache/ilora-dllm2rec``).
+* ``TEACHER_MAX_BATCH_SIZE`` (32) / ``TEACHER_MAX_LATENCY_MS`` (600000): adaptive batching, and
+  ``TEACHER_WORKERS`` (1): worker processes, each with its own teacher (DESIGN §7); read at import.
+
+Endpoints (POST, JSON):
+
+* ``/topk`` -- batchable: ``{"requests": [{"history": [...], "k": 10, "exclude_history": true}, ...]}``
+  (1..256 requests per call) -> ``[{"topk_items": [...], "topk_scores": [...]}, ...]``, descending.
+  Concurrent calls are merged by BentoML's adaptive batcher into model batches of at most
+  ``TEACHER_MAX_BATCH_SIZE`` histories; a long call is split across batches. Scores are those of
+  `precompute-soft-labels` bitwise when a model batch holds the same histories as a precompute
+  batch (one client, batch size = its eval batch size), else up to float32 rounding (~1e-6).
+* ``/item_embeddings`` -> ``{"shape": [N+1, H], "dtype": "float32", "data": <base64 little-endian>}``.
+* ``/info`` -> teacher digest, data fingerprint, limits and model names.
+* BentoML's ``/healthz``, ``/livez``, ``/readyz`` (ready once the teacher is loaded).
+
+Every request is validated before it reaches the batcher (a bad request never fails the requests
+it would have been batched with): 400 with pydantic's message for malformed bodies, empty or too
+long histories, unknown item ids, non-integers, k out of range, too many requests. No request field
+names a file.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+from bentoml.exceptions import BentoMLException
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
+
+log = logging.getLogger("teacher.service")
+
+MAX_K = 100
+MAX_HISTORY = 4096  # items per history: ML-1M's longest user has 2314
+MAX_REQUESTS = 256  # histories per HTTP call
+MAX_BATCH_SIZE = int(os.environ.get("TEACHER_MAX_BATCH_SIZE", 32))  # histories per model batch
+MAX_LATENCY_MS = int(os.environ.get("TEACHER_MAX_LATENCY_MS", 600_000))
+WORKERS = int(os.environ.get("TEACHER_WORKERS", 1))  # processes, each with its own teacher copy
+DEFAULT_DATA = "data/processed/ml-100k"
+
+
+@dataclass
+class _Limits:
+    """What request validation needs from the loaded teacher (set once it is loaded)."""
+
+    num_items: int | None = None
+
+
+LIMITS = _Limits()
+
+
+class TopKRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    history: Annotated[list[StrictInt], Field(min_length=1, max_length=MAX_HISTORY)] = Field(
+        description="the user's item ids, oldest first (the model sees the last max_seq_len; "
+        "all of them are excluded from the top-K when exclude_history is true)"
+    )
+    k: StrictInt = Field(10, ge=1, le=MAX_K, description="length of the returned ranking")
+    exclude_history: StrictBool = Field(True, description="never rank an item of the history")
+
+    @field_validator("history")
+    @classmethod
+    def _known_items(cls, history: list[int]) -> list[int]:
+        n = LIMITS.num_items
+        unknown = [i for i in history if i < 1 or (n is not None and i > n)]
+        if unknown:
+            raise ValueError(
+                f"unknown item ids {unknown[:5]}{' ...' if len(unknown) > 5 else ''}: item ids are 1..{n}"
+            )
+        return history
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> TopKRequest:
+        n = LIMITS.num_items
+        if n is None:
+            return self
+        available = n - len(set(self.history)) if self.exclude_history else n
+        if self.k > available:
+            raise ValueError(f"k={self.k} exceeds the {available} rankable items "
+                             f"({n} items{', minus the history' if self.exclude_history else ''})")  # fmt: skip
+        return self
+
+
+class TopKResult(BaseModel):
+    topk_items: list[int]
+    topk_scores: list[float]
+
+
+class ItemEmbeddings(BaseModel):
+    shape: list[int]
+    dtype: str = "float32"
+    data: str = Field(description="base64 of the row-major little-endian float32 array")
+
+
+class ServiceStartupError(BentoMLException):
+    """The service cannot start: a missing or invalid checkpoint or dataset (`bentoml serve`
+    prints it as one `Error:` line and exits 1)."""
+
+
+def settings() -> dict[str, str | None]:
+    return {
+        "checkpoint": os.environ.get("TEACHER_CHECKPOINT") or None,
+        "data": os.environ.get("TEACHER_DATA") or DEFAULT_DATA,
+        "device": os.environ.get("TEACHER_DEVICE") or "cpu",
+        "cache_dir": os.environ.get("TEACHER_CACHE_DIR") or os.environ.get("ILORA_CACHE") or None,
+    }
+
+
+def check_settings(checkpoint: str | None, data: str) -> None:
+    """Cheap checks (no model load) so a misconfigured `bentoml serve` fails before it spawns
+    workers: the checkpoint is an ilora-teacher built on this dataset."""
+    from recdata.checkpoint import read_card
+    from recdata.contract import load_prepared
+    from recdata.errors import UserError
+
+    if not checkpoint:
+        raise ServiceStartupError("TEACHER_CHECKPOINT is not set: point it at a teacher checkpoint directory, e.g. "
+                                  "TEACHER_CHECKPOINT=result/<run>/checkpoints/best bentoml serve "
+                                  "teacher.service:TeacherService")  # fmt: skip
+    path = Path(checkpoint).expanduser()
+    if not path.is_dir():
+        raise ServiceStartupError(f"TEACHER_CHECKPOINT={checkpoint!r} is not a directory")
+    try:
+        card = read_card(path)
+        dataset = load_prepared(Path(data).expanduser())
+    except UserError as error:
+        raise ServiceStartupError(
+            f"cannot serve teacher {checkpoint!r} on data {data!r}: {error}"
+        ) from error
+    if card.get("kind") != "ilora-teacher":
+        raise ServiceStartupError(
+            f"TEACHER_CHECKPOINT={checkpoint!r} is a {card.get('kind')!r} checkpoint, not an ilora-teacher"
+        )
+    fingerprint = card.get("data", {}).get("fingerprint")
+    if fingerprint != dataset.fingerprint:
+        raise ServiceStartupError(f"teacher {checkpoint!r} was trained on other data (fingerprint {str(fingerprint)[:12]}…) "
+                                  f"than TEACHER_DATA={data!r} ({dataset.fingerprint[:12]}…)")  # fmt: skip
+
+
+def load_state(checkpoint: str | None, data: str, device: str, cache_dir: str | None):
+    """Load and validate everything the service serves; raises ServiceStartupError."""
+    from ilora.checkpoint import load_item_embeddings, load_teacher
+    from ilora.inference import teacher_digest
+    from recdata.contract import load_prepared
+    from recdata.errors import UserError
+
+    check_settings(checkpoint, data)
+    path = Path(checkpoint).expanduser()
+    try:
+        dataset = load_prepared(Path(data).expanduser())
+        teacher, ckpt = load_teacher(path, dataset, device=device,
+                                     cache_dir=Path(cache_dir).expanduser() if cache_dir else None)  # fmt: skip
+        embeddings = load_item_embeddings(ckpt.path).float().contiguous()
+        digest = teacher_digest(path)
+    except (UserError, OSError, KeyError, ValueError) as error:
+        raise ServiceStartupError(
+            f"cannot serve teacher {checkpoint!r} on data {data!r}: {error}"
+        ) from error
+    if embeddings.shape[0] != dataset.num_items + 1:
+        raise ServiceStartupError(
+            f"{path}: item embeddings have {embeddings.shape[0]} rows, expected {dataset.num_items + 1}"
+        )
+    return teacher, ckpt, dataset, embeddings, digest
+
+
+def left_pad(rows: list[list[int]], width: int):
+    import torch
+
+    out = torch.zeros(len(rows), max(width, 1), dtype=torch.long)
+    for r, row in enumerate(rows):
+        if row:
+            out[r, width - len(row) :] = torch.as_tensor(row, dtype=torch.long)
+    return out
+
+
+@bentoml.service(
+    name="teacher",
+    envs=[{"name": "TEACHER_CHECKPOINT"}],  # `bentoml serve` refuses to start without it
+    http={"host": "127.0.0.1"},
+    traffic={"timeout": 1800},
+    workers=WORKERS,
+    threads=1,  # one model call at a time per worker
+)
+class TeacherService:
+    @bentoml.on_deployment
+    def _check() -> None:
+        """Runs once in the `bentoml serve` process before workers are spawned."""
+        s = settings()
+        check_settings(s["checkpoint"], s["data"])
+
+    def __init__(self) -> None:
+        s = settings()
+        checkpoint, device = s["checkpoint"], s["device"]
+        teacher, ckpt, dataset, embeddings, digest = load_state(
+            checkpoint, s["data"], device, s["cache_dir"]
+        )
+        self.teacher, self.device = teacher, device
+        self.max_seq_len = int(teacher.student.config.max_seq_len)
+        self.num_items = int(dataset.num_items)
+        self.embeddings = ItemEmbeddings(shape=list(embeddings.shape),
+                                         data=base64.b64encode(embeddings.numpy().astype("<f4").tobytes()).decode())  # fmt: skip
+        base = ckpt.card.get("base_llm", {})
+        self.info_payload = {
+            "teacher_digest": digest,
+            "teacher_checkpoint": str(Path(checkpoint).resolve()),
+            "kind": ckpt.kind,
+            "data_fingerprint": dataset.fingerprint,
+            "dataset": dataset.name,
+            "num_items": self.num_items,
+            "embedding_dim": int(embeddings.shape[1]),
+            "max_seq_len": self.max_seq_len,
+            "k_min": 1,
+            "k_max": MAX_K,
+            "max_history": MAX_HISTORY,
+            "max_requests": MAX_REQUESTS,
+            "max_batch_size": MAX_BATCH_SIZE,
+            "llm_model_name": ckpt.hparams["teacher"]["llm_model_name"],
+            "base_llm": {k: base.get(k) for k in ("name", "digest", "source")},
+            "student_kind": ckpt.card.get("student_checkpoint", {}).get("kind"),
+            "device": device,
+        }
+        LIMITS.num_items = self.num_items
+        log.info("teacher %s ready: %d items, digest %s…", checkpoint, self.num_items, digest[:12])
+
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+    def topk(
+        self, requests: Annotated[list[TopKRequest], Field(min_length=1, max_length=MAX_REQUESTS)]
+    ) -> list[TopKResult]:
+        """The teacher's top-K per request (merged across concurrent calls by the batcher)."""
+        import torch
+
+        from ilora.inference import topk_with_history_masked
+
+        windows = left_pad([r.history[-self.max_seq_len :] for r in requests], self.max_seq_len)
+        with torch.inference_mode():
+            scores = self.teacher(windows.to(self.device)).float().cpu()
+        results: list[TopKResult | None] = [None] * len(requests)
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.k, r.exclude_history), []).append(i)
+        for (k, exclude), rows in groups.items():
+            index = torch.as_tensor(rows)
+            full = (
+                left_pad(
+                    [requests[i].history for i in rows], max(len(requests[i].history) for i in rows)
+                )
+                if exclude
+                else None
+            )
+            items, values = topk_with_history_masked(scores[index], full, k)
+            for row, it, va in zip(rows, items.tolist(), values.tolist(), strict=True):
+                results[row] = TopKResult(topk_items=it, topk_scores=va)
+        return results  # type: ignore[return-value]
+
+    @bentoml.api
+    async def info(self) -> dict:
+        """Teacher digest, data fingerprint, limits and model names."""
+        return self.info_payload
+
+    @bentoml.api
+    async def item_embeddings(self) -> ItemEmbeddings:
+        """The teacher's (N+1, H) item embeddings as base64 float32 (row 0 = padding)."""
+        return self.embeddings

@@ -1,0 +1,215 @@
+"""The teacher service over HTTP (a real `bentoml serve` subprocess): top-K equal to the teacher
+computed in-process, request validation (4xx with a message, nothing reaches the model), info,
+item embeddings, health probes, and refusing to start on a missing or wrong checkpoint."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from ilora.checkpoint import load_item_embeddings
+from ilora.inference import teacher_digest, topk_with_history_masked
+from recdata.batching import SequenceStore
+from recdata.datamodule import SplitDataset
+from recdata.splits import split_keys
+from teacher.service import MAX_HISTORY, MAX_K, MAX_REQUESTS, TeacherService
+from teacher.testing import REPO_ROOT, SERVICE_TARGET, free_port
+
+
+def post(url: str, path: str, body=None, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body if body is not None else {}, timeout=120, **kwargs)
+
+
+def parse(response: httpx.Response) -> tuple[list[list[int]], list[torch.Tensor]]:
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return [r["topk_items"] for r in body], [
+        torch.tensor(r["topk_scores"], dtype=torch.float64).float() for r in body
+    ]
+
+
+def window(history: list[int], width: int) -> torch.Tensor:
+    row = torch.zeros(width, dtype=torch.long)
+    tail = history[-width:]
+    row[width - len(tail) :] = torch.tensor(tail)
+    return row
+
+
+def training_histories(dataset, count: int) -> list[list[int]]:
+    """Full prefixes of `count` training samples spread over the split (what precompute scores)."""
+    keys = split_keys(dataset.lengths, "train")
+    index = torch.linspace(0, len(keys) - 1, count).long().tolist()
+    full = SplitDataset(SequenceStore(dataset), keys, 1, with_full_history=True).__getitems__(
+        index
+    )["full_history"]
+    return [row[row > 0].tolist() for row in full]
+
+
+def test_topk_equals_the_teacher_in_process(served, in_process):
+    teacher, _, dataset = in_process
+    width, n = teacher.student.config.max_seq_len, dataset.num_items
+    histories = training_histories(dataset, 9)
+    histories += [
+        [(start + t) % n + 1 for t in range(30)] for start in (0, 17, 33)
+    ]  # longer than the window
+    requests = [
+        {"history": h, "k": 7 if i % 3 else 3, "exclude_history": i % 2 == 0}
+        for i, h in enumerate(histories)
+    ]
+    items, scores = parse(post(served.url, "/topk", {"requests": requests}))
+    # one call, one model batch: the same rows in the same order as this in-process batch
+    with torch.no_grad():
+        expected_scores = teacher(torch.stack([window(h, width) for h in histories]))
+    for i, r in enumerate(requests):
+        full = torch.tensor([r["history"]]) if r["exclude_history"] else None
+        top_items, top_scores = topk_with_history_masked(expected_scores[i : i + 1], full, r["k"])
+        assert items[i] == top_items[0].tolist()
+        assert torch.equal(
+            scores[i], top_scores[0]
+        )  # bitwise: float32 survives the JSON round trip
+        if r["exclude_history"]:
+            assert not set(items[i]) & set(r["history"])  # the whole history, not just the window
+    assert all(torch.all(s[:-1] >= s[1:]) for s in scores)  # descending
+
+
+def test_defaults_and_concurrent_calls(served, in_process):
+    teacher, _, dataset = in_process
+    histories = training_histories(dataset, 6)
+    with torch.no_grad():
+        rows = [teacher(window(h, teacher.student.config.max_seq_len)[None]) for h in histories]
+    with ThreadPoolExecutor(len(histories)) as pool:  # merged by the adaptive batcher
+        answers = list(
+            pool.map(lambda h: post(served.url, "/topk", {"requests": [{"history": h}]}), histories)
+        )
+    for h, s, response in zip(histories, rows, answers, strict=True):
+        items, scores = parse(response)
+        expected_items, expected_scores = topk_with_history_masked(
+            s, torch.tensor([h]), 10
+        )  # k=10, excluded
+        assert items[0] == expected_items[0].tolist()
+        torch.testing.assert_close(
+            scores[0], expected_scores[0], rtol=0, atol=1e-5
+        )  # batch-dependent rounding only
+
+
+def bad_requests(num_items: int) -> list[tuple[str, object, str]]:
+    ok = {"history": [1, 2, 3]}
+    return [
+        ("malformed JSON", b'{"requests": [{"history": [1, 2', "Invalid JSON"),
+        ("not an object", [ok], "Input should be an object"),
+        ("no requests field", {}, "Field required"),
+        ("no requests", {"requests": []}, "at least 1 item"),
+        ("too many requests", {"requests": [ok] * (MAX_REQUESTS + 1)}, f"at most {MAX_REQUESTS}"),
+        ("empty history", {"requests": [{"history": []}]}, "at least 1 item"),
+        (
+            "history too long",
+            {"requests": [{"history": [1] * (MAX_HISTORY + 1)}]},
+            f"at most {MAX_HISTORY}",
+        ),
+        (
+            "item id 0",
+            {"requests": [{"history": [1, 0]}]},
+            f"unknown item ids [0]: item ids are 1..{num_items}",
+        ),
+        ("item id > N", {"requests": [{"history": [num_items + 1]}]}, "unknown item ids"),
+        ("negative item id", {"requests": [{"history": [-3]}]}, "unknown item ids"),
+        ("string item id", {"requests": [{"history": [1, "2"]}]}, "valid integer"),
+        ("float item id", {"requests": [{"history": [1, 2.5]}]}, "valid integer"),
+        ("bool item id", {"requests": [{"history": [1, True]}]}, "valid integer"),
+        ("history not a list", {"requests": [{"history": "1 2 3"}]}, "valid array"),
+        ("k = 0", {"requests": [{**ok, "k": 0}]}, "greater than or equal to 1"),
+        ("k too large", {"requests": [{**ok, "k": MAX_K + 1}]}, f"less than or equal to {MAX_K}"),
+        ("k not an int", {"requests": [{**ok, "k": "5"}]}, "valid integer"),
+        (
+            "k above the rankable items",
+            {"requests": [{"history": [1, 2], "k": num_items - 1}]},
+            "rankable items",
+        ),
+        (
+            "exclude_history not a bool",
+            {"requests": [{**ok, "exclude_history": "yes"}]},
+            "valid boolean",
+        ),
+        (
+            "a path",
+            {"requests": [{**ok, "checkpoint": "/etc/passwd"}]},
+            "Extra inputs are not permitted",
+        ),
+    ]
+
+
+def test_bad_requests_get_a_4xx_with_a_message(served, in_process):
+    num_items = in_process[2].num_items
+    for name, body, message in bad_requests(num_items):
+        if isinstance(body, bytes):
+            response = httpx.post(
+                f"{served.url}/topk",
+                content=body,
+                headers={"content-type": "application/json"},
+                timeout=60,
+            )
+        else:
+            response = post(served.url, "/topk", body)
+        assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
+        assert message in response.text, (name, response.text)
+    # a bad request batched with good ones never fails them: validation happens per call
+    assert (
+        post(served.url, "/topk", {"requests": [{"history": [1, 2, 3], "k": 2}]}).status_code == 200
+    )
+
+
+def test_info_item_embeddings_and_probes(served, in_process, tiny_pipeline):
+    teacher, ckpt, dataset = in_process
+    info = post(served.url, "/info").json()
+    assert info["teacher_digest"] == teacher_digest(tiny_pipeline["teacher"])
+    assert info["data_fingerprint"] == dataset.fingerprint and info["dataset"] == dataset.name
+    assert (
+        info["num_items"] == dataset.num_items
+        and info["max_seq_len"] == teacher.student.config.max_seq_len
+    )
+    assert (info["k_min"], info["k_max"], info["max_history"], info["max_requests"]) == (
+        1,
+        MAX_K,
+        MAX_HISTORY,
+        MAX_REQUESTS,
+    )
+    assert (
+        info["llm_model_name"] == ckpt.hparams["teacher"]["llm_model_name"]
+        and info["kind"] == "ilora-teacher"
+    )
+    body = post(served.url, "/item_embeddings").json()
+    array = np.frombuffer(base64.b64decode(body["data"]), dtype="<f4").reshape(body["shape"])
+    expected = load_item_embeddings(tiny_pipeline["teacher"])
+    assert body["dtype"] == "float32" and list(array.shape) == [
+        dataset.num_items + 1,
+        info["embedding_dim"],
+    ]
+    assert torch.equal(torch.from_numpy(array.copy()), expected)
+    for probe in ("/healthz", "/livez", "/readyz"):
+        assert httpx.get(f"{served.url}{probe}", timeout=10).status_code == 200
+    assert (
+        str(TeacherService.config["http"]["host"]) == "127.0.0.1"
+    )  # loopback unless --host says otherwise
+
+
+@pytest.mark.parametrize("case", ["no checkpoint", "student checkpoint"])
+def test_refuses_to_start_without_a_teacher(case, tiny_pipeline):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
+    env.update(BENTOML_DO_NOT_TRACK="True", TEACHER_DATA=str(tiny_pipeline["data"]))
+    if case == "student checkpoint":
+        env["TEACHER_CHECKPOINT"] = str(tiny_pipeline["student"])
+    result = subprocess.run([sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(free_port())],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode != 0
+    expected = (
+        "'TEACHER_CHECKPOINT' is required" if case == "no checkpoint" else "not an ilora-teacher"
+    )
+    assert expected in result.stdout + result.stderr
