@@ -94,10 +94,11 @@ def test_sequence_rows_cover_exactly_the_train_prefix_samples(tmp_path, max_seq_
     expected = brute_force_pairs(ds, keys)
     dataset = SequenceTrainDataset(store, keys, max_seq_len)
     batch = dataset.__getitems__(list(range(len(dataset))))
-    assert set(batch) == {"user_id", "history", "targets"}
+    assert set(batch) == {"user_id", "history", "targets", "target_positions"}
     inputs, targets = batch["history"], batch["targets"]
     assert inputs.shape == targets.shape == (len(dataset), max_seq_len)
     assert torch.equal(inputs == 0, targets == 0)  # targets are 0 exactly where inputs pad
+    assert torch.equal(batch["target_positions"] == 0, targets == 0)
 
     got = {}
     for row, user in enumerate(batch["user_id"].tolist()):
@@ -105,6 +106,7 @@ def test_sequence_rows_cover_exactly_the_train_prefix_samples(tmp_path, max_seq_
         end = max(t for (u, t) in expected if u == user)  # last train position of this user
         for col in real:
             position = end - max_seq_len + col + 1  # the target's index in the sequence
+            assert batch["target_positions"][row, col] == position  # the sample key of that target
             prefix_window = inputs[row, : col + 1].tolist()  # what a causal model sees
             got[(user, position)] = (prefix_window, int(targets[row, col]))
     # the same (prefix, target) pairs, truncated to the last max_seq_len items of the prefix

@@ -77,7 +77,7 @@ def test_train_batches_in_both_modes(random_prepared):
     ds = random_prepared
     seq_dm = make_dm(ds.path, batch_size=16)
     batch, batches = collect(seq_dm.train_dataloader())
-    assert set(batches[0]) == {"user_id", "history", "targets"}
+    assert set(batches[0]) == {"user_id", "history", "targets", "target_positions"}
     with_train = (np.flatnonzero(ds.lengths > 3) + 1).tolist()  # length-3 users have none
     assert len(with_train) < ds.num_users
     assert sorted(batch["user_id"].tolist()) == with_train

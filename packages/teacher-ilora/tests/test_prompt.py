@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ilora.prompt import ITEM_TOKEN, PromptBuilder, ensure_item_token
+from ilora.prompt import DEFAULT_ANSWER_CUE, ITEM_TOKEN, PromptBuilder, ensure_item_token
 from recdata.errors import UserError
 
 TITLES = [
@@ -112,7 +112,7 @@ def test_left_padding_and_positions(tiny_tokenizer):
     assert (ids[0, : ids.shape[1] - n0] == tiny_tokenizer.pad_token_id).all()
     assert batch["position_ids"][0, -n0:].tolist() == list(range(n0))
     # every prompt starts with BOS + instruction and ends with the answer cue
-    cue = tiny_tokenizer.encode("\nThe user will watch next:", add_special_tokens=False)
+    cue = tiny_tokenizer.encode(DEFAULT_ANSWER_CUE, add_special_tokens=False)
     for row_ids, _ in _rows(batch):
         assert row_ids[0] == tiny_tokenizer.bos_token_id
         assert row_ids[-len(cue):] == cue

@@ -287,7 +287,7 @@ def evaluate_target(cfg: DictConfig, target: Target, dm: SequentialDataModule, d
         score = _student_scorer(target, dm, device)
     result = evaluate(score, dm.loader("test", batch_size=batch_size), dm.num_items,
                       ks=tuple(int(k) for k in cfg.eval.ks), mask_history=bool(cfg.eval.mask_history),
-                      progress=bool(cfg.trainer.enable_progress_bar), extraeval_protocol=eval_protocol(cfg, dm))  # fmt: skip
+                      progress=bool(cfg.trainer.enable_progress_bar), extra_protocol=eval_protocol(cfg, dm))  # fmt: skip
     return result, "evaluated"
 
 

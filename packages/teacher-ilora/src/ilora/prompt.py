@@ -19,11 +19,9 @@ from torch import nn
 from recdata.errors import UserError
 
 ITEM_TOKEN = "[ItemEmb]"
-DEFAULT_INSTRUCTION = (
-    "Given the movies a user has watched, in chronological order, predict the movie the user "
-    "will watch next.\nWatched:"
-)
-DEFAULT_ANSWER_CUE = "\nThe user will watch next:"
+# Short on purpose: every prompt token costs a full LLM pass on CPU.
+DEFAULT_INSTRUCTION = "A user watched these movies in order:"
+DEFAULT_ANSWER_CUE = "\nThe next movie they watch:"
 
 
 def add_item_token(tokenizer, token: str = ITEM_TOKEN) -> int:
