@@ -26,7 +26,7 @@ from ilora.train import resolve_device
 from recdata.atomic import atomic_file
 from recdata.datamodule import SplitDataset
 from recdata.errors import UserError
-from recdata.runs import find_newest_checkpoint, hydra_entry
+from recdata.runs import checkpoint_or_newest, hydra_entry
 from recdata.splits import SampleKeys, select_samples, split_keys
 from sasrec.recipe import build_datamodule, seed_run
 
@@ -36,11 +36,8 @@ SHARD_TAG = b"ilora.soft_label_shard"  # parquet schema metadata: what a shard w
 
 
 def resolve_teacher_path(cfg: DictConfig) -> Path:
-    if cfg.distill.teacher_checkpoint_path:
-        return Path(cfg.distill.teacher_checkpoint_path)
-    path = find_newest_checkpoint(Path(cfg.paths.result_dir), ("ilora-teacher",))
-    log.info("distill.teacher_checkpoint_path not set: using the newest teacher %s", path)
-    return path
+    return checkpoint_or_newest(cfg.distill.teacher_checkpoint_path, cfg.paths.result_dir, "ilora-teacher",
+                                "distill.teacher_checkpoint_path")  # fmt: skip
 
 
 def soft_labels_dir(cfg: DictConfig, teacher_path: Path) -> Path:

@@ -75,3 +75,12 @@ def find_newest_checkpoint(result_dir: Path, kinds: tuple[str, ...], which: str 
             f"no {' or '.join(kinds)} checkpoint found under {result_dir}/; train one first"
         )
     return max(found)[2]
+
+
+def checkpoint_or_newest(configured: str | None, result_dir: Path, kind: str, key: str) -> Path:
+    """The checkpoint at config key `key`, or when unset the newest run of `kind` (logged)."""
+    if configured:
+        return Path(configured)
+    path = find_newest_checkpoint(Path(result_dir), (kind,))
+    log.info("%s not set: using the newest %s checkpoint %s", key, kind, path)
+    return path

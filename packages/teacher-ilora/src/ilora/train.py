@@ -13,7 +13,7 @@ from ilora.model import TeacherConfig
 from ilora.module import TeacherModule
 from ilora.regularization import DecaySchedule
 from recdata.atomic import atomic_file
-from recdata.runs import find_newest_checkpoint, hydra_entry
+from recdata.runs import checkpoint_or_newest, hydra_entry
 from sasrec.module import load_sasrec
 from sasrec.recipe import build_datamodule, run_training, seed_run
 
@@ -29,11 +29,8 @@ def resolve_device(accelerator: str) -> str:
 
 
 def resolve_student_path(cfg: DictConfig) -> Path:
-    if cfg.teacher.rec_model_checkpoint_path:
-        return Path(cfg.teacher.rec_model_checkpoint_path)
-    path = find_newest_checkpoint(Path(cfg.paths.result_dir), ("sasrec",))
-    log.info("teacher.rec_model_checkpoint_path not set: using the newest student %s", path)
-    return path
+    return checkpoint_or_newest(cfg.teacher.rec_model_checkpoint_path, cfg.paths.result_dir, "sasrec",
+                                "teacher.rec_model_checkpoint_path")  # fmt: skip
 
 
 def teacher_config(cfg: DictConfig) -> TeacherConfig:
