@@ -148,3 +148,20 @@ def test_teacher_card_names_base_llm_and_student(tiny_pipeline):
     assert card["base_llm"]["name"] == str(tiny_pipeline["llm"]) and card["base_llm"]["digest"]
     assert len(card["student_checkpoint"]["weights_sha256"]) == 64
     assert card["hparams"]["teacher"]["num_lora_experts"] == 4
+
+
+def test_lora_dropout_is_active_during_real_training_steps(tiny_pipeline, tmp_path, monkeypatch):
+    from ilora.module import TeacherModule
+    from ilora.moe_lora import moe_lora_layers
+
+    seen = []
+    original = TeacherModule.training_step
+
+    def recording_step(self, batch, batch_idx):
+        seen.append((all(layer.training for _, layer in moe_lora_layers(self.teacher.llm)), self.teacher.student.training))
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(TeacherModule, "training_step", recording_step)
+    run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], tmp_path / "t",
+            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]), "train.max_steps=2"))  # fmt: skip
+    assert seen and all(adapters and not student for adapters, student in seen)

@@ -69,6 +69,7 @@ class ContractExport(Callback):
     def __init__(self, directory: Path, monitor: str, data: dict, extra: dict | None = None):
         self.directory, self.monitor, self.data, self.extra = Path(directory), monitor, data, extra or {}
         self.best = -math.inf
+        self.exported_step = -1
 
     def state_dict(self) -> dict:
         return {"best": self.best}
@@ -92,6 +93,7 @@ class ContractExport(Callback):
             self.best = current
             self._export(module, "best", metrics)
         self._export(module, "last", metrics)
+        self.exported_step = trainer.global_step
 
 
 class EpochSummary(Callback):
@@ -158,7 +160,8 @@ def run_training(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataM
     export = ContractExport(ckpt_dir, cfg.train.monitor, data_card(dm), card_extra)
     callbacks = [
         export,
-        EarlyStopping(monitor=f"valid/{cfg.train.monitor}", mode="max", patience=cfg.train.patience),
+        EarlyStopping(monitor=f"valid/{cfg.train.monitor}", mode="max", patience=cfg.train.patience,
+                      check_on_train_epoch_end=False),
         ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True),
         EpochSummary(),
     ]
@@ -167,6 +170,9 @@ def run_training(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataM
     module.eval_mask_history, module.eval_ks = cfg.eval.mask_history, tuple(cfg.eval.ks)
     trainer = build_trainer(cfg, run_dir, callbacks)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
+    if export.exported_step != trainer.global_step:
+        # stopped on max_steps between validations: validate (and export) the final weights too
+        trainer.validate(module, datamodule=dm, verbose=False)
     if not trainer.is_global_zero:
         return None
     load_best(module, ckpt_dir / "best")

@@ -36,6 +36,11 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
         # null distill_decay_steps = the run's real number of optimizer steps
         self.schedule = self.schedule.resolve(self.trainer.estimated_stepping_batches)
 
+    def on_train_start(self) -> None:
+        # The LLM arrives in eval mode and Lightning keeps modules' modes as it finds them: put
+        # the teacher in training mode so LoRA dropout acts (the frozen student stays in eval).
+        self.teacher.train()
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         seed_training_step(self.seed, self.current_epoch, batch_idx)
 
