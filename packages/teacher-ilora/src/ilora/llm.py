@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from recdata import paths as recdata_paths
+from recdata.atomic import sha256_file
 from recdata.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,8 @@ CACHE_MARKER = "ilora_source.json"
 
 
 def default_cache_dir() -> Path:
-    """``$ILORA_DLLM2REC_CACHE`` or ``~/.cache/ilora-dllm2rec``."""
-    return Path(os.environ.get("ILORA_DLLM2REC_CACHE", "~/.cache/ilora-dllm2rec")).expanduser()
+    """The project's cache (``$ILORA_CACHE`` or ``~/.cache/ilora-dllm2rec``)."""
+    return recdata_paths.cache_dir().expanduser()
 
 
 @dataclass(frozen=True)
@@ -211,14 +213,6 @@ def select_attn_implementation(
 # --------------------------------------------------------------------------------------------
 # digests
 # --------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
