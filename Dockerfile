@@ -11,6 +11,6 @@ COPY . .
 RUN uv sync --frozen --python python3.11
 # FlashAttention-2 is optional (A100/L4 and newer); the build needs the CUDA toolchain above.
 ARG WITH_FLASH_ATTN=0
-RUN if [ "$WITH_FLASH_ATTN" = "1" ]; then uv sync --frozen --extra flash-attn; fi
+RUN if [ "$WITH_FLASH_ATTN" = "1" ]; then uv sync --frozen --all-extras; fi
 
 CMD ["make", "help"]
