@@ -237,7 +237,3 @@ def _cleanup_resume_dir(cfg: DictConfig, run_dir: Path) -> None:
             shutil.copyfile(log_file, run_dir / f"resume_{log_file.name}")
         shutil.rmtree(fresh, ignore_errors=True)
 
-
-def torch_threads() -> None:
-    """Never oversubscribe the CPU (2 cores here)."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
