@@ -25,7 +25,9 @@ def run_measured(cmd: list[str], log_path: Path) -> tuple[float, float, str]:
 
 
 def read_metrics(run_dir: str) -> dict:
-    return json.loads((Path(run_dir) / "test_metrics.json").read_text())
+    from recdata.evaluation import read_metrics as read_metrics_file
+
+    return read_metrics_file(Path(run_dir) / "test_metrics.json")
 
 
 def best_card(run_dir: str) -> dict:

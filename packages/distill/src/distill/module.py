@@ -63,13 +63,13 @@ class DistillModule(SASRecModule):
         total, rank = ce, torch.zeros((), device=ce.device)
         if bool(has.any()) and self.loss.lam > 0:
             device = logits.device
-            top_items, top_scores = top_items.to(device), top_scores.to(device)
+            has, top_items, top_scores = has.to(device), top_items.to(device), top_scores.to(device)
             negatives = None
             if self.loss.form == "pointwise":
-                prefixes = self._prefixes(batch["history"], keep)[has.to(device)]
-                negatives = sample_negatives(torch.cat([prefixes, batch["targets"][keep][has.to(device)].unsqueeze(1), top_items], 1),
+                prefixes = self._prefixes(batch["history"], keep)[has]
+                negatives = sample_negatives(torch.cat([prefixes, batch["targets"][keep][has].unsqueeze(1), top_items], 1),
                                              self.num_items, top_items.shape[1])  # fmt: skip
-            parts = self.loss(ce, logits[has.to(device)], top_items, top_scores, negatives)
+            parts = self.loss(ce, logits[has], top_items, top_scores, negatives)
             total, rank = parts["total"], parts["rank"]
         n = len(batch["history"])
         self.log_dict({"train/ce": ce, "train/rank": rank}, batch_size=n)

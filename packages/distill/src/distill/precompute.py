@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from distill.soft_labels import SoftLabels, write_soft_labels
+from distill.soft_labels import SoftLabels, table_columns, write_soft_labels
 from ilora.checkpoint import load_item_embeddings, load_teacher
 from ilora.inference import teacher_digest, topk_with_history_masked
 from ilora.train import resolve_device
@@ -92,10 +92,7 @@ def shard_is_done(path: Path, tag: bytes) -> bool:
 
 
 def merge_shards(paths: list[Path], k: int) -> tuple[torch.Tensor, ...]:
-    table = pa.concat_tables([pq.read_table(p) for p in paths])
-    col = lambda name: torch.as_tensor(table.column(name).to_numpy().copy())  # noqa: E731
-    flat = lambda name: torch.as_tensor(table.column(name).combine_chunks().flatten().to_numpy().copy()).reshape(-1, k)  # noqa: E731
-    return col("user_id").long(), col("position").long(), flat("topk_items").long(), flat("topk_scores").float()
+    return table_columns(pa.concat_tables([pq.read_table(p) for p in paths]), k)
 
 
 def precompute(cfg: DictConfig) -> Path:

@@ -91,15 +91,18 @@ def read_soft_labels(directory: Path, *, fingerprint: str, teacher: str | None =
         raise SoftLabelError(f"{directory} was computed by another teacher ({str(card.get('teacher_digest'))[:12]}…, expected {teacher[:12]}…)")
     if card.get("k", 0) < min_k:
         raise SoftLabelError(f"{directory} holds top-{card.get('k')} lists; distillation needs K >= {min_k}")
-    table = pq.read_table(directory / SOFT_LABELS_FILE)
-    k = card["k"]
-    items = table.column("topk_items").combine_chunks().flatten().to_numpy().reshape(-1, k).copy()
-    scores = table.column("topk_scores").combine_chunks().flatten().to_numpy().reshape(-1, k).copy()
-    return SoftLabels(
-        user_ids=torch.as_tensor(table.column("user_id").to_numpy().astype(np.int64)),
-        positions=torch.as_tensor(table.column("position").to_numpy().astype(np.int64)),
-        topk_items=torch.as_tensor(items, dtype=torch.int64),
-        topk_scores=torch.as_tensor(scores, dtype=torch.float32),
-        item_embeddings=load_file(directory / EMBEDDINGS_FILE)["item_embeddings"],
-        card=card,
-    )
+    users, positions, items, scores = table_columns(pq.read_table(directory / SOFT_LABELS_FILE), card["k"])
+    item_embeddings = load_file(directory / EMBEDDINGS_FILE)["item_embeddings"]
+    return SoftLabels(users, positions, items, scores, item_embeddings, card)
+
+
+def table_columns(table: pa.Table, k: int) -> tuple[torch.Tensor, ...]:
+    """(user_ids, positions, topk_items (S,K), topk_scores (S,K)) of a soft-label table."""
+
+    def keys(name: str) -> torch.Tensor:
+        return torch.as_tensor(table.column(name).to_numpy().astype(np.int64))
+
+    def lists(name: str) -> torch.Tensor:
+        return torch.as_tensor(table.column(name).combine_chunks().flatten().to_numpy().reshape(-1, k).copy())
+
+    return keys("user_id"), keys("position"), lists("topk_items").long(), lists("topk_scores").float()

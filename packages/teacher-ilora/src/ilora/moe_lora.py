@@ -308,10 +308,6 @@ def gate_context(model: nn.Module, gates: Tensor):
             s.set(g)
 
 
-def moe_lora_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for _, layer in moe_lora_layers(model) for p in (layer.lora_A, layer.lora_B)]
-
-
 def moe_lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """Only the adapter tensors (``<layer>.lora_A`` / ``<layer>.lora_B``), detached."""
     out: dict[str, Tensor] = {}
