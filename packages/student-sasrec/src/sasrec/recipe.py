@@ -205,7 +205,7 @@ def test_best(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataModu
         return module.score({k: v.to(device) for k, v in batch.items()}).cpu()
 
     return evaluate(score, dm.loader("test"), dm.num_items, ks=tuple(cfg.eval.ks), mask_history=cfg.eval.mask_history,
-                    extra_protocol=eval_protocol(cfg, dm))  # fmt: skip
+                    progress=bool(cfg.trainer.enable_progress_bar), extra_protocol=eval_protocol(cfg, dm))  # fmt: skip
 
 
 def eval_protocol(cfg: DictConfig, dm: SequentialDataModule) -> dict:
