@@ -184,6 +184,7 @@ def test_each_ablation_switch_runs_and_changes_the_model(
     ("distill.teacher_source=nope", "error: distill.teacher_source must be one of precomputed, service, got 'nope'"),
     ("distill.ranking_loss=nope", "error: distill.ranking_loss must be one of pointwise, listwise, got 'nope'"),
     ("distill.gamma_confidence=-1", "error: distill.gamma_confidence must be a number >= 0, got -1"),
+    ("distill.rank_loss_average=batch", "error: distill.rank_loss_average must be one of labeled, all, got 'batch'"),
 ])  # fmt: skip
 def test_bad_config_exits_2_with_one_line(
     tiny_pipeline, soft_dir, tmp_path, capsys, override, message

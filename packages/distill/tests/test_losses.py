@@ -212,9 +212,29 @@ def test_dllm2rec_loss_combines_components(form):
     assert s.grad.abs().sum() > 0
 
 
-def test_dllm2rec_loss_rejects_unknown_form():
+def test_rank_average_over_all_samples_counts_unlabeled_ones_as_zero():
+    """2 rows with a teacher list out of 8 CE samples: "all" = the per-sample mean where the 6
+    unlabeled samples add 0; "labeled" ignores them; with full coverage the two agree."""
+    s = torch.tensor(S2)
+    t = torch.tensor([[3.0, 1.0, 0.5], [2.0, 1.0, 0.0]])
+    ce = torch.tensor(1.0)
+    labeled = DLLM2RecLoss(average="labeled")(ce, s, ITEMS2, t, NEG2, num_samples=8)
+    every = DLLM2RecLoss(average="all")(ce, s, ITEMS2, t, NEG2, num_samples=8)
+    per_row = ranking_distillation_loss(s, ITEMS2, importance_weights(ITEMS2, t, s), NEG2)
+    assert labeled["rank"].item() == pytest.approx(per_row.item())
+    assert every["rank"].item() == pytest.approx(per_row.item() * 2 / 8)
+    assert every["total"].item() == pytest.approx(1.0 + 0.7 * per_row.item() / 4)
+    full = DLLM2RecLoss(average="all")(ce, s, ITEMS2, t, NEG2, num_samples=2)
+    assert full["rank"].item() == pytest.approx(labeled["rank"].item())
+    with pytest.raises(ValueError, match="num_samples"):
+        DLLM2RecLoss(average="all")(ce, s, ITEMS2, t, NEG2, num_samples=1)
+
+
+def test_dllm2rec_loss_rejects_unknown_form_and_average():
     with pytest.raises(ValueError, match="pointwise.*listwise"):
         DLLM2RecLoss(form="pairwise")
+    with pytest.raises(ValueError, match="labeled.*all"):
+        DLLM2RecLoss(average="batch")
 
 
 # --- negative sampling ----------------------------------------------------------------------

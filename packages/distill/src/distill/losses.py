@@ -17,6 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 RANK_FORMS = ("pointwise", "listwise")
+# What the ranking loss is averaged over when only some samples have a teacher list:
+# "labeled": the samples that have one (each gets the same ranking weight as with full coverage);
+# "all": every supervised sample, those without a list adding 0 (the paper's per-sample
+# objective; with full coverage both are the same).
+RANK_AVERAGES = ("labeled", "all")
 
 
 def _normalise_rows(x: Tensor) -> Tensor:
@@ -244,10 +249,13 @@ class DLLM2RecLoss:
     gamma_consistency: float = 0.1
     lambda_position: float = 1.0
     form: str = "pointwise"
+    average: str = "all"
 
     def __post_init__(self) -> None:
         if self.form not in RANK_FORMS:
             raise ValueError(f"form must be one of {RANK_FORMS}, got {self.form!r}")
+        if self.average not in RANK_AVERAGES:
+            raise ValueError(f"average must be one of {RANK_AVERAGES}, got {self.average!r}")
 
     def __call__(
         self,
@@ -257,8 +265,12 @@ class DLLM2RecLoss:
         teacher_topk_scores: Tensor,
         negative_items: Tensor | None = None,
         valid_mask: Tensor | None = None,
+        num_samples: int | None = None,
     ) -> dict[str, Tensor]:
-        """Returns scalars {"ce", "rank", "total"} for logging; backward on "total"."""
+        """Returns scalars {"ce", "rank", "total"} for logging; backward on "total".
+
+        ``num_samples``: how many samples the CE was averaged over, of which these B rows are
+        the ones with a teacher list (default B); used by ``average="all"``."""
         weights = importance_weights(
             teacher_topk_items,
             teacher_topk_scores,
@@ -272,6 +284,12 @@ class DLLM2RecLoss:
         rank = ranking_distillation_loss(
             student_scores, teacher_topk_items, weights, negative_items, self.form
         )
+        labeled = teacher_topk_items.shape[0]
+        total_samples = labeled if num_samples is None else num_samples
+        if total_samples < labeled:
+            raise ValueError(f"num_samples ({total_samples}) < rows with a teacher list ({labeled})")
+        if self.average == "all":
+            rank = rank * (labeled / total_samples)
         return {"ce": ce, "rank": rank, "total": ce + self.lam * rank}
 
 

@@ -69,7 +69,7 @@ class DistillModule(SASRecModule):
                 prefixes = self._prefixes(batch["history"], keep)[has]
                 negatives = sample_negatives(torch.cat([prefixes, batch["targets"][keep][has].unsqueeze(1), top_items], 1),
                                              self.num_items, top_items.shape[1])  # fmt: skip
-            parts = self.loss(ce, logits[has], top_items, top_scores, negatives)
+            parts = self.loss(ce, logits[has], top_items, top_scores, negatives, num_samples=len(logits))
             total, rank = parts["total"], parts["rank"]
         n = len(batch["history"])
         self.log_dict({"train/ce": ce, "train/rank": rank}, batch_size=n)

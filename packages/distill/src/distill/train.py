@@ -6,7 +6,7 @@ import logging
 
 from omegaconf import DictConfig
 
-from distill.losses import RANK_FORMS, DLLM2RecLoss
+from distill.losses import RANK_AVERAGES, RANK_FORMS, DLLM2RecLoss
 from distill.module import DistillModule
 from distill.precompute import resolve_teacher_path, soft_labels_dir, training_keys
 from distill.soft_labels import SoftLabels, read_soft_labels
@@ -27,6 +27,8 @@ def check_distill_config(cfg: DictConfig) -> None:
         raise UserError(f"distill.teacher_source must be one of {', '.join(SOURCES)}, got {d.teacher_source!r}")
     if d.ranking_loss not in RANK_FORMS:
         raise UserError(f"distill.ranking_loss must be one of {', '.join(RANK_FORMS)}, got {d.ranking_loss!r}")
+    if d.rank_loss_average not in RANK_AVERAGES:
+        raise UserError(f"distill.rank_loss_average must be one of {', '.join(RANK_AVERAGES)}, got {d.rank_loss_average!r}")
     for name, low, strict in (("lam", 0, False), ("ed_weight", 0, False), ("gamma_position", 0, False),
                               ("gamma_confidence", 0, False), ("gamma_consistency", 0, False),
                               ("lambda_position", 0, True), ("candidate_topk", 1, False)):  # fmt: skip
@@ -61,7 +63,8 @@ def build_module(cfg: DictConfig, dm, labels: SoftLabels) -> DistillModule:
     d = cfg.distill
     try:
         loss = DLLM2RecLoss(lam=d.lam, gamma_position=d.gamma_position, gamma_confidence=d.gamma_confidence,
-                            gamma_consistency=d.gamma_consistency, lambda_position=d.lambda_position, form=d.ranking_loss)  # fmt: skip
+                            gamma_consistency=d.gamma_consistency, lambda_position=d.lambda_position, form=d.ranking_loss,
+                            average=d.rank_loss_average)  # fmt: skip
     except ValueError as error:  # e.g. an unknown ranking_loss form: a config error, not a crash
         raise UserError(f"distill: {error}") from None
     return DistillModule(student_config(cfg, dm.num_items), labels=labels, store=dm.store, loss=loss,
