@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 
 
-def run_measured(cmd: list[str], log_path: Path) -> tuple[float, float, str]:
+def run_measured(
+    cmd: list[str], log_path: Path, env: dict | None = None
+) -> tuple[float, float, str]:
     """(seconds, peak RSS of the largest child in GiB, run_dir printed on the last line)."""
     started = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     seconds = time.perf_counter() - started
     log_path.with_suffix(".out").write_text(proc.stdout)
     if proc.returncode != 0:
