@@ -165,3 +165,19 @@ def test_lora_dropout_is_active_during_real_training_steps(tiny_pipeline, tmp_pa
     run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], tmp_path / "t",
             *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]), "train.max_steps=2"))  # fmt: skip
     assert seen and all(adapters and not student for adapters, student in seen)
+
+
+@pytest.mark.parametrize("scale", [0, 1])
+def test_item_table_learning_rate_scale(tiny_pipeline, tmp_path, scale):
+    """train.item_table_lr_scale=0 keeps the student's table exactly while the head still trains;
+    the default scale 1 trains the table with the rest."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "t"
+    run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], run,
+            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]),
+            "train.max_steps=3", "train.limit_val_batches=1", f"train.item_table_lr_scale={scale}"))  # fmt: skip
+    trained = load_file(run / "checkpoints" / "last" / "model.safetensors")
+    student = load_file(tiny_pipeline["student"] / "model.safetensors")["item_emb.weight"]
+    assert trained["head.weight"].abs().sum() > 0  # zero-initialised, so it moved
+    assert torch.equal(trained["item_table"], student) == (scale == 0)

@@ -18,10 +18,13 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
 
     def __init__(self, teacher: ILoRATeacher, *, llm_info, student_ref: dict, lr: float = 5e-4,
                  weight_decay: float = 0.0, schedule: DecaySchedule, loss_type: str = "mse",
-                 contrastive_temperature: float = 0.1, seed: int = 42):  # fmt: skip
+                 contrastive_temperature: float = 0.1, seed: int = 42, item_table_lr_scale: float = 1.0):  # fmt: skip
         super().__init__()
+        if item_table_lr_scale < 0:
+            raise ValueError(f"item_table_lr_scale must be >= 0, got {item_table_lr_scale}")
         self.teacher, self.llm_info, self.student_ref = teacher, llm_info, student_ref
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
+        self.item_table_lr_scale = item_table_lr_scale
         self.schedule, self.loss_type, self.temperature = schedule, loss_type, contrastive_temperature
         self.strict_loading = False  # Lightning's last.ckpt holds only the trained tensors
 
@@ -60,8 +63,15 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.teacher.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        # The item table gets its own learning rate: Adam moves every row each step (the softmax
+        # gradient touches all items), so on a short run it drifts away from the student's table
+        # on a few hundred prompts. Scale 0 keeps the student's table as it is.
+        table = self.teacher.item_table
+        others = [p for p in self.teacher.parameters() if p.requires_grad and p is not table]
+        groups = [{"params": others}]
+        if table is not None and self.item_table_lr_scale > 0:
+            groups.append({"params": [table], "lr": self.lr * self.item_table_lr_scale})
+        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Keep last.ckpt small: the frozen LLM and student are rebuilt from their sources.

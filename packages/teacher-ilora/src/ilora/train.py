@@ -60,7 +60,7 @@ def build_module(cfg: DictConfig, dm) -> TeacherModule:
     return TeacherModule(teacher, llm_info=info, student_ref=student_reference(student_path, student_card),
                          lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, schedule=schedule,
                          loss_type=t.distill_loss_type, contrastive_temperature=t.contrastive_temperature,
-                         seed=cfg.seed)  # fmt: skip
+                         seed=cfg.seed, item_table_lr_scale=cfg.train.item_table_lr_scale)  # fmt: skip
 
 
 @hydra_entry("run_teacher")
