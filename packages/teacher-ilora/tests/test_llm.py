@@ -115,6 +115,23 @@ def test_install_command_prefers_uv(monkeypatch, tmp_path):
     assert cmds[-1][1:4] == ["-m", "pip", "install"]
 
 
+def test_loading_leaves_the_callers_rng_alone(tmp_path, monkeypatch, tiny_llm, tiny_tokenizer):
+    """The first load converts a GGUF (building a randomly initialised model), a cached load
+    does not; neither may move the global RNG, or first and later runs would initialise the
+    teacher's adapters differently."""
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"not read: load_gguf_model is replaced")
+    monkeypatch.setattr(llm_mod, "load_gguf_model", lambda path, dtype=torch.float32: (
+        tiny_llm(vocab_size=len(tiny_tokenizer)), tiny_tokenizer))  # fmt: skip
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    for expect_converted in (True, False):
+        torch.manual_seed(123)
+        _, _, info = load_llm(str(gguf), cache_dir=tmp_path / "cache")
+        assert info.converted == expect_converted
+        assert torch.equal(torch.rand(3), expected)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_embedded_gguf_convert_cache_reload(tmp_path, monkeypatch):

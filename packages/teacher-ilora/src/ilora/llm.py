@@ -447,6 +447,15 @@ def load_llm(
     converted safetensors copy of GGUF models. The tokenizer always has a pad token (EOS when the
     model defines none) and pads on the left.
     """
+    # Loading must not consume the caller's RNG: a first run converts the GGUF (building a
+    # randomly initialised model) and a cached run does not, and the teacher's adapters are
+    # initialised right after, so both runs would otherwise train different teachers.
+    with torch.random.fork_rng(devices=[]):
+        return _load_llm(name, device=device, precision=precision, use_flash_attention=use_flash_attention,
+                         gradient_checkpointing=gradient_checkpointing, cache_dir=cache_dir, revision=revision)
+
+
+def _load_llm(name, *, device, precision, use_flash_attention, gradient_checkpointing, cache_dir, revision):
     from transformers import AutoTokenizer
 
     t_start = time.perf_counter()
