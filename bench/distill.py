@@ -153,23 +153,25 @@ def per_user_ndcg10(run_dir: str):
     """Test NDCG@10 per user (sorted by key) from the run's test_predictions.parquet."""
     import numpy as np
     import pyarrow.parquet as pq
+    import torch
+
+    from recdata.metrics import ndcg_per_sample
 
     table = pq.read_table(
         Path(run_dir) / "test_predictions.parquet", columns=["user_id", "position", "rank"]
     )
     order = np.lexsort((table["position"].to_numpy(), table["user_id"].to_numpy()))
-    rank = table["rank"].to_numpy()[order]
-    return np.where(rank <= 10, 1.0 / np.log2(rank + 1.0), 0.0)
+    rank = torch.from_numpy(table["rank"].to_numpy()[order].astype(np.int64) - 1)  # file: 1-based
+    return ndcg_per_sample(rank, 10).numpy()
 
 
-def paired_difference(baselines: list[str], others: list[str]) -> tuple[float, float]:
+def paired_difference(baselines: list, others: list[str]) -> tuple[float, float]:
     """Mean per-user NDCG@10 difference (other - baseline) pooled over seeds, and its standard
-    error: users are paired within a seed, so the user-level noise cancels."""
+    error: users are paired within a seed, so the user-level noise cancels. ``baselines``: the
+    per-user arrays of each seed's baseline, read once by the caller."""
     import numpy as np
 
-    diffs = np.concatenate(
-        [per_user_ndcg10(o) - per_user_ndcg10(b) for b, o in zip(baselines, others, strict=True)]
-    )
+    diffs = np.concatenate([per_user_ndcg10(o) - b for b, o in zip(baselines, others, strict=True)])
     return float(diffs.mean()), float(diffs.std(ddof=1) / np.sqrt(len(diffs)))
 
 
@@ -262,7 +264,7 @@ def report(teacher, soft, soft_card, soft_note, out, args, overrides, runs) -> N
           f"overrides {overrides or 'none'})")  # fmt: skip
     base_ndcg = [m["ndcg@10"] for m in masked["baseline student"]]
     base_mean = mean_sd(base_ndcg)[0]
-    base_dirs = [run_dir for _, run_dir in runs["baseline student"]]
+    base_users = [per_user_ndcg10(run_dir) for _, run_dir in runs["baseline student"]]
     print()
     print(f"{'run':<34} {'NDCG@10':>15} {'HR@10':>7} {'ratio':>6} {'paired diff (SE)':>18}  "
           f"{'per-seed ratio':<20} {'wall s':>6}")  # fmt: skip
@@ -270,7 +272,7 @@ def report(teacher, soft, soft_card, soft_note, out, args, overrides, runs) -> N
         ndcg = [m["ndcg@10"] for m in masked[name]]
         mean, sd = mean_sd(ndcg)
         hr = mean_sd([m["hr@10"] for m in masked[name]])[0]
-        diff, se = paired_difference(base_dirs, [run_dir for _, run_dir in rs])
+        diff, se = paired_difference(base_users, [run_dir for _, run_dir in rs])
         per_seed = " ".join(f"{ratio(a, b):.3f}" for a, b in zip(ndcg, base_ndcg, strict=True))
         seconds = sum(s for s, _ in rs) / len(rs)
         print(f"{name:<34} {mean:8.4f}±{sd:.4f} {hr:7.4f} {ratio(mean, base_mean):6.3f} "

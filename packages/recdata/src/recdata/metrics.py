@@ -30,14 +30,17 @@ def target_ranks(
     return torch.where(target_scores.squeeze(1).isnan(), worst, at_least)
 
 
-def ranking_metrics(ranks: torch.Tensor, ks=DEFAULT_KS) -> dict[str, float]:
+def ndcg_per_sample(ranks: torch.Tensor, k: int) -> torch.Tensor:
+    """NDCG@k of each sample from its 0-based target rank (one relevant item: 1/log2(rank+2))."""
     ranks = ranks.double()
-    gains = 1.0 / torch.log2(ranks + 2.0)
+    return torch.where(ranks < k, 1.0 / torch.log2(ranks + 2.0), 0.0)
+
+
+def ranking_metrics(ranks: torch.Tensor, ks=DEFAULT_KS) -> dict[str, float]:
     out = {}
     for k in ks:
-        hit = ranks < k
-        out[f"hr@{k}"] = hit.double().mean().item() if len(ranks) else math.nan
-        out[f"ndcg@{k}"] = torch.where(hit, gains, 0.0).mean().item() if len(ranks) else math.nan
+        out[f"hr@{k}"] = (ranks < k).double().mean().item() if len(ranks) else math.nan
+        out[f"ndcg@{k}"] = ndcg_per_sample(ranks, k).mean().item() if len(ranks) else math.nan
     return out
 
 
