@@ -167,6 +167,17 @@ def test_lora_dropout_is_active_during_real_training_steps(tiny_pipeline, tmp_pa
     assert seen and all(adapters and not student for adapters, student in seen)
 
 
+def test_negative_item_table_lr_scale_is_refused(tiny_pipeline, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], tmp_path / "t",
+                *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]),
+                "train.item_table_lr_scale=-1"))  # fmt: skip
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: train.item_table_lr_scale must be a number >= 0, got -1"
+    ]
+
+
 @pytest.mark.parametrize("scale", [0, 1])
 def test_item_table_learning_rate_scale(tiny_pipeline, tmp_path, scale):
     """train.item_table_lr_scale=0 keeps the student's table exactly while the head still trains;

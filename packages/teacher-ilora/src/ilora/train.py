@@ -13,6 +13,7 @@ from ilora.model import TeacherConfig
 from ilora.module import TeacherModule
 from ilora.regularization import DecaySchedule
 from recdata.atomic import atomic_file
+from recdata.errors import UserError
 from recdata.runs import checkpoint_or_newest, hydra_entry
 from sasrec.module import load_sasrec
 from sasrec.recipe import build_datamodule, run_training, seed_run
@@ -65,6 +66,9 @@ def build_module(cfg: DictConfig, dm) -> TeacherModule:
 
 @hydra_entry("run_teacher")
 def main(cfg: DictConfig) -> None:
+    scale = cfg.train.item_table_lr_scale
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or scale < 0:
+        raise UserError(f"train.item_table_lr_scale must be a number >= 0, got {scale!r}")
     seed_run(cfg)
     dm = build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len, train_mode="prefix",
                           train_samples=cfg.teacher.train_samples)  # fmt: skip
