@@ -124,6 +124,32 @@ def test_fused_layer_matches_per_expert_sum():
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_per_token_gates_match_the_per_expert_sum_token_by_token():
+    """A (B, T, E) gate weighs each token's experts by that token's gate; a gate repeated over
+    the tokens equals the (B, E) per-example gate exactly."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(10, 6)
+    layer = MoELoRALinear(base, num_experts=3, expert_rank=2, alpha=4.0)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(B, 5, 10)
+    g = torch.softmax(torch.randn(B, 5, 3), -1)
+    layer.gate_state.set(g)
+    out = layer(x)
+    ref = base(x)
+    for e in range(3):
+        ref = ref + (4.0 / 2) * g[..., e, None] * (x @ layer.lora_A[e].T @ layer.lora_B[e].T)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    per_example = g[:, 0]
+    layer.gate_state.set(per_example)
+    expected = layer(x)
+    layer.gate_state.set(per_example.unsqueeze(1).expand(-1, 5, -1))
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+    layer.gate_state.set(g[:, :4])  # one gate per token of another length
+    with pytest.raises(RuntimeError, match="per-token gate"):
+        layer(x)
+
+
 def test_dropout_only_in_training(tiny_llm):
     ids = _ids()
     gates = _uniform_gate(4)
@@ -194,6 +220,8 @@ def test_errors_no_target_and_no_gate(tiny_llm):
         m(_ids())
     with pytest.raises(UserError, match="gate must have shape"):
         set_gate(m, torch.ones(B, 3))
+    with pytest.raises(UserError, match="gate must have shape"):
+        set_gate(m, torch.ones(B, T, 3))
     with gate_context(m, _uniform_gate(4)):
         m(_ids())
     with pytest.raises(RuntimeError, match="without a gate"):  # restored on exit

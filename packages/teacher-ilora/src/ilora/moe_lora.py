@@ -4,8 +4,10 @@ For every target linear ``W``::
 
     y = W x + (alpha / r_e) * sum_e g_e * B_e A_e dropout(x)
 
-with ``E`` experts of rank ``r_e = r // E``. The gate ``g`` (shape ``(batch, E)``) is one vector
-per example, shared by every adapted layer and every token; it is set once per forward::
+with ``E`` experts of rank ``r_e = r // E``. The gate ``g`` is shared by every adapted layer and is
+either one vector per example, shape ``(batch, E)`` (iLoRA's prompt teacher: every token of the
+prompt uses it), or one vector per token, shape ``(batch, tokens, E)`` (the sequence-mode teacher:
+the tokens of item t use the gate of the prefix ending at t); it is set once per forward::
 
     with gate_context(model, gates):        # or set_gate(model, gates) before model(...)
         out = model(input_ids)
@@ -83,7 +85,7 @@ class GateState:
         self._expanded = {}
 
     def expanded(self, rank: int, scaling: float, dtype: torch.dtype) -> Tensor:
-        """``(B, E*rank)``: gate_e * scaling repeated ``rank`` times per expert."""
+        """``(B, E*rank)`` or ``(B, T, E*rank)``: gate_e * scaling repeated ``rank`` times per expert."""
         assert self.gates is not None
         key = (rank, scaling, dtype)
         out = self._expanded.get(key)
@@ -170,23 +172,35 @@ class MoELoRALinear(nn.Module):
                 "MoE-LoRA layer ran without a gate: call set_gate(model, gates) or use "
                 "`with gate_context(model, gates):` around the forward"
             )
-        nb = gates.shape[0]
-        if x.dim() < 2 or (nb != x.shape[0] and nb != 1):
-            raise RuntimeError(
-                f"MoE-LoRA gate has batch size {nb} but the layer input has shape "
-                f"{tuple(x.shape)}; the gate must be (batch, num_experts)"
-            )
         er = self.num_experts * self.expert_rank
+        g = state.expanded(self.expert_rank, self.scaling, self.lora_A.dtype)  # (B, E*r_e) or (B, T, E*r_e)
+        g = self._broadcast_gate(g, x)
         a = self.lora_A.reshape(er, self.in_features)  # view: (E*r_e, in)
         b = self.lora_B.permute(1, 0, 2).reshape(self.out_features, er)  # (out, E*r_e)
-        h = F.linear(self.dropout(x.to(a.dtype)), a)  # (B, ..., E*r_e)
-        g = state.expanded(self.expert_rank, self.scaling, h.dtype)  # (B, E*r_e)
-        h = h * g.view(nb, *([1] * (x.dim() - 2)), er)
+        h = F.linear(self.dropout(x.to(a.dtype)), a) * g  # (B, ..., E*r_e)
         if h.dtype == result.dtype:
             # result + h @ b^T in one GEMM (beta=1): no separate pass over the output
             out = torch.addmm(result.reshape(-1, self.out_features), h.reshape(-1, er), b.t())
             return out.view(result.shape)
         return result + F.linear(h, b).to(result.dtype)
+
+    @staticmethod
+    def _broadcast_gate(g: Tensor, x: Tensor) -> Tensor:
+        """The gate viewed so it broadcasts over ``x``'s (B, ..., in) leading dimensions."""
+        nb = g.shape[0]
+        if x.dim() < 2 or (nb != x.shape[0] and nb != 1):
+            raise RuntimeError(
+                f"MoE-LoRA gate has batch size {nb} but the layer input has shape "
+                f"{tuple(x.shape)}; the gate must be (batch, num_experts) or (batch, tokens, num_experts)"
+            )
+        if g.dim() == 2:  # one gate per example: the same for every token
+            return g.view(nb, *([1] * (x.dim() - 2)), g.shape[-1])
+        if x.dim() != 3 or g.shape[1] != x.shape[1]:
+            raise RuntimeError(
+                f"MoE-LoRA per-token gate has shape {tuple(g.shape[:2])} + (E*r,) but the layer "
+                f"input has shape {tuple(x.shape)}; it must be (batch, tokens, num_experts)"
+            )
+        return g
 
     def extra_repr(self) -> str:
         return (
@@ -279,15 +293,17 @@ def _gate_states(model: nn.Module) -> list[GateState]:
 
 
 def set_gate(model: nn.Module, gates: Tensor | None) -> None:
-    """Set the per-example gate ``(batch, num_experts)`` for all MoE-LoRA layers of ``model``
+    """Set the gate ``(batch, num_experts)`` or ``(batch, tokens, num_experts)`` for all MoE-LoRA
+    layers of ``model``
     (``None`` clears it). The gate stays set until changed, which is what gradient checkpointing
     needs (layers are re-run during backward, after the forward call has returned)."""
     states = _gate_states(model)
     if gates is not None:
         num_experts = next(moe_lora_layers(model))[1].num_experts
-        if gates.dim() != 2 or gates.shape[1] != num_experts:
+        if gates.dim() not in (2, 3) or gates.shape[-1] != num_experts:
             raise UserError(
-                f"gate must have shape (batch, {num_experts}), got {tuple(gates.shape)}"
+                f"gate must have shape (batch, {num_experts}) or (batch, tokens, {num_experts}), "
+                f"got {tuple(gates.shape)}"
             )
     for s in states:
         s.set(gates)
