@@ -12,9 +12,17 @@ from recdata.batching import SequenceStore
 from recdata.candidates import load_or_draw_candidates
 from recdata.contract import PreparedDataset, load_prepared
 from recdata.errors import UserError
-from recdata.splits import SampleKeys, check_limit, split_keys
+from recdata.splits import (
+    SampleKeys,
+    WindowPlan,
+    check_limit,
+    plan_windows,
+    select_samples,
+    split_keys,
+)
 
-TRAIN_MODES = ("sequence", "prefix")
+TRAIN_MODES = ("sequence", "prefix", "windows")
+EVAL_ORDERS = ("key", "length")
 
 
 def _identity(batch):
@@ -39,6 +47,41 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(torch.randperm(self.length, generator=generator).tolist())
 
 
+class LengthGroupedSampler(Sampler[int]):
+    """Indices ordered so that each consecutive run of ``batch_size`` has similar lengths (padding
+    costs a full LLM pass per token). ``shuffle``: like :class:`EpochShuffleSampler` (depends only
+    on (seed, epoch)) -- indices are shuffled, cut into groups of ``group`` batches, sorted by
+    length within a group, and the batches are shuffled; otherwise longest first, ties by index."""
+
+    def __init__(self, lengths: torch.Tensor, batch_size: int, seed: int = 0, shuffle: bool = True, group: int = 32):
+        self.lengths, self.batch_size, self.seed, self.group, self.epoch = lengths, batch_size, seed, group, 0
+        self.shuffle = shuffle
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(torch.argsort(self.lengths, descending=True, stable=True).tolist())
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator)
+        span = self.batch_size * self.group
+        groups = [g[torch.argsort(self.lengths[g], descending=True, stable=True)] for g in order.split(span)]
+        batches = torch.cat(groups).split(self.batch_size) if groups else []
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return iter(torch.cat([batches[b] for b in shuffled]).tolist() if batches else [])
+
+
+def _trim_padding_columns(batch: dict[str, torch.Tensor], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Drop the leading columns that are padding in every row (left-padded ``history``)."""
+    real = (batch["history"] > 0).any(0).nonzero()
+    start = int(real[0]) if len(real) else batch["history"].shape[1] - 1
+    return {k: v[:, start:] if k in keys else v for k, v in batch.items()}
+
+
 class SplitDataset(Dataset):
     """Samples of one split; `__getitems__` builds a whole batch with tensor ops."""
 
@@ -49,6 +92,10 @@ class SplitDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def lengths(self) -> torch.Tensor:
+        """Items in each sample's history window."""
+        return self.keys.positions.clamp(max=self.max_seq_len)
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.int64)
@@ -99,6 +146,43 @@ class SequenceTrainDataset(Dataset):
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
 
+class WindowTrainDataset(Dataset):
+    """One row per window of a :class:`WindowPlan`: ``history`` (its input items, left-padded),
+    ``targets`` (B, L) -- the item each column's readout predicts, 0 where the column is not
+    read out (before the window's first key, padding, or a key outside ``selected``) -- and
+    ``target_positions``, the key position of each target. Columns that are padding in every row
+    of a batch are dropped."""
+
+    def __init__(self, store: SequenceStore, plan: WindowPlan, selected: SampleKeys | None = None):
+        self.store, self.plan = store, plan
+        self.selected = None if selected is None else selected.flat_mask(store.starts, len(store.items))
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def lengths(self) -> torch.Tensor:
+        return self.plan.lengths()
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        users, ends, first = self.plan.user_ids[idx], self.plan.ends[idx], self.plan.first_positions[idx]
+        width = self.plan.width
+        history = self.store.window(users, ends, width)
+        # column c holds item ends - width + c; its readout predicts the key at position + 1
+        positions = ends.unsqueeze(1) - width + 1 + torch.arange(width)
+        read = (positions >= first.unsqueeze(1)) & (history > 0)
+        if self.selected is not None:
+            flat = (self.store.starts[users].unsqueeze(1) + positions).clamp(min=0)
+            read &= self.selected[flat]
+        targets = torch.where(read, self.store.items[(self.store.starts[users].unsqueeze(1) + positions).clamp(min=0)], 0)
+        batch = {"user_id": users, "history": history, "targets": targets,
+                 "target_positions": torch.where(read, positions, 0)}  # fmt: skip
+        return _trim_padding_columns(batch, ("history", "targets", "target_positions"))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+
 class SequentialDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -113,6 +197,8 @@ class SequentialDataModule(L.LightningDataModule):
         candidate_seed: int = 2024,
         seed: int = 42,
         train_samples: str = "all",
+        window_stride: int | None = None,
+        eval_order: str = "key",
     ):
         super().__init__()
         if train_mode not in TRAIN_MODES:
@@ -130,7 +216,9 @@ class SequentialDataModule(L.LightningDataModule):
         self.limit_data_rows = check_limit(limit_data_rows)
         self.train_mode, self.num_workers = train_mode, num_workers
         self.num_candidates, self.candidate_seed, self.seed = num_candidates, candidate_seed, seed
-        self.train_samples = train_samples
+        if eval_order not in EVAL_ORDERS:
+            raise UserError(f"eval_order must be one of {', '.join(EVAL_ORDERS)}, got {eval_order!r}")
+        self.train_samples, self.window_stride, self.eval_order = train_samples, window_stride, eval_order
         self.dataset: PreparedDataset | None = None
 
     # -- setup -------------------------------------------------------------------------------
@@ -168,17 +256,37 @@ class SequentialDataModule(L.LightningDataModule):
     def split_dataset(self, split: str, *, with_candidates: bool = True) -> SplitDataset:
         self.setup()
         cands = self.candidates.get(split) if (self.candidates and with_candidates) else None
-        return SplitDataset(self.store, self.keys[split], self.max_seq_len, cands,
-                            with_full_history=split != "train")  # fmt: skip
+        keys = self.train_keys() if split == "train" else self.keys[split]
+        return SplitDataset(self.store, keys, self.max_seq_len, cands, with_full_history=split != "train")
+
+    def train_keys(self) -> SampleKeys:
+        """The training samples a run learns from: every train key, or the `train_samples`
+        selection (e.g. `last_n_per_user=1`, to bound an LLM teacher's cost on CPU)."""
+        self.setup()
+        return select_samples(self.keys["train"], self.train_samples)
 
     def train_dataset(self) -> Dataset:
         self.setup()
         if self.train_mode == "sequence":
             return SequenceTrainDataset(self.store, self.keys["train"], self.max_seq_len)
+        if self.train_mode == "windows":
+            return self.window_dataset(self.train_keys())
         return self.split_dataset("train")
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
+    def window_dataset(self, selected: SampleKeys) -> WindowTrainDataset:
+        """Windows of ``max_seq_len`` items over the training prefixes that read out each key of
+        ``selected`` exactly once (windows holding none of them are left out)."""
+        self.setup()
+        plan = plan_windows(self.keys["train"], self.max_seq_len, self.window_stride)
+        if len(selected) != len(self.keys["train"]):
+            plan = plan.holding(selected, self.store.starts, len(self.store.items))
+        return WindowTrainDataset(self.store, plan, selected)
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, by_length: bool = False) -> DataLoader:
+        if by_length:  # similar lengths share a batch (shuffled when training, fixed otherwise)
+            sampler = LengthGroupedSampler(dataset.lengths(), batch_size, self.seed, shuffle=shuffle)
+        else:
+            sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -189,11 +297,13 @@ class SequentialDataModule(L.LightningDataModule):
         )
 
     def loader(self, split: str, batch_size: int | None = None) -> DataLoader:
-        """An ordered loader over one evaluation split (or train prefixes)."""
-        return self._loader(self.split_dataset(split), batch_size or self.eval_batch_size, False)
+        """A loader over one evaluation split (or train prefixes), in (user_id, position) order,
+        or grouped by history length with ``eval_order="length"`` (for the LLM teacher)."""
+        return self._loader(self.split_dataset(split), batch_size or self.eval_batch_size, False,
+                            by_length=self.eval_order == "length")  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), self.batch_size, True)
+        return self._loader(self.train_dataset(), self.batch_size, True, by_length=self.train_mode == "windows")
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("valid")

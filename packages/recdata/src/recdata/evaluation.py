@@ -60,22 +60,25 @@ def evaluate(
             hits.append(candidate_hits_at_1(scores, batch["candidates"]))
         keys.append(torch.stack([batch["user_id"], batch["position"]], 1))
         targets.append(batch["target"])
-    r_raw, r_masked = torch.cat(ranks_raw), torch.cat(ranks_masked)
+    key = torch.cat(keys)
+    # predictions in (user_id, position) order whatever order the loader used (e.g. by length)
+    order = torch.argsort(key[:, 0] * (int(key[:, 1].max()) + 1) + key[:, 1]) if len(key) else torch.arange(0)
+    key, target = key[order], torch.cat(targets)[order]
+    r_raw, r_masked, top = torch.cat(ranks_raw)[order], torch.cat(ranks_masked)[order], torch.cat(tops)[order]
     m_raw, m_masked = ranking_metrics(r_raw, ks), ranking_metrics(r_masked, ks)
-    hit = torch.cat(hits) if hits else None
+    hit = torch.cat(hits)[order] if hits else None
     for m in (m_raw, m_masked):
         if hit is not None:
             m["hr@1_of_20"] = hit.double().mean().item()
     chosen = r_masked if mask_history else r_raw
-    key = torch.cat(keys)
     predictions = pa.table(
         {
             "user_id": pa.array(key[:, 0].numpy(), pa.int32()),
             "position": pa.array(key[:, 1].numpy(), pa.int32()),
-            "target": pa.array(torch.cat(targets).numpy(), pa.int32()),
+            "target": pa.array(target.numpy(), pa.int32()),
             "rank": pa.array((chosen + 1).numpy(), pa.int32()),  # 1-based: hit@K iff rank <= K
             "rank_unmasked": pa.array((r_raw + 1).numpy(), pa.int32()),
-            "topk_items": pa.array(torch.cat(tops).numpy().tolist(), pa.list_(pa.int32())),
+            "topk_items": pa.array(top.numpy().tolist(), pa.list_(pa.int32())),
             **({"hit@1_of_20": pa.array(hit.numpy())} if hit is not None else {}),
         }
     )
