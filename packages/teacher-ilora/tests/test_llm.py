@@ -14,6 +14,7 @@ from ilora.llm import (
     select_attn_implementation,
     select_dtype,
 )
+from ilora.testing import build_tiny_tokenizer
 from recdata.errors import UserError
 
 
@@ -82,6 +83,25 @@ def test_load_local_dir(saved_tiny, tmp_path):
     model2, _, info2 = load_llm(str(path), gradient_checkpointing=True, cache_dir=tmp_path)
     assert info2.gradient_checkpointing and model2.model.gradient_checkpointing
     assert model2.config.use_cache is False
+
+
+def test_random_init_keeps_the_shape_and_replaces_the_weights_reproducibly(tmp_path, tiny_llm, tiny_tokenizer):
+    ref, path = tiny_llm(vocab_size=len(tiny_tokenizer), seed=7), tmp_path / "tiny-llama"  # "pretrained" weights
+    ref.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    torch.manual_seed(123)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(123)
+    model, tok, info = load_llm(str(path), cache_dir=tmp_path, random_init=True)
+    assert torch.equal(torch.rand(3), expected_draw)  # the caller's RNG is untouched
+    again, _, _ = load_llm(str(path), cache_dir=tmp_path, random_init=True)
+    assert model.config.hidden_size == ref.config.hidden_size and len(tok) == len(build_tiny_tokenizer())
+    own, other, ref_state = model.state_dict(), again.state_dict(), ref.state_dict()
+    assert set(own) == set(ref_state) and all(own[k].shape == ref_state[k].shape for k in own)
+    assert all(torch.equal(own[k], other[k]) for k in own)  # seeded: a teacher on it can be rebuilt
+    assert not torch.equal(own["model.layers.0.mlp.up_proj.weight"], ref_state["model.layers.0.mlp.up_proj.weight"])
+    assert info.digest == f"random-init(seed=0):{local_dir_digest(path)}"
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
 
 
 def test_local_digest_tracks_weights(saved_tiny):

@@ -19,12 +19,13 @@ from recdata.testing import cyclic_sequences, make_prepared, run_cli, tiny_run_o
 from sasrec.model import SASRec, SASRecConfig
 
 
-@pytest.fixture
-def teacher():
+@pytest.fixture(params=["prefix", "sequence"])
+def teacher(request):
     torch.manual_seed(0)
     student = SASRec(SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16))
     titles = [""] + [f"the movie {'long ' * (i % 4)}{i}" for i in range(1, 41)]
-    config = TeacherConfig(target_modules=["q_proj", "v_proj"], hidden_size=16, gate_hidden_size=8, max_history=5)
+    config = TeacherConfig(target_modules=["q_proj", "v_proj"], hidden_size=16, gate_hidden_size=8, max_history=5,
+                           prompt_mode=request.param)  # fmt: skip
     model = ILoRATeacher(build_tiny_llama(), build_tiny_tokenizer(), student, titles, config)
     with torch.no_grad():  # non-zero adapters and head, so the gate and the LLM path matter
         for name, p in model.llm.named_parameters():
@@ -59,10 +60,12 @@ def test_only_adapters_gate_projector_and_head_are_trained(teacher):
     history = left_pad([[1, 2, 3], [4, 5, 6, 7]])
     F.cross_entropy(teacher(history), torch.tensor([4, 8])).backward()
     trained = {n for n, p in teacher.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    assert trained and all(n.split(".")[0] in ("llm", "gate", "projector", "head", "item_table") for n in trained)
+    own = ("llm", "gate", "projector", "title_projector", "state_norm", "head", "item_table")
+    assert trained and all(n.split(".")[0] in own for n in trained)
     assert all("lora_" in n for n in trained if n.startswith("llm."))
     assert {"item_table", "head.weight"} <= trained and any(n.startswith("gate.") for n in trained)
     assert any(n.startswith("projector.") for n in trained)
+    assert any(n.startswith("title_projector.") for n in trained) == (teacher.config.prompt_mode == "sequence")
     frozen = [p for n, p in teacher.named_parameters() if n.startswith("student.") or (n.startswith("llm.") and "lora_" not in n)]
     assert frozen and all(p.grad is None for p in frozen)
     assert not teacher.student.training  # the frozen student's dropout never acts
@@ -70,13 +73,15 @@ def test_only_adapters_gate_projector_and_head_are_trained(teacher):
 
 def test_teacher_starts_as_its_student(teacher):
     fresh = ILoRATeacher(build_tiny_llama(), build_tiny_tokenizer(), teacher.student, [""] + ["movie"] * 40,
-                         TeacherConfig(target_modules=["q_proj"], hidden_size=8, gate_hidden_size=4)).eval()
+                         TeacherConfig(target_modules=["q_proj"], hidden_size=8, gate_hidden_size=4,
+                                       prompt_mode=teacher.config.prompt_mode)).eval()  # fmt: skip
     history = left_pad([[1, 2, 3], [9, 8]])
     torch.testing.assert_close(fresh(history)[:, 1:], teacher.student.score(history)[:, 1:], rtol=0, atol=1e-5)
 
 
 def test_linear_head_variant_scores_all_items(teacher):
-    config = TeacherConfig(target_modules=["q_proj"], hidden_size=8, gate_hidden_size=4, use_item_embeddings_head=False)
+    config = TeacherConfig(target_modules=["q_proj"], hidden_size=8, gate_hidden_size=4, use_item_embeddings_head=False,
+                           prompt_mode=teacher.config.prompt_mode)  # fmt: skip
     model = ILoRATeacher(build_tiny_llama(), build_tiny_tokenizer(), teacher.student, [""] + ["movie"] * 40, config)
     assert model.item_table is None and model.head.out_features == 41
     assert model(left_pad([[1, 2]])).shape == (1, 41)
@@ -88,11 +93,20 @@ def test_item_title_embeddings_are_per_item_and_padding_is_zero(teacher):
     assert not torch.allclose(emb[1], emb[2])
 
 
+def test_item_title_embeddings_are_computed_in_eval_mode(teacher):
+    """The checkpoint's item embeddings never carry LoRA dropout noise, whatever mode the teacher
+    is left in after training (Lightning leaves it in training mode)."""
+    expected = teacher.eval().item_title_embeddings()
+    teacher.train()
+    torch.testing.assert_close(teacher.item_title_embeddings(), expected, rtol=0, atol=0)
+    assert teacher.llm.training  # the caller's mode is restored
+
+
 def test_round_trip_reproduces_the_runs_own_test_ranks(tiny_pipeline):
     dataset = load_prepared(tiny_pipeline["data"])
     teacher, ckpt = load_teacher(tiny_pipeline["teacher"], dataset)
     assert ckpt.card["student_checkpoint"]["path"].endswith("checkpoints/best")
-    assert set(ckpt.tensors) == set(teacher.trainable_state_dict())
+    assert set(ckpt.tensors) == set(teacher.trainable_state_dict()) | {"title_states"}  # sequence mode
     assert not any(k.startswith(("student.", "llm.model.embed_tokens")) for k in ckpt.tensors)
     predictions = pq.read_table(tiny_pipeline["teacher"].parent.parent / "test_predictions.parquet").to_pydict()
     from recdata.datamodule import SequentialDataModule
@@ -118,7 +132,7 @@ def _lambda_trace(run_dir):
 def test_lambda_decays_to_its_minimum_in_a_real_run(tiny_pipeline, tmp_path, decay_steps):
     extra = ["trainer.log_every_n_steps=1", "teacher.distill_lambda=1.0", "teacher.distill_min_lambda=0.2",
              "teacher.distill_decay_type=linear", f"teacher.distill_decay_steps={decay_steps or 'null'}",
-             "train.limit_val_batches=1"]  # fmt: skip
+             "train.limit_val_batches=1", "train.batch_size=2"]  # fmt: skip
     run = tmp_path / "teacher"
     run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], run,
             *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]), *extra))  # fmt: skip
@@ -192,3 +206,52 @@ def test_item_table_learning_rate_scale(tiny_pipeline, tmp_path, scale):
     student = load_file(tiny_pipeline["student"] / "model.safetensors")["item_emb.weight"]
     assert trained["head.weight"].abs().sum() > 0  # zero-initialised, so it moved
     assert torch.equal(trained["item_table"], student) == (scale == 0)
+
+
+def _scalars(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_learning_rate_warms_up_then_decays_by_cosine(tiny_pipeline, tmp_path):
+    run = tmp_path / "t"
+    run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], run,
+            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]), "train.batch_size=1",
+            "train.warmup_ratio=0.2", "trainer.log_every_n_steps=1", "train.limit_val_batches=1"))  # fmt: skip
+    lrs = [v for _, v in _scalars(run, "lr/teacher")]
+    total, warmup, peak = 10, 2, 0.003  # 10 windows, one per step
+    expected = [peak * s / warmup if s < warmup else peak * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+                for s in range(total)]  # fmt: skip
+    assert lrs == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    assert [v for _, v in _scalars(run, "lr/item_table")] == pytest.approx(lrs, rel=1e-5, abs=1e-9)  # scale 1
+
+
+def test_accumulated_gradients_step_the_optimizer_every_n_batches(tiny_pipeline, tmp_path):
+    run = tmp_path / "t"
+    run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], run,
+            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]), "train.batch_size=1",
+            "train.accumulate_grad_batches=5", "trainer.log_every_n_steps=1"))  # fmt: skip
+    card = json.loads((run / "checkpoints" / "last" / "card.json").read_text())
+    assert card["metrics"]["global_step"] == 2  # 10 windows / 5 per optimizer step
+
+
+def test_the_starting_point_is_validated_and_can_win_model_selection(tiny_pipeline, tmp_path):
+    """With the residual head the untrained teacher is its student: it is validated before the
+    first step, and a run that only gets worse exports it as best."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "t"
+    run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], run,
+            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]), "train.lr=5.0",
+            "train.warmup_ratio=0"))  # fmt: skip
+    best = json.loads((run / "checkpoints" / "best" / "card.json").read_text())["metrics"]
+    last = json.loads((run / "checkpoints" / "last" / "card.json").read_text())["metrics"]
+    assert best["global_step"] == 0 and last["global_step"] > 0
+    assert best["valid"]["ndcg@5"] > last["valid"]["ndcg@5"]
+    student_valid = json.loads((tiny_pipeline["student"] / "card.json").read_text())["metrics"]["valid"]
+    assert best["valid"]["ndcg@5"] == pytest.approx(student_valid["ndcg@5"], abs=1e-6)
+    assert [step for step, _ in _scalars(run, "valid/ndcg@5")][0] == 0  # the curve starts at step 0
+    assert torch.count_nonzero(load_file(run / "checkpoints" / "best" / "model.safetensors")["head.weight"]) == 0

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    TQDMProgressBar,
+)
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -42,7 +48,8 @@ def seed_training_step(seed: int, epoch: int, batch_idx: int) -> None:
 
 
 def build_datamodule(cfg: DictConfig, *, max_seq_len: int, train_mode: str = "sequence",
-                     batch_size: int | None = None, train_samples: str = "all") -> SequentialDataModule:  # fmt: skip
+                     batch_size: int | None = None, train_samples: str = "all", window_stride: int | None = None,
+                     eval_order: str = "key") -> SequentialDataModule:  # fmt: skip
     data = cfg.dataset
     processed = ensure_prepared(data.name, Path(data.data_dir), Path(data.processed_dir),
                                 Path(cfg.paths.cache_dir), data.min_user_interactions)  # fmt: skip
@@ -51,7 +58,7 @@ def build_datamodule(cfg: DictConfig, *, max_seq_len: int, train_mode: str = "se
         eval_batch_size=cfg.train.eval_batch_size, limit_data_rows=data.limit_data_rows,
         train_mode=train_mode, num_workers=cfg.train.num_workers,
         num_candidates=cfg.eval.num_candidates, candidate_seed=cfg.eval.candidate_seed, seed=cfg.seed,
-        train_samples=train_samples,
+        train_samples=train_samples, window_stride=window_stride, eval_order=eval_order,
     )  # fmt: skip
     dm.setup()
     return dm
@@ -107,8 +114,9 @@ class EpochSummary(Callback):
             return
         m = trainer.callback_metrics
         shown = "  ".join(f"{k}={float(v):.4f}" for k, v in m.items() if k.startswith(("valid/", "train/")))
-        elapsed = time.perf_counter() - getattr(self, "started", time.perf_counter())
-        log.info("epoch %d step %d (%.1fs): %s", trainer.current_epoch, trainer.global_step, elapsed, shown)
+        started = getattr(self, "started", None)
+        took = f"{time.perf_counter() - started:.1f}s" if started is not None else "before training"
+        log.info("epoch %d step %d (%s): %s", trainer.current_epoch, trainer.global_step, took, shown)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback]) -> L.Trainer:
@@ -120,6 +128,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback]) -> 
         enable_progress_bar=t.enable_progress_bar, gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic, max_epochs=cfg.train.max_epochs, max_steps=cfg.train.max_steps,
         val_check_interval=cfg.train.val_check_interval, num_sanity_val_steps=0,
+        accumulate_grad_batches=cfg.train.accumulate_grad_batches,
         limit_val_batches=cfg.train.limit_val_batches,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""),
         callbacks=callbacks,
@@ -164,11 +173,16 @@ def run_training(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataM
                       check_on_train_epoch_end=False),
         ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True),
         EpochSummary(),
+        LearningRateMonitor(logging_interval="step"),
     ]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     module.eval_mask_history, module.eval_ks = cfg.eval.mask_history, tuple(cfg.eval.ks)
     trainer = build_trainer(cfg, run_dir, callbacks)
+    if cfg.train.validate_at_start and resume_from is None:
+        # the starting point competes in model selection (the residual teacher starts as its
+        # student), and its figures open the learning curve at step 0
+        trainer.validate(module, datamodule=dm, verbose=False)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
     if export.exported_step != trainer.global_step:
         # stopped on max_steps between validations: validate (and export) the final weights too

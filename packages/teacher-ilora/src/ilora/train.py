@@ -13,6 +13,7 @@ from ilora.model import TeacherConfig
 from ilora.module import TeacherModule
 from ilora.regularization import DecaySchedule
 from recdata.atomic import atomic_file
+from recdata.checkpoint import read_card
 from recdata.errors import UserError
 from recdata.runs import checkpoint_or_newest, hydra_entry
 from sasrec.module import load_sasrec
@@ -48,12 +49,23 @@ def save_item_embeddings(module: TeacherModule, best_dir: Path) -> None:
     log.info("wrote teacher item embeddings %s to %s", tuple(embeddings.shape), best_dir)
 
 
-def build_module(cfg: DictConfig, dm) -> TeacherModule:
+def teacher_datamodule(cfg: DictConfig, config: TeacherConfig, student_path: Path):
+    """Prefix mode: one sample per training prefix. Sequence mode: windows of the teacher's
+    length (its student's max_seq_len unless set) that read out every training key once, and
+    evaluation batches grouped by history length (padding costs a full LLM pass per token)."""
+    if config.prompt_mode == "prefix":
+        return build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len, train_mode="prefix",
+                                train_samples=cfg.teacher.train_samples)  # fmt: skip
+    window = config.max_sequence_items or read_card(student_path)["hparams"]["model"]["max_seq_len"]
+    return build_datamodule(cfg, max_seq_len=window, train_mode="windows", train_samples=cfg.teacher.train_samples,
+                            window_stride=config.sequence_window_stride, eval_order="length")  # fmt: skip
+
+
+def build_module(cfg: DictConfig, dm, config: TeacherConfig, student_path: Path) -> TeacherModule:
     t = cfg.teacher
-    student_path = resolve_student_path(cfg)
     student, student_card = load_sasrec(student_path, fingerprint=dm.fingerprint, num_items=dm.num_items)
     teacher, info = build_teacher(
-        teacher_config(cfg), student, dm.dataset.titles, device=resolve_device(cfg.trainer.accelerator),
+        config, student, dm.dataset.titles, device=resolve_device(cfg.trainer.accelerator),
         precision=t.precision, use_flash_attention=t.use_flash_attention,
         gradient_checkpointing=t.gradient_checkpointing, cache_dir=Path(cfg.paths.cache_dir),
     )  # fmt: skip
@@ -61,7 +73,8 @@ def build_module(cfg: DictConfig, dm) -> TeacherModule:
     return TeacherModule(teacher, llm_info=info, student_ref=student_reference(student_path, student_card),
                          lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, schedule=schedule,
                          loss_type=t.distill_loss_type, contrastive_temperature=t.contrastive_temperature,
-                         seed=cfg.seed, item_table_lr_scale=cfg.train.item_table_lr_scale)  # fmt: skip
+                         seed=cfg.seed, item_table_lr_scale=cfg.train.item_table_lr_scale,
+                         lr_schedule=cfg.train.lr_schedule, warmup_ratio=cfg.train.warmup_ratio)  # fmt: skip
 
 
 @hydra_entry("run_teacher")
@@ -69,10 +82,11 @@ def main(cfg: DictConfig) -> None:
     scale = cfg.train.item_table_lr_scale
     if isinstance(scale, bool) or not isinstance(scale, int | float) or scale < 0:
         raise UserError(f"train.item_table_lr_scale must be a number >= 0, got {scale!r}")
+    config = teacher_config(cfg)
     seed_run(cfg)
-    dm = build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len, train_mode="prefix",
-                          train_samples=cfg.teacher.train_samples)  # fmt: skip
-    module = build_module(cfg, dm)
+    student_path = resolve_student_path(cfg)
+    dm = teacher_datamodule(cfg, config, student_path)
+    module = build_module(cfg, dm, config, student_path)
     run_training(cfg, module, dm, finalize_best=save_item_embeddings)
 
 
