@@ -156,7 +156,7 @@ class CountingScorer:
 
 def crash_after_first_shard(pipeline, out, monkeypatch):
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # let the exception through instead of exit(1)
-    monkeypatch.setattr(precompute, "SHARD_SIZE", 32)  # 110 samples -> 4 shards
+    monkeypatch.setattr(precompute, "SHARD_SIZE", 3)  # 10 user windows -> 4 shards
     monkeypatch.setattr(precompute, "score_shard", CountingScorer(crash_on=2))
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_precompute(pipeline, out)
@@ -175,11 +175,12 @@ def test_crash_leaves_only_shards_and_a_rerun_keeps_finished_ones_merged_by_key(
     # as it is (not recompute it) and merge it by key, not by the order rows appear in.
     path = shard_dir / "shard_000000.parquet"
     table = pq.read_table(path)
-    sentinel = [[1000.0 - j for j in range(K)]] * table.num_rows
+    kept = set(zip(table.column("user_id").to_pylist(), table.column("position").to_pylist(), strict=True))
+    sentinel = [1000.0 - j for j in range(K)]
     marked = table.set_column(
         table.schema.get_field_index("topk_scores"),
         "topk_scores",
-        pa.array(sentinel, pa.list_(pa.float32())),
+        pa.array([sentinel] * table.num_rows, pa.list_(pa.float32())),
     )
     marked = marked.take(pa.array(list(range(table.num_rows))[::-1]))
     pq.write_table(marked.replace_schema_metadata(table.schema.metadata), path)
@@ -187,17 +188,15 @@ def test_crash_leaves_only_shards_and_a_rerun_keeps_finished_ones_merged_by_key(
     scorer = CountingScorer()
     monkeypatch.setattr(precompute, "score_shard", scorer)
     run_precompute(tiny_pipeline, out)
-    assert scorer.starts == [32, 64, 96]  # shard 0 was kept
+    assert scorer.starts == [3, 6, 9]  # shard 0 was kept
     assert not shard_dir.exists()  # merged and cleaned up
     labels, ref = read_soft_labels(out, fingerprint=reference["fingerprint"]), reference["labels"]
-    assert torch.equal(labels.user_ids, ref.user_ids) and torch.equal(
-        labels.positions, ref.positions
-    )  # key order
+    assert torch.equal(labels.user_ids, ref.user_ids) and torch.equal(labels.positions, ref.positions)  # key order
     assert torch.equal(labels.topk_items, ref.topk_items)
-    assert torch.equal(
-        labels.topk_scores[:32], torch.tensor(sentinel[:32])
-    )  # the kept shard, by key
-    assert torch.equal(labels.topk_scores[32:], ref.topk_scores[32:])
+    in_kept = torch.tensor([(int(u), int(p)) in kept for u, p in zip(labels.user_ids, labels.positions, strict=True)])
+    assert 0 < int(in_kept.sum()) < len(in_kept)
+    assert torch.equal(labels.topk_scores[in_kept], torch.tensor([sentinel] * int(in_kept.sum())))  # the kept shard, by key
+    assert torch.equal(labels.topk_scores[~in_kept], ref.topk_scores[~in_kept])
 
 
 def test_shards_of_another_job_are_recomputed_not_merged(
@@ -208,10 +207,52 @@ def test_shards_of_another_job_are_recomputed_not_merged(
     scorer = CountingScorer()
     monkeypatch.setattr(precompute, "score_shard", scorer)
     run_precompute(tiny_pipeline, out, "distill.candidate_topk=5")
-    assert scorer.starts == [0, 32, 64, 96]  # the K=10 shard does not count as done for K=5
+    assert scorer.starts == [0, 3, 6, 9]  # the K=10 shard does not count as done for K=5
     labels = read_soft_labels(out, fingerprint=reference["fingerprint"])
     assert labels.k == 5 and labels.card["k"] == 5
     assert torch.equal(labels.topk_items, reference["labels"].topk_items[:, :5])
+
+
+def _tiny_teacher(pipeline, run, *extra):
+    from ilora import train as teacher_train
+    from ilora.testing import tiny_teacher_overrides
+
+    run_cli(teacher_train.main, tiny_run_overrides(pipeline["data"], run,
+            *tiny_teacher_overrides(pipeline["llm"], pipeline["student"]), "train.max_steps=2", *extra))  # fmt: skip
+    return {**pipeline, "teacher": run / "checkpoints" / "best"}
+
+
+@pytest.mark.parametrize("teacher_args", [("teacher.prompt_mode=prefix",),
+                                          ("teacher.max_sequence_items=5", "teacher.sequence_window_stride=2")])  # fmt: skip
+def test_each_key_is_scored_as_its_prefix_alone_with_the_context_it_was_read_with(tiny_pipeline, tmp_path, teacher_args):
+    """A prefix-mode teacher scores each prefix; a sequence-mode teacher whose window (5 items) is
+    shorter than the histories reads each key out of one of several overlapping windows, with
+    that window's context (at least width - stride + 1 = 4 items): the top-K equals the teacher
+    run on exactly that context alone, and every training key appears once."""
+    from recdata.splits import plan_windows, split_keys
+
+    pipeline = _tiny_teacher(tiny_pipeline, tmp_path / "teacher", *teacher_args)
+    out = run_precompute(pipeline, tmp_path / "soft")
+    seqs = sequences(pipeline["data"])
+    labels = read_soft_labels(out, fingerprint=json.loads((out / "card.json").read_text())["data_fingerprint"])
+    keys = list(zip(labels.user_ids.tolist(), labels.positions.tolist(), strict=True))
+    assert keys == expected_keys(seqs)
+    dataset = load_prepared(pipeline["data"])
+    teacher, _ = load_teacher(pipeline["teacher"], dataset)
+    start = {(u, p): 0 for u, p in keys}  # prefix mode: the whole (window-truncated) history
+    if teacher.config.prompt_mode == "sequence":
+        plan = plan_windows(split_keys(dataset.lengths, "train"), 5, 2)
+        for u, e, f in zip(plan.user_ids.tolist(), plan.ends.tolist(), plan.first_positions.tolist(), strict=True):
+            start.update({(u, p): max(e - 5, 0) for p in range(f, e + 1)})
+        assert min(p - start[(u, p)] for u, p in keys if p > 5) == 4
+    for row in range(0, len(keys), 7):
+        user, position = keys[row]
+        context = seqs[user][start[(user, position)] : position][-MAX_SEQ_LEN:]
+        with torch.no_grad():
+            s = teacher(torch.tensor([[0] * (MAX_SEQ_LEN - len(context)) + context]))
+        items, scores = topk_with_history_masked(s, torch.tensor([seqs[user][:position]]), K)
+        assert torch.equal(labels.topk_items[row], items[0])
+        torch.testing.assert_close(labels.topk_scores[row], scores[0], rtol=0, atol=1e-5)
 
 
 def test_read_soft_labels_refuses_what_does_not_belong(tiny_pipeline, reference, tmp_path):

@@ -213,3 +213,33 @@ def test_refuses_to_start_without_a_teacher(case, tiny_pipeline):
         "'TEACHER_CHECKPOINT' is required" if case == "no checkpoint" else "not an ilora-teacher"
     )
     assert expected in result.stdout + result.stderr
+
+
+def test_topk_of_one_history_is_the_batched_pass_at_its_last_position(served, in_process):
+    """Sequence mode: /topk for a history == the one-pass window readout at its newest item."""
+    teacher, _, dataset = in_process
+    assert teacher.config.prompt_mode == "sequence"
+    history = training_histories(dataset, 3)[-1]
+    items, scores = parse(post(served.url, "/topk", {"requests": [{"history": history, "exclude_history": False}]}))
+    tail = history[-teacher.window :]
+    with torch.no_grad():
+        last = teacher.score_all_positions(torch.tensor([tail]))[:, -1]
+    expected_items, expected_scores = topk_with_history_masked(last, None, 10)
+    assert items[0] == expected_items[0].tolist()
+    torch.testing.assert_close(scores[0], expected_scores[0], rtol=0, atol=1e-5)
+
+
+def test_topk_windows_reads_out_every_key_of_a_window(served, in_process):
+    teacher, _, dataset = in_process
+    history = training_histories(dataset, 3)[-1]
+    body = post(served.url, "/topk_windows", {"requests": [{"history": history, "first_position": 2, "k": 4}]})
+    assert body.status_code == 200, body.text
+    (answer,) = body.json()
+    assert answer["positions"] == list(range(2, len(history) + 1))
+    with torch.no_grad():
+        scores = teacher.score_all_positions(torch.tensor([history[-teacher.window :]]))[0]
+    for p, got in zip(answer["positions"], answer["topk_items"], strict=True):
+        expected, _ = topk_with_history_masked(scores[p - 1 : p], torch.tensor([history[:p]]), 4)
+        assert got == expected[0].tolist() and not set(got) & set(history[:p])
+    refused = post(served.url, "/topk_windows", {"requests": [{"history": [1, 2], "first_position": 3}]})
+    assert refused.status_code == 400 and "first_position=3 must be in 1..2" in refused.text

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ilora.model import standardise_rows
+
 RANK_FORMS = ("pointwise", "listwise")
 # What the ranking loss is averaged over when only some samples have a teacher list:
 # "labeled": the samples that have one (each gets the same ranking weight as with full coverage);
@@ -184,19 +186,6 @@ def sample_negatives(
     return draws
 
 
-def standardise_item_embeddings(table: Tensor) -> Tensor:
-    """Centre the item vectors (row 0, padding, excluded and kept at zero) and scale them to unit
-    mean norm. LLM title states share one dominant direction (mean cosine ~0.8 on SmolLM2); only
-    the differences between items carry information for the student."""
-    table = table.detach().float().clone()
-    items = table[1:]
-    centred = items - items.mean(0, keepdim=True)
-    scale = centred.norm(dim=1).mean().clamp(min=1e-8)
-    table[1:] = centred / scale
-    table[0] = 0
-    return table
-
-
 class CollaborativeEmbeddingDistillation(nn.Module):
     """Item table e_i + ed_weight * Linear(t_i) with t_i the frozen teacher item embedding.
 
@@ -210,7 +199,7 @@ class CollaborativeEmbeddingDistillation(nn.Module):
         if teacher_item_embeddings.dim() != 2:
             raise ValueError("teacher_item_embeddings must be (N+1, H_llm)")
         self.register_buffer(
-            "teacher_items", standardise_item_embeddings(teacher_item_embeddings), persistent=False
+            "teacher_items", standardise_rows(teacher_item_embeddings), persistent=False
         )
         self.proj = nn.Linear(teacher_item_embeddings.shape[1], dim)
         # Zero init: training starts exactly at the plain student and learns how much of the

@@ -1,6 +1,8 @@
 """`precompute-soft-labels`: score training samples with a teacher checkpoint and write the
-teacher-output contract. Resumable (finished shards of the same job are kept; shards computed
-for another teacher, data, sample set or K are recomputed) and sharded across ranks
+teacher-output contract. A prefix-mode teacher scores one prefix per pass; a sequence-mode
+teacher reads out every selected key of a user window in one pass (windows longest first, so
+batches carry little padding). Resumable (finished shards of the same job are kept; shards
+computed for another teacher, data, sample set or K are recomputed) and sharded across ranks
 (WORLD_SIZE/RANK from torchrun); shards are merged by key, never by order."""
 
 from __future__ import annotations
@@ -20,18 +22,24 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from distill.soft_labels import SoftLabels, table_columns, write_soft_labels
-from ilora.checkpoint import load_item_embeddings, load_teacher
-from ilora.inference import teacher_digest, topk_with_history_masked
+from ilora.checkpoint import load_item_embeddings, load_teacher, teacher_window
+from ilora.inference import (
+    teacher_digest,
+    topk_excluding_history,
+    topk_with_history_masked,
+    window_scores,
+)
 from ilora.train import resolve_device
 from recdata.atomic import atomic_file
-from recdata.datamodule import SplitDataset
+from recdata.checkpoint import read_card
+from recdata.datamodule import SplitDataset, WindowTrainDataset
 from recdata.errors import UserError
 from recdata.runs import checkpoint_or_newest, hydra_entry
 from recdata.splits import SampleKeys, select_samples, split_keys
 from sasrec.recipe import build_datamodule, seed_run
 
 log = logging.getLogger(__name__)
-SHARD_SIZE = 256
+SHARD_SIZE = 256  # prefixes (prefix mode) or user windows (sequence mode) per shard
 SHARD_TAG = b"ilora.soft_label_shard"  # parquet schema metadata: what a shard was computed for
 
 
@@ -56,24 +64,50 @@ def _rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def score_shard(teacher, dataset: SplitDataset, lo: int, hi: int, k: int, mask_history: bool, batch_size: int, device) -> pa.Table:
+def batch_ranges(units: int, batch_size: int):
+    """(lo, hi) of each teacher batch: shards of SHARD_SIZE units cut into batches, so the teacher
+    service's client can send exactly the batches precompute-soft-labels runs."""
+    for shard_lo in range(0, units, SHARD_SIZE):
+        shard_hi = min(shard_lo + SHARD_SIZE, units)
+        for lo in range(shard_lo, shard_hi, batch_size):
+            yield lo, min(lo + batch_size, shard_hi)
+
+
+def score_shard(teacher, dataset, lo: int, hi: int, k: int, mask_history: bool, batch_size: int, device) -> pa.Table:
+    """Top-K rows of units lo..hi of ``dataset``: prefixes (SplitDataset) or windows."""
+    score = _score_windows if isinstance(dataset, WindowTrainDataset) else _score_prefixes
     users, positions, items, scores = [], [], [], []
-    for start in range(lo, hi, batch_size):
+    for start in range(lo, hi, batch_size):  # shards start at multiples of SHARD_SIZE: see batch_ranges
         batch = dataset.__getitems__(list(range(start, min(start + batch_size, hi))))
-        with torch.no_grad():
-            s = teacher(batch["history"].to(device)).cpu()
-        history = batch["full_history"] if mask_history else None
-        top_items, top_scores = topk_with_history_masked(s, history, k)
+        u, p, top_items, top_scores = score(teacher, dataset, batch, k, mask_history, device)
         if not bool(torch.isfinite(top_scores).all()):
             row = int((~torch.isfinite(top_scores)).any(1).nonzero()[0])
-            raise UserError(f"distill.candidate_topk={k} exceeds the items the teacher can rank for sample (user_id, position) = ({int(batch['user_id'][row])}, {int(batch['position'][row])}) once its history is masked; lower distill.candidate_topk")
-        users.append(batch["user_id"]), positions.append(batch["position"])
-        items.append(top_items), scores.append(top_scores)
+            raise UserError(f"distill.candidate_topk={k} exceeds the items the teacher can rank for sample (user_id, position) = ({int(u[row])}, {int(p[row])}) once its history is masked; lower distill.candidate_topk")
+        users.append(u), positions.append(p), items.append(top_items), scores.append(top_scores)
     return pa.table({
         "user_id": pa.array(torch.cat(users).numpy()), "position": pa.array(torch.cat(positions).numpy()),
         "topk_items": pa.array(list(torch.cat(items).numpy()), pa.list_(pa.int64())),
         "topk_scores": pa.array(list(torch.cat(scores).numpy()), pa.list_(pa.float32())),
     })  # fmt: skip
+
+
+def _score_prefixes(teacher, dataset, batch, k, mask_history, device):
+    with torch.no_grad():
+        s = teacher(batch["history"].to(device)).cpu()
+    top_items, top_scores = topk_with_history_masked(s, batch["full_history"] if mask_history else None, k)
+    return batch["user_id"], batch["position"], top_items, top_scores
+
+
+def _score_windows(teacher, dataset, batch, k, mask_history, device):
+    read = batch["targets"] > 0
+    scores = window_scores(teacher, batch["history"], read, device)
+    rows, positions = read.nonzero()[:, 0], batch["target_positions"][read]
+    full = None
+    if mask_history:  # each window's whole prefix: a key's history may start before its window
+        ends = batch["target_positions"].amax(1)
+        full = dataset.store.window(batch["user_id"], ends, max(int(ends.max()), 1))
+    top_items, top_scores = topk_excluding_history(scores, rows, positions, full, k)
+    return batch["user_id"][rows], positions, top_items, top_scores
 
 
 def shard_path(shard_dir: Path, index: int) -> Path:
@@ -99,23 +133,32 @@ def precompute(cfg: DictConfig) -> Path:
     d = cfg.distill
     if not isinstance(d.candidate_topk, int) or isinstance(d.candidate_topk, bool) or d.candidate_topk < 1:
         raise UserError(f"distill.candidate_topk must be an integer >= 1, got {d.candidate_topk!r}")
-    dm = build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len, train_mode="prefix")
-    keys = training_keys(dm, d.soft_label_samples)  # a bad selection fails before the teacher loads
     teacher_path = resolve_teacher_path(cfg)
+    config, window = teacher_window(read_card(teacher_path), teacher_path)
+    sequence_mode = config.prompt_mode == "sequence"
+    dm = build_datamodule(cfg, max_seq_len=window, train_mode="windows" if sequence_mode else "prefix",
+                          window_stride=config.sequence_window_stride)  # fmt: skip
+    keys = training_keys(dm, d.soft_label_samples)  # a bad selection fails before the teacher loads
     out = soft_labels_dir(cfg, teacher_path)
     device = resolve_device(cfg.trainer.accelerator)
     teacher, ckpt = load_teacher(teacher_path, dm.dataset, device=device, cache_dir=Path(cfg.paths.cache_dir))
-    dataset = SplitDataset(dm.store, keys, dm.max_seq_len, with_full_history=True)
+    if sequence_mode:  # windows that read out the selected keys, longest first
+        windows = dm.window_dataset(keys)
+        dataset = WindowTrainDataset(dm.store, windows.plan.longest_first(), keys)
+    else:
+        dataset = SplitDataset(dm.store, keys, dm.max_seq_len, with_full_history=True)
     shard_dir = out.with_name(out.name + ".shards")
     shard_dir.mkdir(parents=True, exist_ok=True)
     rank, world = _rank_world()
     digest = teacher_digest(teacher_path)
     tag = json.dumps({"teacher_digest": digest, "data_fingerprint": dm.fingerprint, "samples": str(d.soft_label_samples),
                       "num_samples": len(keys), "k": int(d.candidate_topk), "history_masked": bool(d.mask_history_in_topk),
-                      "max_seq_len": dm.max_seq_len, "shard_size": SHARD_SIZE}, sort_keys=True).encode()  # fmt: skip
-    shards = [(i, lo, min(lo + SHARD_SIZE, len(keys))) for i, lo in enumerate(range(0, len(keys), SHARD_SIZE))]
+                      "max_seq_len": dm.max_seq_len, "shard_size": SHARD_SIZE, "prompt_mode": config.prompt_mode,
+                      "units": len(dataset)}, sort_keys=True).encode()  # fmt: skip
+    shards = [(i, lo, min(lo + SHARD_SIZE, len(dataset))) for i, lo in enumerate(range(0, len(dataset), SHARD_SIZE))]
     todo = [s for s in shards if s[0] % world == rank and not shard_is_done(shard_path(shard_dir, s[0]), tag)]
-    log.info("soft labels: %d samples (%s), %d shards, %d to do on rank %d/%d", len(keys), d.soft_label_samples, len(shards), len(todo), rank, world)
+    log.info("soft labels: %d samples (%s) in %d %s, %d shards, %d to do on rank %d/%d", len(keys), d.soft_label_samples,
+             len(dataset), "windows" if sequence_mode else "prompts", len(shards), len(todo), rank, world)  # fmt: skip
     for index, lo, hi in tqdm(todo, desc="teacher top-K", unit="shard", disable=not cfg.trainer.enable_progress_bar):
         table = score_shard(teacher, dataset, lo, hi, d.candidate_topk, d.mask_history_in_topk, d.teacher_batch_size, device)
         with atomic_file(shard_path(shard_dir, index)) as tmp:

@@ -1,13 +1,15 @@
 """Soft labels from the running teacher service (`teacher.service`, DESIGN §3.3) instead of a
 precomputed `soft_labels.parquet`.
 
-The client builds exactly the histories `precompute-soft-labels` scores -- the full prefix
-items[:position] of every sample key, which the service truncates to the model's window and uses
-whole for history exclusion -- and sends them in batches, in key order, one call at a time. With the
-same teacher and keys the result equals the precomputed one: bitwise when the service runs the
-same batches as the precompute (`batch_size` = the precompute's `distill.teacher_batch_size` <= the
-service's `max_batch_size`, and no other client sharing the service), otherwise up to float32
-rounding of batch-dependent matmuls (~1e-6 relative).
+The client sends exactly what `precompute-soft-labels` scores, in its order and batches, one call
+at a time: for a prefix-mode teacher the full prefix items[:position] of every sample key (the
+service truncates it to the model's window and uses it whole for history exclusion), for a
+sequence-mode teacher the same user windows (their whole prefix items[:end] and first read-out
+key, to /topk_windows), longest first. With the same teacher and keys the result equals the
+precomputed one: bitwise when the service runs the same batches as the precompute (`batch_size` =
+the precompute's `distill.teacher_batch_size` <= the service's `max_batch_size`, and no other
+client sharing the service), otherwise up to float32 rounding of batch-dependent matmuls (~1e-6
+relative).
 
 Transient failures (connection errors, timeouts, 5xx and 429) are retried `retries` times with
 exponential backoff; a 4xx is the request's fault and raises `UserError` with the server's message
@@ -24,10 +26,11 @@ import time
 import numpy as np
 import torch
 
+from distill.precompute import batch_ranges
 from distill.soft_labels import SoftLabelError, SoftLabels
 from recdata.datamodule import SplitDataset
 from recdata.errors import UserError
-from recdata.splits import SampleKeys
+from recdata.splits import SampleKeys, plan_windows
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -121,6 +124,16 @@ class TeacherClient:
         array = np.frombuffer(base64.b64decode(body["data"]), dtype="<f4").reshape(body["shape"])
         return torch.from_numpy(array.astype(np.float32, copy=True))
 
+    def topk_windows(self, histories: list[list[int]], first_positions: list[int], k: int,
+                     exclude_history: bool) -> list[dict]:  # fmt: skip
+        """Per window: {"positions", "topk_items", "topk_scores"} of every key it reads out."""
+        requests = [{"history": h, "first_position": f, "k": k, "exclude_history": exclude_history}
+                    for h, f in zip(histories, first_positions, strict=True)]  # fmt: skip
+        body = self.post("/topk_windows", {"requests": requests})
+        if len(body) != len(histories):
+            raise TeacherServiceError(f"teacher service answered {len(body)} of {len(histories)} windows")
+        return body
+
     def topk(
         self, histories: list[list[int]], k: int, exclude_history: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +186,7 @@ def check_info(info: dict, dm, k: int, batch_size: int) -> None:
         raise UserError(
             f"distill.teacher_batch_size={batch_size} exceeds the service's {info['max_requests']} requests per call"
         )
-    if dm.max_seq_len < info.get("max_seq_len", 0):
+    if info.get("prompt_mode") != "sequence" and dm.max_seq_len < info.get("max_seq_len", 0):
         log.warning("student.max_seq_len=%d is shorter than the teacher's window (%d): the service scores the "
                     "teacher's full window, precompute-soft-labels would score the shorter one",
                     dm.max_seq_len, info["max_seq_len"])  # fmt: skip
@@ -189,7 +202,6 @@ def fetch_soft_labels(url: str, dm, keys: SampleKeys, *, k: int, batch_size: int
     if len(keys) == 0:
         raise UserError("no samples to fetch soft labels for")
     dm.setup()
-    dataset = SplitDataset(dm.store, keys, dm.max_seq_len, with_full_history=True)
     with TeacherClient(
         url, timeout=timeout, retries=retries, backoff=backoff, transport=transport
     ) as client:
@@ -200,16 +212,8 @@ def fetch_soft_labels(url: str, dm, keys: SampleKeys, *, k: int, batch_size: int
             raise TeacherServiceError(
                 f"teacher service sent {embeddings.shape[0]} item embeddings, expected {dm.num_items + 1}"
             )
-        items, scores = [], []
-        started, batches = time.perf_counter(), range(0, len(keys), batch_size)
-        for n, lo in enumerate(batches, start=1):
-            top_items, top_scores = client.topk(
-                prefixes(dataset, list(range(lo, min(lo + batch_size, len(keys))))), k, mask_history
-            )
-            items.append(top_items), scores.append(top_scores)
-            if n % 20 == 0 or n == len(batches):
-                log.info("teacher service: %d/%d samples (%.1f samples/s)", min(lo + batch_size, len(keys)),
-                         len(keys), min(lo + batch_size, len(keys)) / (time.perf_counter() - started))  # fmt: skip
+        fetch = _fetch_windows if info.get("prompt_mode") == "sequence" else _fetch_prefixes
+        user_ids, positions, items, scores = fetch(client, dm, keys, info, k, batch_size, mask_history)
     card = {
         "teacher_checkpoint": info.get("teacher_checkpoint"), "teacher_digest": info["teacher_digest"],
         "data_fingerprint": dm.fingerprint, "dataset": dm.dataset.name,
@@ -217,11 +221,45 @@ def fetch_soft_labels(url: str, dm, keys: SampleKeys, *, k: int, batch_size: int
         "history_masked": bool(mask_history), "source": "service", "teacher_url": url,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
-    return SoftLabels(
-        keys.user_ids.clone(),
-        keys.positions.clone(),
-        torch.cat(items),
-        torch.cat(scores),
-        embeddings,
-        card,
-    )
+    return SoftLabels(user_ids, positions, items, scores, embeddings, card).aligned_to(keys)
+
+
+def _progress(done: int, total: int, started: float, unit: str) -> None:
+    log.info("teacher service: %d/%d %s (%.1f/s)", done, total, unit, done / max(time.perf_counter() - started, 1e-9))
+
+
+def _fetch_prefixes(client, dm, keys, info, k, batch_size, mask_history):
+    """Prefix-mode teacher: one history per sample key, in key order."""
+    dataset = SplitDataset(dm.store, keys, dm.max_seq_len, with_full_history=True)
+    items, scores, started = [], [], time.perf_counter()
+    batches = list(batch_ranges(len(keys), batch_size))
+    for n, (lo, hi) in enumerate(batches, start=1):
+        top_items, top_scores = client.topk(prefixes(dataset, list(range(lo, hi))), k, mask_history)
+        items.append(top_items), scores.append(top_scores)
+        if n % 20 == 0 or n == len(batches):
+            _progress(hi, len(keys), started, "samples")
+    return keys.user_ids.clone(), keys.positions.clone(), torch.cat(items), torch.cat(scores)
+
+
+def _fetch_windows(client, dm, keys, info, k, batch_size, mask_history):
+    """Sequence-mode teacher: the windows precompute-soft-labels reads, in its order (longest
+    first) and batches; only the keys of ``keys`` are kept."""
+    plan = plan_windows(dm.keys["train"], int(info["window"]), info.get("window_stride"))
+    plan = plan.holding(keys, dm.store.starts, len(dm.store.items)).longest_first()
+    wanted = keys.flat_mask(dm.store.starts, len(dm.store.items))
+    users, positions, items, scores, started = [], [], [], [], time.perf_counter()
+    batches = list(batch_ranges(len(plan), batch_size))
+    for n, (lo, hi) in enumerate(batches, start=1):
+        window_users, ends = plan.user_ids[lo:hi], plan.ends[lo:hi]
+        full = dm.store.window(window_users, ends, int(ends.max()))
+        answers = client.topk_windows([row[row > 0].tolist() for row in full], plan.first_positions[lo:hi].tolist(),
+                                      k, mask_history)  # fmt: skip
+        for user, answer in zip(window_users.tolist(), answers, strict=True):
+            p = torch.tensor(answer["positions"], dtype=torch.int64)
+            keep = wanted[dm.store.starts[user] + p]
+            users.append(torch.full((int(keep.sum()),), user, dtype=torch.int64)), positions.append(p[keep])
+            items.append(torch.tensor(answer["topk_items"], dtype=torch.int64).reshape(-1, k)[keep])
+            scores.append(torch.tensor(answer["topk_scores"], dtype=torch.float64).float().reshape(-1, k)[keep])
+        if n % 20 == 0 or n == len(batches):
+            _progress(hi, len(plan), started, "windows")
+    return torch.cat(users), torch.cat(positions), torch.cat(items), torch.cat(scores)

@@ -24,6 +24,12 @@ Endpoints (POST, JSON):
   ``TEACHER_MAX_BATCH_SIZE`` histories; a long call is split across batches. Scores are those of
   `precompute-soft-labels` bitwise when a model batch holds the same histories as a precompute
   batch (one client, batch size = its eval batch size), else up to float32 rounding (~1e-6).
+* ``/topk_windows`` -- batchable, sequence-mode teachers: ``{"requests": [{"history": [...],
+  "first_position": p0, "k": 10, "exclude_history": true}, ...]}``, where ``history`` is a user's
+  prefix items[:end] (oldest first). One causal pass over its last ``window`` items reads out the
+  keys p0..end (the item at position p predicted from items[:p]) ->
+  ``[{"positions": [...], "topk_items": [[...]], "topk_scores": [[...]]}, ...]``. The windows of
+  `precompute-soft-labels` sent in the same batches give its numbers bitwise.
 * ``/item_embeddings`` -> ``{"shape": [N+1, H], "dtype": "float32", "data": <base64 little-endian>}``.
 * ``/info`` -> teacher digest, data fingerprint, limits and model names.
 * BentoML's ``/healthz``, ``/livez``, ``/readyz`` (ready once the teacher is loaded).
@@ -107,6 +113,23 @@ class TopKRequest(BaseModel):
             raise ValueError(f"k={self.k} exceeds the {available} rankable items "
                              f"({n} items{', minus the history' if self.exclude_history else ''})")  # fmt: skip
         return self
+
+
+class WindowRequest(TopKRequest):
+    first_position: StrictInt = Field(description="the first key position read out (1..len(history)); "
+                                      "the item at position p is scored from items[:p]")
+
+    @model_validator(mode="after")
+    def _first_position_fits(self) -> WindowRequest:
+        if not 1 <= self.first_position <= len(self.history):
+            raise ValueError(f"first_position={self.first_position} must be in 1..{len(self.history)} (the history's length)")
+        return self
+
+
+class WindowResult(BaseModel):
+    positions: list[int]
+    topk_items: list[list[int]]
+    topk_scores: list[list[float]]
 
 
 class TopKResult(BaseModel):
@@ -224,6 +247,7 @@ class TeacherService:
         )
         self.teacher, self.device = teacher, device
         self.max_seq_len = int(teacher.student.config.max_seq_len)
+        self.window = int(teacher.window) if teacher.sequence_mode else None
         self.num_items = int(dataset.num_items)
         self.embeddings = ItemEmbeddings(shape=list(embeddings.shape),
                                          data=base64.b64encode(embeddings.numpy().astype("<f4").tobytes()).decode())  # fmt: skip
@@ -237,6 +261,9 @@ class TeacherService:
             "num_items": self.num_items,
             "embedding_dim": int(embeddings.shape[1]),
             "max_seq_len": self.max_seq_len,
+            "prompt_mode": teacher.config.prompt_mode,
+            "window": self.window,
+            "window_stride": teacher.config.sequence_window_stride,
             "k_min": 1,
             "k_max": MAX_K,
             "max_history": MAX_HISTORY,
@@ -278,6 +305,35 @@ class TeacherService:
             items, values = topk_with_history_masked(scores[index], full, k)
             for row, it, va in zip(rows, items.tolist(), values.tolist(), strict=True):
                 results[row] = TopKResult(topk_items=it, topk_scores=va)
+        return results  # type: ignore[return-value]
+
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+    def topk_windows(
+        self, requests: Annotated[list[WindowRequest], Field(min_length=1, max_length=MAX_REQUESTS)]
+    ) -> list[WindowResult]:
+        """Sequence-mode teachers: the top-K of every key a window reads out (one pass per window)."""
+        import torch
+
+        from ilora.inference import topk_excluding_history, window_batch, window_scores
+
+        if self.window is None:
+            raise bentoml.exceptions.InvalidArgument("this is a prefix-mode teacher: it scores one history per "
+                                                     "pass, use /topk")  # fmt: skip
+        batch = window_batch([r.history for r in requests], [r.first_position for r in requests], self.window)
+        scores = window_scores(self.teacher, batch["history"], batch["read"], self.device)
+        rows, positions = batch["read"].nonzero()[:, 0], batch["positions"][batch["read"]]
+        results: list[WindowResult | None] = [None] * len(requests)
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.k, r.exclude_history), []).append(i)
+        for (k, exclude), members in groups.items():
+            mine = torch.isin(rows, torch.as_tensor(members))
+            items, values = topk_excluding_history(scores[mine], rows[mine], positions[mine],
+                                                   batch["full_history"] if exclude else None, k)  # fmt: skip
+            for i in members:
+                own = rows[mine] == i
+                results[i] = WindowResult(positions=positions[mine][own].tolist(), topk_items=items[own].tolist(),
+                                          topk_scores=values[own].tolist())  # fmt: skip
         return results  # type: ignore[return-value]
 
     @bentoml.api
