@@ -104,6 +104,19 @@ def test_random_init_keeps_the_shape_and_replaces_the_weights_reproducibly(tmp_p
     assert not model.training and not any(p.requires_grad for p in model.parameters())
 
 
+def test_keeping_the_first_layers_is_the_full_model_read_after_them(saved_tiny, tmp_path):
+    path, ref = saved_tiny
+    model, _, info = load_llm(str(path), cache_dir=tmp_path, num_layers=1)
+    assert len(model.model.layers) == 1 and info.num_layers == 1 and info.digest.endswith(":first-1-layers")
+    ids = torch.tensor([[2, 5, 6, 7, 9]])
+    with torch.no_grad():
+        full = ref.model(input_ids=ids, output_hidden_states=True)
+        cut = model.model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(cut, ref.model.norm(full.hidden_states[1]), rtol=0, atol=1e-5)
+    with pytest.raises(UserError, match="llm_num_layers=3 must be in 1..2"):
+        load_llm(str(path), cache_dir=tmp_path, num_layers=3)
+
+
 def test_local_digest_tracks_weights(saved_tiny):
     path, _ = saved_tiny
     d1 = local_dir_digest(path)

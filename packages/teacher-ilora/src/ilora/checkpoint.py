@@ -43,7 +43,7 @@ def build_teacher(config: TeacherConfig, student: SASRec, titles: list[str], *, 
     llm, tokenizer, info = load_llm(config.llm_model_name, device=device, precision=precision,
                                     use_flash_attention=use_flash_attention,
                                     gradient_checkpointing=gradient_checkpointing, cache_dir=cache_dir,
-                                    random_init=config.llm_random_init)  # fmt: skip
+                                    random_init=config.llm_random_init, num_layers=config.llm_num_layers)  # fmt: skip
     teacher = ILoRATeacher(llm, tokenizer, student, titles, config, title_states=title_states).to(device)
     return teacher, info
 

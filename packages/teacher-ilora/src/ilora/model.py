@@ -38,6 +38,7 @@ class TeacherConfig:
 
     llm_model_name: str = "embedded:smollm2-135m"
     llm_random_init: bool = False  # control: the LLM's architecture with random (seeded) weights
+    llm_num_layers: int | None = None  # keep the LLM's first N decoder layers; None = all
     hidden_size: int = 256  # projector MLP width (SASRec d -> hidden_size -> LLM hidden)
     num_lora_experts: int = 4
     lora_r: int = 8
