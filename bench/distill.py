@@ -149,30 +149,11 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def per_user_ndcg10(run_dir: str):
-    """Test NDCG@10 per user (sorted by key) from the run's test_predictions.parquet."""
-    import numpy as np
-    import pyarrow.parquet as pq
-    import torch
+def per_user(run_dir: str, metric: str = "ndcg@10"):
+    """Per-user test metric (key order) from the run's test_predictions.parquet."""
+    from recdata.stats import per_sample, read_predictions
 
-    from recdata.metrics import ndcg_per_sample
-
-    table = pq.read_table(
-        Path(run_dir) / "test_predictions.parquet", columns=["user_id", "position", "rank"]
-    )
-    order = np.lexsort((table["position"].to_numpy(), table["user_id"].to_numpy()))
-    rank = torch.from_numpy(table["rank"].to_numpy()[order].astype(np.int64) - 1)  # file: 1-based
-    return ndcg_per_sample(rank, 10).numpy()
-
-
-def paired_difference(baselines: list, others: list[str]) -> tuple[float, float]:
-    """Mean per-user NDCG@10 difference (other - baseline) pooled over seeds, and its standard
-    error: users are paired within a seed, so the user-level noise cancels. ``baselines``: the
-    per-user arrays of each seed's baseline, read once by the caller."""
-    import numpy as np
-
-    diffs = np.concatenate([per_user_ndcg10(o) - b for b, o in zip(baselines, others, strict=True)])
-    return float(diffs.mean()), float(diffs.std(ddof=1) / np.sqrt(len(diffs)))
+    return per_sample(read_predictions(Path(run_dir)), metric)
 
 
 def plan_runs(ablations: bool) -> list[tuple[str, str, list[str]]]:
@@ -264,26 +245,29 @@ def report(teacher, soft, soft_card, soft_note, out, args, overrides, runs) -> N
           f"overrides {overrides or 'none'})")  # fmt: skip
     base_ndcg = [m["ndcg@10"] for m in masked["baseline student"]]
     base_mean = mean_sd(base_ndcg)[0]
-    base_users = [per_user_ndcg10(run_dir) for _, run_dir in runs["baseline student"]]
+    from recdata.stats import paired_difference
+
+    base_users = [per_user(run_dir) for _, run_dir in runs["baseline student"]]
     print()
-    print(f"{'run':<34} {'NDCG@10':>15} {'HR@10':>7} {'ratio':>6} {'paired diff (SE)':>18}  "
+    print(f"{'run':<34} {'NDCG@10':>15} {'HR@10':>7} {'ratio':>6} {'paired diff ± SE [95% CI]':>36}  "
           f"{'per-seed ratio':<20} {'wall s':>6}")  # fmt: skip
     for name, rs in runs.items():
         ndcg = [m["ndcg@10"] for m in masked[name]]
         mean, sd = mean_sd(ndcg)
         hr = mean_sd([m["hr@10"] for m in masked[name]])[0]
-        diff, se = paired_difference(base_users, [run_dir for _, run_dir in rs])
+        diff = paired_difference(base_users, [per_user(run_dir) for _, run_dir in rs])
         per_seed = " ".join(f"{ratio(a, b):.3f}" for a, b in zip(ndcg, base_ndcg, strict=True))
         seconds = sum(s for s, _ in rs) / len(rs)
         print(f"{name:<34} {mean:8.4f}±{sd:.4f} {hr:7.4f} {ratio(mean, base_mean):6.3f} "
-              f"{diff:+9.4f} ({se:.4f})  {per_seed:<20} {seconds:6.0f}")  # fmt: skip
+              f"{diff.text():>36}  {per_seed:<20} {seconds:6.0f}")  # fmt: skip
     full = mean_sd([m["ndcg@10"] for m in masked["distilled (full)"]])[0]
     verdict = "met" if ratio(full, base_mean) >= TARGET_RATIO else "NOT met"
     print(f"distilled / baseline NDCG@10 (mean over seeds) {ratio(full, base_mean):.3f} "
           f"(target >= {TARGET_RATIO}: {verdict})")  # fmt: skip
     print(
-        "NDCG@10 mean±SD over seeds; ratio = mean / baseline mean; paired diff = mean per-user "
-        "NDCG@10 difference vs the baseline of the same seed, pooled over seeds (SE)"
+        "NDCG@10 mean±SD over seeds; ratio = mean / baseline mean; paired diff = per-user NDCG@10 "
+        "difference to the baseline of the same seed, averaged over seeds per user, then over users "
+        "(± SE, bootstrap 95% interval over users)"
     )
     print("metrics: test split, full ranking over all items, history masked")
 

@@ -89,6 +89,29 @@ def test_students_match_their_own_runs_and_missing_teacher_is_an_error(runs, cap
     assert any(line.startswith("| distilled_student | sasrec-distilled |") for line in stdout)
 
 
+def test_every_model_is_compared_to_the_baseline_with_its_uncertainty(runs):
+    from recdata.stats import paired_difference, per_sample
+
+    run_dir, out = _eval_all(runs, "eval_uncertainty")
+    base = pq.read_table(run_dir / "predictions_baseline_student.parquet")
+    other = pq.read_table(run_dir / "predictions_distilled_student.parquet")
+    diffs = out["distilled_student"]["vs_baseline"]
+    assert set(diffs) == {"ndcg@5", "hr@5"} and "vs_baseline" not in out["baseline_student"]
+    for metric, d in diffs.items():
+        per_user = per_sample(other, metric) - per_sample(base, metric)
+        assert d["mean"] == pytest.approx(per_user.mean()) == pytest.approx(
+            out["distilled_student"]["metrics"][metric] - out["baseline_student"]["metrics"][metric])
+        assert d["se"] == pytest.approx(per_user.std(ddof=1) / np.sqrt(len(per_user)))
+        assert d == paired_difference([per_sample(base, metric)], [per_sample(other, metric)]).to_dict()
+    for entry in (out["baseline_student"], out["distilled_student"]):
+        assert set(entry["ci95"]) == set(entry["metrics"])
+        assert all(lo <= entry["metrics"][m] <= hi for m, (lo, hi) in entry["ci95"].items())
+    md = (run_dir / "all_evaluation_results.md").read_text()
+    assert "paired per-user difference at K=5" in md
+    d = diffs["ndcg@5"]
+    assert f"| distilled_student | {d['mean']:+.4f} ± {d['se']:.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] |" in md
+
+
 def test_teacher_predictions_are_reused_only_under_the_same_protocol(runs, capsys):
     teacher_ckpt = runs["teacher"] / "checkpoints" / "best"
     run_dir, out = _eval_all(runs, "eval_reuse", f"eval.teacher_checkpoint_path={teacher_ckpt}")

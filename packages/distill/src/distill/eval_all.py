@@ -35,6 +35,7 @@ from recdata.errors import CheckpointError, UserError
 from recdata.evaluation import TIE_RULE, EvalResult, evaluate
 from recdata.metrics import ranking_metrics
 from recdata.runs import announce_run_dir, find_newest_checkpoint, hydra_entry, hydra_run_dir
+from recdata.stats import mean_interval, paired_difference, per_sample
 from sasrec.recipe import build_datamodule, eval_protocol, save_config, seed_run
 
 log = logging.getLogger(__name__)
@@ -313,6 +314,41 @@ def error_entry(target: Target, message: str) -> dict:
             "kind": target.kind}  # fmt: skip
 
 
+# -- uncertainty ----------------------------------------------------------------------------------
+def add_uncertainty(entries: dict, results: dict[str, EvalResult], ks) -> None:
+    """Each evaluated entry gets the bootstrap 95% interval of its metrics (``ci95``) and, against
+    the baseline student, the paired per-user difference of NDCG@K and HR@K (K = the ratio's K)
+    with its SE and bootstrap 95% interval (``vs_baseline``)."""
+    k = ratio_k(ks)
+    base = results.get("baseline_student")
+    for key, result in results.items():
+        entry = entries[key]
+        entry["ci95"] = {m: list(mean_interval(per_sample(result.predictions, m))) for m in entry["metrics"]}
+        if base is not None and key != "baseline_student":
+            entry["vs_baseline"] = {m: paired_difference([per_sample(base.predictions, m)],
+                                                         [per_sample(result.predictions, m)]).to_dict()
+                                    for m in (f"ndcg@{k}", f"hr@{k}")}  # fmt: skip
+
+
+def _difference_rows(entries: dict, ks) -> list[str]:
+    k = ratio_k(ks)
+    rows = [(key, e["vs_baseline"]) for key, e in entries.items() if e.get("vs_baseline")]
+    if not rows:
+        return []
+    lines = ["", f"Against the baseline student: paired per-user difference at K={k} (mean ± SE, bootstrap 95% interval; "
+             "'yes' when |mean| > 2 SE):", "", f"| model | ΔNDCG@{k} | ΔHR@{k} | beyond 2 SE |", "|:--|--:|--:|:--|"]  # fmt: skip
+    for key, diffs in rows:
+        cells = [_diff_cell(diffs[f"{m}@{k}"]) for m in ("ndcg", "hr")]
+        verdict = "yes" if abs(diffs[f"ndcg@{k}"]["mean"]) > 2 * diffs[f"ndcg@{k}"]["se"] else "no"
+        lines.append(f"| {key} | {cells[0]} | {cells[1]} | {verdict} |")
+    return lines
+
+
+def _diff_cell(d: dict) -> str:
+    lo, hi = d["ci95"]
+    return f"{d['mean']:+.4f} ± {d['se']:.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
 # -- reports --------------------------------------------------------------------------------------
 def metric_columns(ks) -> list[tuple[str, str]]:
     cols = [(f"{m}@{k}", f"{m.upper()}@{k}") for k in ks for m in ("hr", "ndcg")]
@@ -389,6 +425,7 @@ def render_markdown(entries: dict, protocol: dict) -> str:
         shown = ", ".join(f"{n.upper()} ×{f'{v:.3f}' if not math.isnan(v) else 'n/a (baseline is 0)'}"
                           for n, v in r.items())  # fmt: skip
         lines += ["", f"Distilled / baseline at K={k}: {shown}."]
+    lines += _difference_rows(entries, ks)
     if protocol["full_ranking"]["mask_history"] and any(
         e["status"] == "ok" for e in entries.values()
     ):
@@ -416,21 +453,46 @@ def render_chart(entries: dict, ks, path: Path, masked: bool) -> bool:
         (n, label) for n, label in metric_columns(ks) if any(n in e["metrics"] for e in ok.values())
     ]
     width = 0.8 / len(ok)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(cols)), 4.0))
+    compared = {k: e["vs_baseline"] for k, e in ok.items() if e.get("vs_baseline")}
+    fig, axes = plt.subplots(1, 2 if compared else 1, figsize=(max(6.0, 1.3 * len(cols)) + (4.5 if compared else 0), 4.0),
+                             gridspec_kw={"width_ratios": [max(6.0, 1.3 * len(cols)), 4.5]} if compared else None,
+                             squeeze=False)  # fmt: skip
+    ax = axes[0][0]
     for i, (key, entry) in enumerate(ok.items()):
         xs = [j - 0.4 + width * (i + 0.5) for j in range(len(cols))]
         values = [entry["metrics"].get(n, math.nan) for n, _ in cols]
-        ax.bar(xs, values, width, label=key, color=plt.get_cmap("tab10")(i))
+        intervals = [entry.get("ci95", {}).get(n, [v, v]) for (n, _), v in zip(cols, values, strict=True)]
+        errors = [[v - lo for v, (lo, _) in zip(values, intervals, strict=True)],
+                  [hi - v for v, (_, hi) in zip(values, intervals, strict=True)]]  # fmt: skip
+        ax.bar(xs, values, width, yerr=errors, capsize=2, label=key, color=plt.get_cmap("tab10")(i))
     ax.set_xticks(range(len(cols)), [label for _, label in cols])
     ax.set_ylabel("score")
-    ax.set_title(f"Test split ({'history masked' if masked else 'history not masked'})")
+    ax.set_title(f"Test split ({'history masked' if masked else 'history not masked'}); 95% bootstrap intervals")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
+    if compared:
+        _difference_panel(axes[0][1], compared, list(ok), plt.get_cmap("tab10"))
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return True
+
+
+def _difference_panel(ax, compared: dict, order: list[str], colours) -> None:
+    """Paired per-user difference to the baseline, with its bootstrap 95% interval."""
+    names = list(next(iter(compared.values())))
+    width = 0.8 / len(compared)
+    for i, (key, diffs) in enumerate(compared.items()):
+        xs = [j - 0.4 + width * (i + 0.5) for j in range(len(names))]
+        means = [diffs[n]["mean"] for n in names]
+        errors = [[m - diffs[n]["ci95"][0] for m, n in zip(means, names, strict=True)],
+                  [diffs[n]["ci95"][1] - m for m, n in zip(means, names, strict=True)]]  # fmt: skip
+        ax.bar(xs, means, width, yerr=errors, capsize=3, label=key, color=colours(order.index(key)))
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(names)), [f"Δ{n.upper()}" for n in names])
+    ax.set_title("vs baseline: paired per-user difference")
+    ax.grid(axis="y", alpha=0.3)
 
 
 # -- command --------------------------------------------------------------------------------------
@@ -443,6 +505,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     device = resolve_device(cfg.trainer.accelerator)
     expected = expected_protocol(cfg, dm)
     entries: dict[str, dict] = {}
+    results: dict[str, EvalResult] = {}
     for target in targets:
         if target.error is not None:
             entries[target.key] = error_entry(target, target.error)
@@ -461,7 +524,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         with atomic_file(run_dir / f"predictions_{target.key}.parquet") as tmp:
             pq.write_table(result.predictions, tmp)
         entries[target.key] = ok_entry(target, result, source)
+        results[target.key] = result
         log.info("%s (%s, %s): %s", target.key, target.kind, source, result.headline())
+    add_uncertainty(entries, results, expected["full_ranking"]["ks"])
     write_json(run_dir / RESULTS_JSON, entries)
     markdown = render_markdown(entries, expected)
     with atomic_file(run_dir / RESULTS_MD) as tmp:
