@@ -156,7 +156,33 @@ def test_without_distillation_terms_the_run_equals_the_baseline_student(
 
 
 ABLATIONS = ["distill.gamma_position=0", "distill.gamma_confidence=0", "distill.gamma_consistency=0",
-             "distill.ranking_loss=listwise", "distill.lam=0", "distill.ed_weight=0"]  # fmt: skip
+             "distill.ranking_loss=listwise", "distill.lam=0", "distill.ed_weight=0",
+             "distill.consistency_weight=original"]  # fmt: skip
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_the_consistency_set_excludes_the_history_when_asked(tiny_pipeline, soft_dir, tmp_path, monkeypatch, masked):
+    """distill.consistency_masks_history: the student's top-K that the consistency weight reads
+    never holds an item of the sample's own prefix (the teacher's list never does)."""
+    seen = []
+    original = DLLM2RecLoss.__call__
+
+    def spy(self, ce, student_scores, items, scores, negatives=None, valid_mask=None, num_samples=None,
+            consistency_scores=None):  # fmt: skip
+        seen.append((student_scores.detach(), consistency_scores))
+        return original(self, ce, student_scores, items, scores, negatives, valid_mask, num_samples, consistency_scores)
+
+    monkeypatch.setattr(DLLM2RecLoss, "__call__", spy)
+    run_distill(tiny_pipeline, soft_dir, tmp_path / "run", "train.max_epochs=1",
+                f"distill.consistency_masks_history={str(masked).lower()}")  # fmt: skip
+    assert seen
+    for student, consistency in seen:
+        if not masked:
+            assert consistency is None
+            continue
+        hidden = torch.isinf(consistency) & ~torch.isinf(student)
+        assert hidden.any(1).all()  # every sample has a history item hidden
+        assert torch.equal(consistency[~hidden], student[~hidden])
 
 
 @pytest.mark.parametrize("switch", ABLATIONS)
@@ -166,11 +192,8 @@ def test_each_ablation_switch_runs_and_changes_the_model(
     run_distill(tiny_pipeline, soft_dir, tmp_path / "run", switch)
     card = json.loads((tmp_path / "run" / "checkpoints" / "best" / "card.json").read_text())
     name, value = switch.removeprefix("distill.").split("=")
-    recorded = (
-        card["hparams"]["ed_weight"]
-        if name == "ed_weight"
-        else card["hparams"]["loss"]["form" if name == "ranking_loss" else name]
-    )
+    loss_key = {"ranking_loss": "form", "consistency_weight": "consistency"}.get(name, name)
+    recorded = card["hparams"]["ed_weight"] if name == "ed_weight" else card["hparams"]["loss"][loss_key]
     assert str(recorded) in (value, f"{value}.0")
     assert set(read_test_metrics(tmp_path / "run")["metrics"]) >= {"hr@5", "ndcg@5"}
     ablated, full = (
@@ -185,6 +208,7 @@ def test_each_ablation_switch_runs_and_changes_the_model(
     ("distill.ranking_loss=nope", "error: distill.ranking_loss must be one of pointwise, listwise, got 'nope'"),
     ("distill.gamma_confidence=-1", "error: distill.gamma_confidence must be a number >= 0, got -1"),
     ("distill.rank_loss_average=batch", "error: distill.rank_loss_average must be one of labeled, all, got 'batch'"),
+    ("distill.consistency_weight=sum", "error: distill.consistency_weight must be one of normalised, original, got 'sum'"),
 ])  # fmt: skip
 def test_bad_config_exits_2_with_one_line(
     tiny_pipeline, soft_dir, tmp_path, capsys, override, message

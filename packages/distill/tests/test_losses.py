@@ -65,6 +65,24 @@ def test_combined_default_weights():
     _close(w.sum(-1), [1.0])
 
 
+def test_original_consistency_weight_is_one_per_agreeing_item_before_the_final_normalisation():
+    """DLLM2Rec's code adds gamma_s * 1 per agreeing item, so the consistency mass grows with the
+    overlap (here 2 items: 0.2 of 1.0 instead of 0.1 of 0.9)."""
+    wp = _norm([1.0, math.exp(-1), math.exp(-2)])
+    wc = _norm([math.exp(3.0), math.exp(1.0), math.exp(0.5)])
+    expected = [0.3 * p + 0.5 * c + 0.1 * s for p, c, s in zip(wp, wc, [1.0, 1.0, 0.0], strict=True)]
+    _close(_w(consistency="original"), [_norm(expected)])
+    with pytest.raises(ValueError, match="consistency form"):
+        _w(consistency="sum")
+
+
+def test_consistency_can_read_another_score_matrix():
+    """With item 2 masked (history) the student's top-3 is {3, 5, 1}: the overlap is {5, 1}."""
+    masked = S_SCORES.clone()
+    masked[0, 2] = -math.inf
+    _close(_w(**ONLY_S, consistency_scores=masked), [[0.0, 0.5, 0.5]])
+
+
 def test_invalid_slots_masked_before_normalisation():
     mask = torch.tensor([[True, False, True]])
     _close(

@@ -24,6 +24,10 @@ RANK_FORMS = ("pointwise", "listwise")
 # "all": every supervised sample, those without a list adding 0 (the paper's per-sample
 # objective; with full coverage both are the same).
 RANK_AVERAGES = ("labeled", "all")
+# The consistency weight w_s: "normalised" (1/|agreeing| on each item also in the student's top-K,
+# so its mass is gamma_consistency whenever any item agrees) or "original" (1 per agreeing item,
+# unnormalised, as in the DLLM2Rec code: its mass grows with the overlap).
+CONSISTENCY_FORMS = ("normalised", "original")
 
 
 def _normalise_rows(x: Tensor) -> Tensor:
@@ -61,12 +65,15 @@ def confidence_weights(topk_scores: Tensor, valid: Tensor) -> Tensor:
     return _normalise_rows(torch.exp(z - m))  # exp(-inf) = 0 on invalid slots
 
 
-def consistency_weights(topk_items: Tensor, student_scores: Tensor, valid: Tensor) -> Tensor:
-    """w_s = 1 where the teacher item is also in the student's top-K (padding excluded)."""
+def consistency_weights(topk_items: Tensor, student_scores: Tensor, valid: Tensor, form: str = "normalised") -> Tensor:
+    """w_s = 1 where the teacher item is also in the student's top-K (padding excluded),
+    normalised per row or, ``form="original"``, left as 1 per agreeing item."""
+    if form not in CONSISTENCY_FORMS:
+        raise ValueError(f"consistency form must be one of {CONSISTENCY_FORMS}, got {form!r}")
     k = min(topk_items.shape[-1], student_scores.shape[-1] - 1)
     student_topk = _mask_padding_column(student_scores.detach()).topk(k, dim=-1).indices
-    hit = (topk_items.unsqueeze(-1) == student_topk.unsqueeze(-2)).any(dim=-1) & valid
-    return _normalise_rows(hit.float())  # no overlap -> all zeros, not NaN
+    hit = ((topk_items.unsqueeze(-1) == student_topk.unsqueeze(-2)).any(dim=-1) & valid).float()
+    return _normalise_rows(hit) if form == "normalised" else hit  # no overlap -> all zeros, not NaN
 
 
 @torch.no_grad()  # weights are targets, not learned: no gradient path into them
@@ -80,8 +87,13 @@ def importance_weights(
     gamma_consistency: float = 0.1,
     lambda_position: float = 1.0,
     valid_mask: Tensor | None = None,
+    consistency: str = "normalised",
+    consistency_scores: Tensor | None = None,
 ) -> Tensor:
     """(B,K) DLLM2Rec importance weights: normalise(g_p w_p + g_c w_c + g_s w_s) per row.
+
+    ``consistency_scores`` (default ``student_scores``): the student scores whose top-K defines
+    the consistency set, e.g. with the history masked like the teacher's list.
 
     Slots that are invalid (``valid_mask`` False or item id 0) get weight 0 before every
     normalisation; rows with no positive weight come out all zero.
@@ -96,7 +108,8 @@ def importance_weights(
     w = (
         gamma_position * position_weights(valid, lambda_position)
         + gamma_confidence * confidence_weights(teacher_topk_scores, valid)
-        + gamma_consistency * consistency_weights(teacher_topk_items, student_scores, valid)
+        + gamma_consistency * consistency_weights(teacher_topk_items, student_scores if consistency_scores is None
+                                                  else consistency_scores, valid, consistency)
     )
     return _normalise_rows(w)
 
@@ -239,8 +252,11 @@ class DLLM2RecLoss:
     lambda_position: float = 1.0
     form: str = "pointwise"
     average: str = "all"
+    consistency: str = "normalised"
 
     def __post_init__(self) -> None:
+        if self.consistency not in CONSISTENCY_FORMS:
+            raise ValueError(f"consistency must be one of {CONSISTENCY_FORMS}, got {self.consistency!r}")
         if self.form not in RANK_FORMS:
             raise ValueError(f"form must be one of {RANK_FORMS}, got {self.form!r}")
         if self.average not in RANK_AVERAGES:
@@ -255,6 +271,7 @@ class DLLM2RecLoss:
         negative_items: Tensor | None = None,
         valid_mask: Tensor | None = None,
         num_samples: int | None = None,
+        consistency_scores: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Returns scalars {"ce", "rank", "total"} for logging; backward on "total".
 
@@ -269,6 +286,8 @@ class DLLM2RecLoss:
             gamma_consistency=self.gamma_consistency,
             lambda_position=self.lambda_position,
             valid_mask=valid_mask,
+            consistency=self.consistency,
+            consistency_scores=consistency_scores,
         )
         rank = ranking_distillation_loss(
             student_scores, teacher_topk_items, weights, negative_items, self.form

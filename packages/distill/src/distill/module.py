@@ -38,8 +38,9 @@ class DistillModule(SASRecModule):
 
     def __init__(self, config: SASRecConfig, *, labels: SoftLabels, store: SequenceStore, loss: DLLM2RecLoss,
                  ed_weight: float = 0.3, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 42,
-                 provenance: dict | None = None):  # fmt: skip
+                 provenance: dict | None = None, consistency_masks_history: bool = True):  # fmt: skip
         super().__init__(config, lr=lr, weight_decay=weight_decay, seed=seed)
+        self.consistency_masks_history = consistency_masks_history
         self.embedding_distillation = CollaborativeEmbeddingDistillation(labels.item_embeddings, config.hidden_size, ed_weight)
         self.lookup, self.loss, self.provenance = SoftLabelLookup(labels, store), loss, provenance or {}
 
@@ -64,12 +65,15 @@ class DistillModule(SASRecModule):
         if bool(has.any()) and self.loss.lam > 0:
             device = logits.device
             has, top_items, top_scores = has.to(device), top_items.to(device), top_scores.to(device)
-            negatives = None
+            negatives, consistency_scores = None, None
+            prefixes = self._prefixes(batch["history"], keep)[has]
             if self.loss.form == "pointwise":
-                prefixes = self._prefixes(batch["history"], keep)[has]
                 negatives = sample_negatives(torch.cat([prefixes, batch["targets"][keep][has].unsqueeze(1), top_items], 1),
                                              self.num_items, top_items.shape[1])  # fmt: skip
-            parts = self.loss(ce, logits[has], top_items, top_scores, negatives, num_samples=len(logits))
+            if self.consistency_masks_history:  # the teacher's list never holds a history item: nor does this one
+                consistency_scores = logits[has].detach().scatter(1, prefixes, -torch.inf)
+            parts = self.loss(ce, logits[has], top_items, top_scores, negatives, num_samples=len(logits),
+                              consistency_scores=consistency_scores)  # fmt: skip
             total, rank = parts["total"], parts["rank"]
         n = len(batch["history"])
         self.log_dict({"train/ce": ce, "train/rank": rank}, batch_size=n)

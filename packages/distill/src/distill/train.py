@@ -6,7 +6,7 @@ import logging
 
 from omegaconf import DictConfig
 
-from distill.losses import RANK_AVERAGES, RANK_FORMS, DLLM2RecLoss
+from distill.losses import CONSISTENCY_FORMS, RANK_AVERAGES, RANK_FORMS, DLLM2RecLoss
 from distill.module import DistillModule
 from distill.precompute import resolve_teacher_path, soft_labels_dir, training_keys
 from distill.soft_labels import SoftLabels, read_soft_labels
@@ -27,6 +27,10 @@ def check_distill_config(cfg: DictConfig) -> None:
         raise UserError(f"distill.teacher_source must be one of {', '.join(SOURCES)}, got {d.teacher_source!r}")
     if d.ranking_loss not in RANK_FORMS:
         raise UserError(f"distill.ranking_loss must be one of {', '.join(RANK_FORMS)}, got {d.ranking_loss!r}")
+    if d.consistency_weight not in CONSISTENCY_FORMS:
+        raise UserError(f"distill.consistency_weight must be one of {', '.join(CONSISTENCY_FORMS)}, got {d.consistency_weight!r}")
+    if not isinstance(d.consistency_masks_history, bool):
+        raise UserError(f"distill.consistency_masks_history must be true or false, got {d.consistency_masks_history!r}")
     if d.rank_loss_average not in RANK_AVERAGES:
         raise UserError(f"distill.rank_loss_average must be one of {', '.join(RANK_AVERAGES)}, got {d.rank_loss_average!r}")
     for name, low, strict in (("lam", 0, False), ("ed_weight", 0, False), ("gamma_position", 0, False),
@@ -64,12 +68,13 @@ def build_module(cfg: DictConfig, dm, labels: SoftLabels) -> DistillModule:
     try:
         loss = DLLM2RecLoss(lam=d.lam, gamma_position=d.gamma_position, gamma_confidence=d.gamma_confidence,
                             gamma_consistency=d.gamma_consistency, lambda_position=d.lambda_position, form=d.ranking_loss,
-                            average=d.rank_loss_average)  # fmt: skip
+                            average=d.rank_loss_average, consistency=d.consistency_weight)  # fmt: skip
     except ValueError as error:  # e.g. an unknown ranking_loss form: a config error, not a crash
         raise UserError(f"distill: {error}") from None
     return DistillModule(student_config(cfg, dm.num_items), labels=labels, store=dm.store, loss=loss,
                          ed_weight=d.ed_weight, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, seed=cfg.seed,
-                         provenance={k: v for k, v in labels.card.items() if k != "created_at"})  # fmt: skip
+                         provenance={k: v for k, v in labels.card.items() if k != "created_at"},
+                         consistency_masks_history=d.consistency_masks_history)  # fmt: skip
 
 
 @hydra_entry("run_distill")
