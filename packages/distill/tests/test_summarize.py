@@ -72,6 +72,23 @@ def test_table_has_the_differing_key_only(tmp_path, capsys):
     assert "| result_20260101_000000 | sasrec | ok | 0.001 | 0.4000 | 0.5000 | 0.2500 |" in md
 
 
+def test_valid_split_reads_the_best_checkpoints_validation_metrics(tmp_path, capsys):
+    """A search ranks on valid: --split valid shows what model selection chose each run by."""
+    root = tmp_path / "result"
+    for n, (lr, valid) in enumerate(((0.001, 0.11), (0.01, 0.12))):
+        run = root / "multirun_x" / str(n)
+        _run(run, lr=lr, metrics={"ndcg@10": 0.9})  # test metrics exist but are not shown
+        (run / "checkpoints" / "best").mkdir(parents=True)
+        card = {"kind": "sasrec-distilled", "metrics": {"epoch": 3, "valid": {"ndcg@10": valid, "hr@10": 2 * valid}}}
+        (run / "checkpoints" / "best" / "card.json").write_text(json.dumps(card))
+    _run(root / "multirun_x" / "2", lr=0.1)  # no checkpoint yet
+    main([str(root), "--split", "valid"])
+    md = capsys.readouterr().out
+    assert "| multirun_x/1 | sasrec-distilled | ok | 0.01 | 0.2400 | 0.1200 |" in md
+    assert "| multirun_x/2 | unknown | incomplete | 0.1 | — | — |" in md
+    assert "0.9000" not in md and "validation metrics (of the best checkpoint)" in md
+
+
 def test_default_output_is_the_results_dir(tmp_path, capsys):
     _run(tmp_path / "a", lr=0.1, kind="ilora-teacher", metrics={"hr@5": 0.1})
     _run(tmp_path / "b", lr=0.1, metrics={"hr@5": 0.2}, teacher__distill_loss_type="cosine")

@@ -4,8 +4,9 @@ A run is a directory holding the resolved `config.yaml` every command writes at 
 (`result_*/`, Hydra multirun `multirun_*/N/`, or any nesting of these); Hydra's own `.hydra/`
 copies and eval-all comparison runs are not runs of a model. Columns: the run directory, the
 model kind, the status, every flattened config key whose value differs across runs (paths and
-Hydra keys left out), then the test metrics. Writes summary.csv and summary.md and prints the
-Markdown.
+Hydra keys left out), then the test metrics -- or, with ``--split valid``, the validation metrics
+of each run's best checkpoint (what a hyperparameter search ranks on, so test is read once, after
+the choice). Writes summary.csv and summary.md and prints the Markdown.
 """
 
 from __future__ import annotations
@@ -83,7 +84,20 @@ def _kind_from_card(run_dir: Path) -> str | None:
     return None
 
 
-def read_run(run_dir: Path, root: Path) -> Run:
+def read_valid_metrics(run: Run) -> None:
+    """The best checkpoint's validation metrics (what model selection chose it by)."""
+    card_path = run.path / "checkpoints" / "best" / CARD
+    if not card_path.is_file():
+        run.status = "incomplete" if run.status == "ok" else run.status
+        return
+    try:
+        valid = json.loads(card_path.read_text())["metrics"]["valid"]
+        run.metrics = {k: float(v) for k, v in valid.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        run.status = f"unreadable checkpoints/best/{CARD}"
+
+
+def read_run(run_dir: Path, root: Path, split: str = "test") -> Run:
     run = Run(run_dir, run_dir.relative_to(root).as_posix() or ".")
     try:
         config = yaml.safe_load((run_dir / CONFIG).read_text())
@@ -93,6 +107,9 @@ def read_run(run_dir: Path, root: Path) -> Run:
     except (OSError, ValueError, yaml.YAMLError) as exc:
         run.status = f"unreadable config.yaml ({type(exc).__name__})"
     run.kind = _kind_from_card(run_dir) or run.kind
+    if split == "valid":
+        read_valid_metrics(run)
+        return run
     metrics_path = run_dir / METRICS
     if not metrics_path.is_file():
         run.status = "incomplete" if run.status == "ok" else run.status
@@ -140,7 +157,7 @@ def _md_cell(text: str, is_metric: bool) -> str:
     return text.replace("|", "\\|") or "—"
 
 
-def render_markdown(header: list[str], rows: list[list[str]], n_config: int, root: Path) -> str:
+def render_markdown(header: list[str], rows: list[list[str]], n_config: int, root: Path, split: str = "test") -> str:
     first_metric = 3 + n_config
     lines = [f"# Runs under {root}", "",
              "| " + " | ".join(header) + " |",
@@ -149,7 +166,8 @@ def render_markdown(header: list[str], rows: list[list[str]], n_config: int, roo
         cells = [_md_cell(c, i >= first_metric) for i, c in enumerate(row)]
         lines.append("| " + " | ".join(cells) + " |")
     done = sum(1 for r in rows if r[2] == "ok")
-    lines += ["", f"{len(rows)} runs, {done} with test metrics; config columns are the keys that "
+    what = "test metrics" if split == "test" else "validation metrics (of the best checkpoint)"
+    lines += ["", f"{len(rows)} runs, {done} with {what}; config columns are the keys that "
               "differ across runs (paths and hydra.* left out)."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -162,11 +180,16 @@ def render_csv(header: list[str], rows: list[list[str]]) -> str:
     return buffer.getvalue()
 
 
-def summarize(root: Path, out: Path | None = None) -> str:
+SPLITS = ("test", "valid")
+
+
+def summarize(root: Path, out: Path | None = None, split: str = "test") -> str:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root} is not a directory")
-    runs = [read_run(p, root) for p in find_runs(root)]
+    if split not in SPLITS:
+        raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    runs = [read_run(p, root, split) for p in find_runs(root)]
     if not runs:
         raise UserError(f"no runs found under {root} (no directory with a {CONFIG})")
     out = Path(out) if out is not None else root
@@ -174,7 +197,7 @@ def summarize(root: Path, out: Path | None = None) -> str:
         raise UserError(f"--out {out} is not a directory")
     header, rows = build_table(runs)
     n_config = len(header) - 3 - len({m for r in runs for m in r.metrics})
-    markdown = render_markdown(header, rows, n_config, root)
+    markdown = render_markdown(header, rows, n_config, root, split)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "summary.csv") as tmp:
         tmp.write_text(render_csv(header, rows))
@@ -189,8 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("results", type=Path, help="a results tree, e.g. result/")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write summary.csv and summary.md (default: the results dir)")  # fmt: skip
+    parser.add_argument("--split", choices=SPLITS, default="test",
+                        help="test metrics, or the best checkpoint's validation metrics (for searches)")  # fmt: skip
     args = parser.parse_args(argv)
-    markdown = summarize(args.results, args.out)
+    markdown = summarize(args.results, args.out, args.split)
     print(markdown, end="")
     print(f"wrote {(args.out or args.results) / 'summary.csv'} and summary.md", file=sys.stderr)
 
