@@ -1,20 +1,14 @@
-"""The tiny teacher (root conftest's session fixture `tiny_pipeline`) served by `bentoml serve`
-in a subprocess for the whole session, and the same teacher loaded in-process for reference."""
+"""The tiny teacher served by `bentoml serve` for the whole session (the root conftest's
+`teacher_service`), and the same teacher loaded in-process for reference."""
 
 from __future__ import annotations
 
 import pytest
 
-from teacher.testing import ServiceProcess
 
-
-@pytest.fixture(scope="session")
-def served(tiny_pipeline, tmp_path_factory):
-    """A running service: `.url`; stopped (with its workers) when the session ends."""
-    log = tmp_path_factory.mktemp("teacher-service") / "serve.log"
-    service = ServiceProcess(tiny_pipeline["teacher"], tiny_pipeline["data"], log_file=log)
-    yield service
-    service.stop()
+@pytest.fixture
+def served(teacher_service):
+    return teacher_service
 
 
 @pytest.fixture(scope="session")

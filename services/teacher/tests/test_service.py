@@ -5,10 +5,13 @@ item embeddings, health probes, and refusing to start on a missing or wrong chec
 from __future__ import annotations
 
 import base64
+import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -21,6 +24,7 @@ from recdata.batching import SequenceStore
 from recdata.datamodule import SplitDataset
 from recdata.splits import split_keys
 from teacher.service import MAX_HISTORY, MAX_K, MAX_REQUESTS, TeacherService
+from teacher.startup import ServiceStartupError, check_settings
 from teacher.testing import REPO_ROOT, SERVICE_TARGET, free_port
 
 
@@ -200,19 +204,85 @@ def test_info_item_embeddings_and_probes(served, in_process, tiny_pipeline):
     )  # loopback unless --host says otherwise
 
 
-@pytest.mark.parametrize("case", ["no checkpoint", "student checkpoint"])
-def test_refuses_to_start_without_a_teacher(case, tiny_pipeline):
+def serve_until_exit(env_update: dict, timeout: float = 150) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
-    env.update(BENTOML_DO_NOT_TRACK="True", TEACHER_DATA=str(tiny_pipeline["data"]))
+    env.update(BENTOML_DO_NOT_TRACK="True", **env_update)
+    return subprocess.run([sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(free_port())],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def copy_teacher(tiny_pipeline, tmp_path, name: str = "teacher") -> Path:
+    return Path(shutil.copytree(tiny_pipeline["teacher"], tmp_path / name))
+
+
+@pytest.mark.parametrize("case", ["no checkpoint", "student checkpoint", "truncated weights"])
+def test_refuses_to_start_without_a_teacher(case, tiny_pipeline, tmp_path):
+    """Refused in the server process before any worker starts: one line, exit 1, no traceback
+    (a truncated weights file used to crash-loop the worker, a traceback per respawn)."""
+    env = {"TEACHER_DATA": str(tiny_pipeline["data"])}
+    expected = {"no checkpoint": "'TEACHER_CHECKPOINT' is required", "student checkpoint": "not an ilora-teacher"}
     if case == "student checkpoint":
         env["TEACHER_CHECKPOINT"] = str(tiny_pipeline["student"])
-    result = subprocess.run([sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(free_port())],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode != 0
-    expected = (
-        "'TEACHER_CHECKPOINT' is required" if case == "no checkpoint" else "not an ilora-teacher"
-    )
-    assert expected in result.stdout + result.stderr
+    if case == "truncated weights":
+        teacher = copy_teacher(tiny_pipeline, tmp_path)
+        weights = teacher / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        env["TEACHER_CHECKPOINT"] = str(teacher)
+        expected[case] = f"{weights} is not a readable safetensors file"
+    result = serve_until_exit(env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert expected[case] in output and "Traceback" not in output
+
+
+def corrupt(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[:-7])
+    elif how == "garbled header":
+        path.write_bytes(b"\xff" * 8 + data[8:])
+    elif how == "empty":
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize(("file", "how"), [(file, how) for file in ("model.safetensors", "item_embeddings.safetensors")
+                                           for how in ("truncated", "garbled header", "empty")]
+                         + [("model.safetensors", "missing")])  # fmt: skip
+def test_startup_check_refuses_unreadable_weights(file, how, tiny_pipeline, tmp_path):
+    teacher = copy_teacher(tiny_pipeline, tmp_path)
+    if how == "missing":
+        (teacher / file).unlink()
+    else:
+        corrupt(teacher / file, how)
+    with pytest.raises(ServiceStartupError, match=f"{teacher / file} is not a readable safetensors file"):
+        check_settings(str(teacher), str(tiny_pipeline["data"]))
+
+
+def test_startup_check_refuses_weights_that_differ_from_their_card(tiny_pipeline, tmp_path):
+    """Bytes flipped inside a tensor keep the header valid; the card's digest catches them."""
+    teacher = copy_teacher(tiny_pipeline, tmp_path)
+    card = json.loads((teacher / "card.json").read_text())
+    (teacher / "card.json").write_text(json.dumps({**card, "weights_sha256": teacher_digest(teacher)}))
+    check_settings(str(teacher), str(tiny_pipeline["data"]))  # intact: accepted
+    weights = teacher / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ServiceStartupError, match="does not match its card"):
+        check_settings(str(teacher), str(tiny_pipeline["data"]))
+
+
+def test_a_worker_that_cannot_load_the_teacher_stops_the_server_once(tiny_pipeline, tmp_path):
+    """What only loading reveals (here: the student changed since the teacher was trained) fails
+    in the worker; it stops the server instead of being respawned into the same failure."""
+    teacher = copy_teacher(tiny_pipeline, tmp_path)
+    card = json.loads((teacher / "card.json").read_text())
+    card["student_checkpoint"]["weights_sha256"] = "0" * 64
+    (teacher / "card.json").write_text(json.dumps(card))
+    result = serve_until_exit({"TEACHER_CHECKPOINT": str(teacher), "TEACHER_DATA": str(tiny_pipeline["data"])})
+    output = result.stdout + result.stderr
+    assert output.count("cannot start the teacher service") == 1, output
+    assert "changed since the teacher was trained" in output and "Traceback" not in output
 
 
 def test_topk_of_one_history_is_the_batched_pass_at_its_last_position(served, in_process):

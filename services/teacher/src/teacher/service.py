@@ -7,7 +7,7 @@ from the repo root (relative paths are resolved there). It listens on 127.0.0.1 
 ``--host`` says otherwise.
 
 Configuration (environment, read at startup; checked once before workers start, so a bad setting
-stops `bentoml serve` with one message):
+or a corrupt checkpoint stops `bentoml serve` with one message, see `teacher.startup`):
 
 * ``TEACHER_CHECKPOINT`` (required): an ``ilora-teacher`` checkpoint directory (``checkpoints/best``).
 * ``TEACHER_DATA`` (default ``data/processed/ml-100k``): the prepared dataset it was trained on.
@@ -15,6 +15,7 @@ stops `bentoml serve` with one message):
   ``$ILORA_CACHE`` or ``~/.cache/ilora-dllm2rec``).
 * ``TEACHER_MAX_BATCH_SIZE`` (32) / ``TEACHER_MAX_LATENCY_MS`` (600000): adaptive batching, and
   ``TEACHER_WORKERS`` (1): worker processes, each with its own teacher (DESIGN §7); read at import.
+  Workers exit with the server, even when it is killed with SIGKILL.
 
 Endpoints (POST, JSON):
 
@@ -50,7 +51,6 @@ from pathlib import Path
 from typing import Annotated
 
 import bentoml
-from bentoml.exceptions import BentoMLException
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -61,6 +61,16 @@ from pydantic import (
     model_validator,
 )
 
+from teacher.startup import (
+    ServiceStartupError,
+    check_settings,
+    exit_with_server,
+    fail_startup,
+    load_state,
+    mark_server,
+    settings,
+)
+
 log = logging.getLogger("teacher.service")
 
 MAX_K = 100
@@ -69,17 +79,17 @@ MAX_REQUESTS = 256  # histories per HTTP call
 MAX_BATCH_SIZE = int(os.environ.get("TEACHER_MAX_BATCH_SIZE", 32))  # histories per model batch
 MAX_LATENCY_MS = int(os.environ.get("TEACHER_MAX_LATENCY_MS", 600_000))
 WORKERS = int(os.environ.get("TEACHER_WORKERS", 1))  # processes, each with its own teacher copy
-DEFAULT_DATA = "data/processed/ml-100k"
 
 
 @dataclass
-class _Limits:
-    """What request validation needs from the loaded teacher (set once it is loaded)."""
+class _Served:
+    """What request handling needs from the loaded teacher (set once it is loaded)."""
 
     num_items: int | None = None
+    digest: str | None = None
 
 
-LIMITS = _Limits()
+SERVED = _Served()
 
 
 class TopKRequest(BaseModel):
@@ -95,7 +105,7 @@ class TopKRequest(BaseModel):
     @field_validator("history")
     @classmethod
     def _known_items(cls, history: list[int]) -> list[int]:
-        n = LIMITS.num_items
+        n = SERVED.num_items
         unknown = [i for i in history if i < 1 or (n is not None and i > n)]
         if unknown:
             raise ValueError(
@@ -105,7 +115,7 @@ class TopKRequest(BaseModel):
 
     @model_validator(mode="after")
     def _k_fits(self) -> TopKRequest:
-        n = LIMITS.num_items
+        n = SERVED.num_items
         if n is None:
             return self
         available = n - len(set(self.history)) if self.exclude_history else n
@@ -143,77 +153,6 @@ class ItemEmbeddings(BaseModel):
     data: str = Field(description="base64 of the row-major little-endian float32 array")
 
 
-class ServiceStartupError(BentoMLException):
-    """The service cannot start: a missing or invalid checkpoint or dataset (`bentoml serve`
-    prints it as one `Error:` line and exits 1)."""
-
-
-def settings() -> dict[str, str | None]:
-    return {
-        "checkpoint": os.environ.get("TEACHER_CHECKPOINT") or None,
-        "data": os.environ.get("TEACHER_DATA") or DEFAULT_DATA,
-        "device": os.environ.get("TEACHER_DEVICE") or "cpu",
-        "cache_dir": os.environ.get("TEACHER_CACHE_DIR") or os.environ.get("ILORA_CACHE") or None,
-    }
-
-
-def check_settings(checkpoint: str | None, data: str) -> None:
-    """Cheap checks (no model load) so a misconfigured `bentoml serve` fails before it spawns
-    workers: the checkpoint is an ilora-teacher built on this dataset."""
-    from recdata.checkpoint import read_card
-    from recdata.contract import load_prepared
-    from recdata.errors import UserError
-
-    if not checkpoint:
-        raise ServiceStartupError("TEACHER_CHECKPOINT is not set: point it at a teacher checkpoint directory, e.g. "
-                                  "TEACHER_CHECKPOINT=result/<run>/checkpoints/best bentoml serve "
-                                  "teacher.service:TeacherService")  # fmt: skip
-    path = Path(checkpoint).expanduser()
-    if not path.is_dir():
-        raise ServiceStartupError(f"TEACHER_CHECKPOINT={checkpoint!r} is not a directory")
-    try:
-        card = read_card(path)
-        dataset = load_prepared(Path(data).expanduser())
-    except UserError as error:
-        raise ServiceStartupError(
-            f"cannot serve teacher {checkpoint!r} on data {data!r}: {error}"
-        ) from error
-    if card.get("kind") != "ilora-teacher":
-        raise ServiceStartupError(
-            f"TEACHER_CHECKPOINT={checkpoint!r} is a {card.get('kind')!r} checkpoint, not an ilora-teacher"
-        )
-    fingerprint = card.get("data", {}).get("fingerprint")
-    if fingerprint != dataset.fingerprint:
-        raise ServiceStartupError(f"teacher {checkpoint!r} was trained on other data (fingerprint {str(fingerprint)[:12]}…) "
-                                  f"than TEACHER_DATA={data!r} ({dataset.fingerprint[:12]}…)")  # fmt: skip
-
-
-def load_state(checkpoint: str | None, data: str, device: str, cache_dir: str | None):
-    """Load and validate everything the service serves; raises ServiceStartupError."""
-    from ilora.checkpoint import load_item_embeddings, load_teacher
-    from ilora.inference import teacher_digest
-    from recdata.contract import load_prepared
-    from recdata.errors import UserError
-
-    check_settings(checkpoint, data)
-    path = Path(checkpoint).expanduser()
-    try:
-        dataset = load_prepared(Path(data).expanduser())
-        teacher, ckpt = load_teacher(path, dataset, device=device,
-                                     cache_dir=Path(cache_dir).expanduser() if cache_dir else None)  # fmt: skip
-        embeddings = load_item_embeddings(ckpt.path).float().contiguous()
-        digest = teacher_digest(path)
-    except (UserError, OSError, KeyError, ValueError) as error:
-        raise ServiceStartupError(
-            f"cannot serve teacher {checkpoint!r} on data {data!r}: {error}"
-        ) from error
-    if embeddings.shape[0] != dataset.num_items + 1:
-        raise ServiceStartupError(
-            f"{path}: item embeddings have {embeddings.shape[0]} rows, expected {dataset.num_items + 1}"
-        )
-    return teacher, ckpt, dataset, embeddings, digest
-
-
 def left_pad(rows: list[list[int]], width: int):
     import torch
 
@@ -238,13 +177,18 @@ class TeacherService:
         """Runs once in the `bentoml serve` process before workers are spawned."""
         s = settings()
         check_settings(s["checkpoint"], s["data"])
+        mark_server()
 
     def __init__(self) -> None:
+        exit_with_server()
         s = settings()
         checkpoint, device = s["checkpoint"], s["device"]
-        teacher, ckpt, dataset, embeddings, digest = load_state(
-            checkpoint, s["data"], device, s["cache_dir"]
-        )
+        try:
+            teacher, ckpt, dataset, embeddings, digest = load_state(
+                checkpoint, s["data"], device, s["cache_dir"]
+            )
+        except ServiceStartupError as error:
+            fail_startup(error)
         self.teacher, self.device = teacher, device
         self.max_seq_len = int(teacher.student.config.max_seq_len)
         self.window = int(teacher.window) if teacher.sequence_mode else None
@@ -274,7 +218,7 @@ class TeacherService:
             "student_kind": ckpt.card.get("student_checkpoint", {}).get("kind"),
             "device": device,
         }
-        LIMITS.num_items = self.num_items
+        SERVED.num_items, SERVED.digest = self.num_items, digest
         log.info("teacher %s ready: %d items, digest %s…", checkpoint, self.num_items, digest[:12])
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
@@ -345,3 +289,4 @@ class TeacherService:
     async def item_embeddings(self) -> ItemEmbeddings:
         """The teacher's (N+1, H) item embeddings as base64 float32 (row 0 = padding)."""
         return self.embeddings
+

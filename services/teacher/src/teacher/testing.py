@@ -26,32 +26,33 @@ def free_port() -> int:
 
 class ServiceProcess:
     """`bentoml serve teacher.service:TeacherService --port P` in a subprocess (own process
-    group), ready once /readyz answers 200. Use as a context manager or call `stop()`."""
+    group), ready once /readyz answers 200. Use as a context manager or call `stop()`;
+    `kill()` + `start()` is a crash and a restart on the same port."""
 
     def __init__(self, checkpoint: Path, data: Path, *, port: int | None = None, env: dict | None = None,
                  log_file: Path | None = None, startup_timeout: float = 180.0):  # fmt: skip
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_file = log_file
-        environ = {**os.environ, "TEACHER_CHECKPOINT": str(checkpoint), "TEACHER_DATA": str(data),
-                   "BENTOML_DO_NOT_TRACK": "True", **(env or {})}  # fmt: skip
-        self._log = open(log_file, "wb") if log_file else subprocess.DEVNULL  # noqa: SIM115
-        command = [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            SERVICE_TARGET,
-            "--port",
-            str(self.port),
-        ]
-        self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=environ, stdout=self._log,
+        self.log_file, self.startup_timeout = log_file, startup_timeout
+        self.environ = {**os.environ, "TEACHER_CHECKPOINT": str(checkpoint), "TEACHER_DATA": str(data),
+                        "BENTOML_DO_NOT_TRACK": "True", **(env or {})}  # fmt: skip
+        self._log = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.start()
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(self.port)]
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=self.environ, stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         try:
-            self.wait_ready(startup_timeout)
+            self.wait_ready(self.startup_timeout)
         except BaseException:
             self.stop()
             raise
+
+    def kill(self) -> None:
+        """SIGKILL the server process only, as `kill -9 <pid of bentoml serve>` would."""
+        self.process.kill()
+        self.process.wait(timeout=20)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
