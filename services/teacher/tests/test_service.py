@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from ilora.checkpoint import load_item_embeddings
-from ilora.inference import teacher_digest, topk_with_history_masked
+from ilora.inference import DIGEST_HEADER, teacher_digest, topk_with_history_masked
 from recdata.batching import SequenceStore
 from recdata.datamodule import SplitDataset
 from recdata.splits import split_keys
-from teacher.service import MAX_HISTORY, MAX_K, MAX_REQUESTS, TeacherService
+from teacher.service import MAX_BODY_BYTES, MAX_HISTORY, MAX_K, MAX_REQUESTS, TeacherService
 from teacher.startup import ServiceStartupError, check_settings
 from teacher.testing import REPO_ROOT, SERVICE_TARGET, free_port
 
@@ -170,6 +170,45 @@ def test_bad_requests_get_a_4xx_with_a_message(served, in_process):
     )
 
 
+def json_post(url: str, path: str, content, content_type: str | None = "application/json", **headers):
+    if content_type is not None:
+        headers["content-type"] = content_type
+    return httpx.post(f"{url}{path}", content=content, headers=headers, timeout=120)
+
+
+def test_request_limits(served, in_process):
+    """Refused before the body is parsed: not JSON (415), over the cap (413, whether it declares
+    its length or is chunked), unknown top-level fields (400) on every endpoint."""
+    ok = json.dumps({"requests": [{"history": [1, 2, 3]}]}).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        response = json_post(served.url, "/topk", ok, content_type)
+        assert response.status_code == 415 and "Content-Type: application/json" in response.text, response.text
+    assert json_post(served.url, "/topk", ok, "application/json; charset=utf-8").status_code == 200
+
+    oversized = b'{"requests": [' + b" " * MAX_BODY_BYTES + b"]}"
+    too_large = f"exceeds the service's limit of {MAX_BODY_BYTES} bytes"
+    declared = json_post(served.url, "/topk", oversized)
+    chunked = json_post(served.url, "/topk", iter([oversized[: len(oversized) // 2], oversized[len(oversized) // 2 :]]))
+    for response in (declared, chunked):
+        assert response.status_code == 413 and too_large in response.text, response.text
+
+    for path, body in (("/topk", {"requests": [{"history": [1, 2]}], "model": "x"}), ("/info", {"debug": True})):
+        response = post(served.url, path, body)
+        assert response.status_code == 400 and "Extra inputs are not permitted" in response.text, response.text
+
+
+def test_the_cap_fits_the_largest_legitimate_call(served, in_process):
+    """MAX_REQUESTS histories of MAX_HISTORY ids: served here (this dataset's ids are short), and
+    under the cap even with 7-digit ids."""
+    num_items = in_process[2].num_items
+    history = [(t % num_items) + 1 for t in range(MAX_HISTORY)]
+    largest = {"requests": [{"history": history, "k": 1, "exclude_history": False}] * MAX_REQUESTS}
+    response = post(served.url, "/topk", largest)
+    assert response.status_code == 200 and len(response.json()) == MAX_REQUESTS
+    wide = {"requests": [{"history": [9_999_999] * MAX_HISTORY, "k": MAX_K, "exclude_history": True}] * MAX_REQUESTS}
+    assert len(json.dumps(wide).encode()) < MAX_BODY_BYTES
+
+
 def test_info_item_embeddings_and_probes(served, in_process, tiny_pipeline):
     teacher, ckpt, dataset = in_process
     info = post(served.url, "/info").json()
@@ -199,6 +238,7 @@ def test_info_item_embeddings_and_probes(served, in_process, tiny_pipeline):
     assert torch.equal(torch.from_numpy(array.copy()), expected)
     for probe in ("/healthz", "/livez", "/readyz"):
         assert httpx.get(f"{served.url}{probe}", timeout=10).status_code == 200
+    assert post(served.url, "/topk", {"requests": [{"history": [1]}]}).headers[DIGEST_HEADER] == info["teacher_digest"]
     assert (
         str(TeacherService.config["http"]["host"]) == "127.0.0.1"
     )  # loopback unless --host says otherwise

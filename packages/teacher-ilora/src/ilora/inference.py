@@ -10,6 +10,8 @@ import torch
 from recdata.atomic import sha256_file
 from recdata.checkpoint import WEIGHTS_FILE
 
+DIGEST_HEADER = "x-teacher-digest"  # the teacher service names its teacher_digest in every response
+
 
 def teacher_digest(checkpoint_dir: Path) -> str:
     """Identity of a teacher checkpoint: the sha256 of its trained weights."""

@@ -36,9 +36,14 @@ Endpoints (POST, JSON):
 * BentoML's ``/healthz``, ``/livez``, ``/readyz`` (ready once the teacher is loaded).
 
 Every request is validated before it reaches the batcher (a bad request never fails the requests
-it would have been batched with): 400 with pydantic's message for malformed bodies, empty or too
-long histories, unknown item ids, non-integers, k out of range, too many requests. No request field
-names a file.
+it would have been batched with): 415 for a body that is not ``application/json``, 413 for one over
+``MAX_BODY_BYTES`` (refused unread, `teacher.asgi`), 400 with pydantic's message for malformed
+bodies, unknown fields, empty or too long histories, unknown item ids, non-integers, k out of range,
+too many requests. No request field names a file. Every response carries the served teacher's
+digest in ``x-teacher-digest``.
+
+A new endpoint is a method with ``@bentoml.api(input_spec=<a StrictBody subclass>)``; the limits
+and the digest header apply to it as they are.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from pydantic import (
     model_validator,
 )
 
+from teacher.asgi import RequestLimits, TeacherDigestHeader
 from teacher.startup import (
     ServiceStartupError,
     check_settings,
@@ -79,6 +85,9 @@ MAX_REQUESTS = 256  # histories per HTTP call
 MAX_BATCH_SIZE = int(os.environ.get("TEACHER_MAX_BATCH_SIZE", 32))  # histories per model batch
 MAX_LATENCY_MS = int(os.environ.get("TEACHER_MAX_LATENCY_MS", 600_000))
 WORKERS = int(os.environ.get("TEACHER_WORKERS", 1))  # processes, each with its own teacher copy
+# The largest legitimate call, MAX_REQUESTS histories of MAX_HISTORY ids of up to 7 digits written
+# as json.dumps does ("1234567, "), is ~9.5 MB; a body beyond the cap is refused unread (413).
+MAX_BODY_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -92,9 +101,13 @@ class _Served:
 SERVED = _Served()
 
 
-class TopKRequest(BaseModel):
+class StrictBody(BaseModel):
+    """A call's top-level JSON object: unknown fields are refused (400), not ignored."""
+
     model_config = ConfigDict(extra="forbid")
 
+
+class TopKRequest(StrictBody):
     history: Annotated[list[StrictInt], Field(min_length=1, max_length=MAX_HISTORY)] = Field(
         description="the user's item ids, oldest first (the model sees the last max_seq_len; "
         "all of them are excluded from the top-K when exclude_history is true)"
@@ -140,6 +153,14 @@ class WindowResult(BaseModel):
     positions: list[int]
     topk_items: list[list[int]]
     topk_scores: list[list[float]]
+
+
+class TopKCall(StrictBody):
+    requests: Annotated[list[TopKRequest], Field(min_length=1, max_length=MAX_REQUESTS)]
+
+
+class WindowCall(StrictBody):
+    requests: Annotated[list[WindowRequest], Field(min_length=1, max_length=MAX_REQUESTS)]
 
 
 class TopKResult(BaseModel):
@@ -212,6 +233,7 @@ class TeacherService:
             "k_max": MAX_K,
             "max_history": MAX_HISTORY,
             "max_requests": MAX_REQUESTS,
+            "max_body_bytes": MAX_BODY_BYTES,
             "max_batch_size": MAX_BATCH_SIZE,
             "llm_model_name": ckpt.hparams["teacher"]["llm_model_name"],
             "base_llm": {k: base.get(k) for k in ("name", "digest", "source")},
@@ -221,10 +243,9 @@ class TeacherService:
         SERVED.num_items, SERVED.digest = self.num_items, digest
         log.info("teacher %s ready: %d items, digest %s…", checkpoint, self.num_items, digest[:12])
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
-    def topk(
-        self, requests: Annotated[list[TopKRequest], Field(min_length=1, max_length=MAX_REQUESTS)]
-    ) -> list[TopKResult]:
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS,
+                 input_spec=TopKCall)  # fmt: skip
+    def topk(self, requests: list[TopKRequest]) -> list[TopKResult]:
         """The teacher's top-K per request (merged across concurrent calls by the batcher)."""
         import torch
 
@@ -251,10 +272,9 @@ class TeacherService:
                 results[row] = TopKResult(topk_items=it, topk_scores=va)
         return results  # type: ignore[return-value]
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
-    def topk_windows(
-        self, requests: Annotated[list[WindowRequest], Field(min_length=1, max_length=MAX_REQUESTS)]
-    ) -> list[WindowResult]:
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS,
+                 input_spec=WindowCall)  # fmt: skip
+    def topk_windows(self, requests: list[WindowRequest]) -> list[WindowResult]:
         """Sequence-mode teachers: the top-K of every key a window reads out (one pass per window)."""
         import torch
 
@@ -280,13 +300,16 @@ class TeacherService:
                                           topk_scores=values[own].tolist())  # fmt: skip
         return results  # type: ignore[return-value]
 
-    @bentoml.api
+    @bentoml.api(input_spec=StrictBody)
     async def info(self) -> dict:
         """Teacher digest, data fingerprint, limits and model names."""
         return self.info_payload
 
-    @bentoml.api
+    @bentoml.api(input_spec=StrictBody)
     async def item_embeddings(self) -> ItemEmbeddings:
         """The teacher's (N+1, H) item embeddings as base64 float32 (row 0 = padding)."""
         return self.embeddings
 
+
+TeacherService.add_asgi_middleware(RequestLimits, max_body_bytes=MAX_BODY_BYTES)
+TeacherService.add_asgi_middleware(TeacherDigestHeader, digest=lambda: SERVED.digest)
