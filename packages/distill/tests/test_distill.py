@@ -209,6 +209,9 @@ def test_each_ablation_switch_runs_and_changes_the_model(
     ("distill.gamma_confidence=-1", "error: distill.gamma_confidence must be a number >= 0, got -1"),
     ("distill.rank_loss_average=batch", "error: distill.rank_loss_average must be one of labeled, all, got 'batch'"),
     ("distill.consistency_weight=sum", "error: distill.consistency_weight must be one of normalised, original, got 'sum'"),
+    ("distill.retry_budget=-1", "error: distill.retry_budget must be a number >= 0, got -1"),
+    ("distill.max_retries=3", "error: distill.max_retries=3 is no longer used: service requests are retried for "
+                              "distill.retry_budget seconds (now 120); set that instead"),
 ])  # fmt: skip
 def test_bad_config_exits_2_with_one_line(
     tiny_pipeline, soft_dir, tmp_path, capsys, override, message
@@ -218,6 +221,36 @@ def test_bad_config_exits_2_with_one_line(
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [message]
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
+
+
+def service_overrides(service, tmp_path) -> list[str]:
+    return ["distill.teacher_source=service", f"distill.teacher_url={service.url}",
+            f"distill.service_cache_dir={tmp_path / 'service-cache'}"]  # fmt: skip
+
+
+def test_service_mode_distills_exactly_like_precomputed(tiny_pipeline, soft_dir, full_run, teacher_service, tmp_path):
+    """Same teacher, same batches: the labels fetched from the service are bitwise the
+    precomputed ones, so the distilled student is the same model."""
+    run_distill(tiny_pipeline, soft_dir, tmp_path / "run", *service_overrides(teacher_service, tmp_path))
+    card = json.loads((tmp_path / "run" / "checkpoints" / "best" / "card.json").read_text())
+    assert card["distillation"]["source"] == "service" and card["distillation"]["num_samples"] == 110
+    for name in ("model.safetensors", "unfolded.safetensors"):
+        assert_same_weights(weights(tmp_path / "run", name), weights(full_run[0], name))
+    assert read_test_metrics(tmp_path / "run")["metrics"] == read_test_metrics(full_run[0])["metrics"]
+
+
+def test_service_mode_refuses_a_service_with_another_teacher(tiny_pipeline, soft_dir, teacher_service, tmp_path, capsys):
+    other = shutil.copytree(tiny_pipeline["teacher"], tmp_path / "other-teacher")
+    data = bytearray((other / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # another teacher's weights: another digest
+    (other / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(SystemExit) as exit_info:
+        run_distill(tiny_pipeline, soft_dir, tmp_path / "run", *service_overrides(teacher_service, tmp_path),
+                    f"distill.teacher_checkpoint_path={other}")  # fmt: skip
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "the teacher service serves teacher" in line and "not the expected" in line
+    assert f"({other}, distill.teacher_checkpoint_path)" in line
 
 
 def test_soft_labels_missing_a_training_sample_are_refused(

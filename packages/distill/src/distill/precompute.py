@@ -64,20 +64,19 @@ def _rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def batch_ranges(units: int, batch_size: int):
-    """(lo, hi) of each teacher batch: shards of SHARD_SIZE units cut into batches, so the teacher
-    service's client can send exactly the batches precompute-soft-labels runs."""
-    for shard_lo in range(0, units, SHARD_SIZE):
-        shard_hi = min(shard_lo + SHARD_SIZE, units)
-        for lo in range(shard_lo, shard_hi, batch_size):
-            yield lo, min(lo + batch_size, shard_hi)
+def shard_ranges(units: int, shard_size: int | None = None) -> list[tuple[int, int, int]]:
+    """(index, lo, hi) of each shard of `units` prefixes or windows (SHARD_SIZE each by default);
+    each shard is cut into teacher batches from its start, by precompute-soft-labels and by the
+    teacher service's client alike, so both run the same batches."""
+    size = shard_size or SHARD_SIZE
+    return [(i, lo, min(lo + size, units)) for i, lo in enumerate(range(0, units, size))]
 
 
 def score_shard(teacher, dataset, lo: int, hi: int, k: int, mask_history: bool, batch_size: int, device) -> pa.Table:
     """Top-K rows of units lo..hi of ``dataset``: prefixes (SplitDataset) or windows."""
     score = _score_windows if isinstance(dataset, WindowTrainDataset) else _score_prefixes
     users, positions, items, scores = [], [], [], []
-    for start in range(lo, hi, batch_size):  # shards start at multiples of SHARD_SIZE: see batch_ranges
+    for start in range(lo, hi, batch_size):  # batches restart at each shard: see shard_ranges
         batch = dataset.__getitems__(list(range(start, min(start + batch_size, hi))))
         u, p, top_items, top_scores = score(teacher, dataset, batch, k, mask_history, device)
         if not bool(torch.isfinite(top_scores).all()):
@@ -155,7 +154,7 @@ def precompute(cfg: DictConfig) -> Path:
                       "num_samples": len(keys), "k": int(d.candidate_topk), "history_masked": bool(d.mask_history_in_topk),
                       "max_seq_len": dm.max_seq_len, "shard_size": SHARD_SIZE, "prompt_mode": config.prompt_mode,
                       "units": len(dataset)}, sort_keys=True).encode()  # fmt: skip
-    shards = [(i, lo, min(lo + SHARD_SIZE, len(dataset))) for i, lo in enumerate(range(0, len(dataset), SHARD_SIZE))]
+    shards = shard_ranges(len(dataset))
     todo = [s for s in shards if s[0] % world == rank and not shard_is_done(shard_path(shard_dir, s[0]), tag)]
     log.info("soft labels: %d samples (%s) in %d %s, %d shards, %d to do on rank %d/%d", len(keys), d.soft_label_samples,
              len(dataset), "windows" if sequence_mode else "prompts", len(shards), len(todo), rank, world)  # fmt: skip

@@ -5,39 +5,53 @@ The client sends exactly what `precompute-soft-labels` scores, in its order and 
 at a time: for a prefix-mode teacher the full prefix items[:position] of every sample key (the
 service truncates it to the model's window and uses it whole for history exclusion), for a
 sequence-mode teacher the same user windows (their whole prefix items[:end] and first read-out
-key, to /topk_windows), longest first. With the same teacher and keys the result equals the
+key, to /topk_windows), longest first; these units are cut into shards and each shard into
+batches as the precompute cuts them. With the same teacher and keys the result equals the
 precomputed one: bitwise when the service runs the same batches as the precompute (`batch_size` =
 the precompute's `distill.teacher_batch_size` <= the service's `max_batch_size`, and no other
 client sharing the service), otherwise up to float32 rounding of batch-dependent matmuls (~1e-6
 relative).
 
-Transient failures (connection errors, timeouts, 5xx and 429) are retried `retries` times with
-exponential backoff; a 4xx is the request's fault and raises `UserError` with the server's message
-at once.
+Nothing fetched is lost: every finished shard is written to a cache directory (atomically, tagged
+like the precompute's shards with what it was computed for), so a distill restarted after a crash
+or an outage fetches only the shards it lacks. Transient failures (connection errors, timeouts, 5xx
+and 429) are retried with exponential backoff for `retry_budget` seconds, long enough for the
+service to restart; a 4xx is the request's fault and raises `UserError` with the server's message at
+once. Every answer must come from the teacher the fetch started with (the service's digest header),
+so a service restarted with another teacher is refused rather than mixed in.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
+import json
 import logging
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
-from distill.precompute import batch_ranges
+from distill.precompute import SHARD_TAG, merge_shards, shard_is_done, shard_path, shard_ranges
 from distill.soft_labels import SoftLabelError, SoftLabels
+from ilora.inference import DIGEST_HEADER
+from recdata.atomic import atomic_file
 from recdata.datamodule import SplitDataset
 from recdata.errors import UserError
 from recdata.splits import SampleKeys, plan_windows
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {429, 500, 502, 503, 504}
+MAX_BACKOFF = 5.0  # seconds between retries at most: a restarted service is noticed within 5 s
 
 
 class TeacherServiceError(UserError):
-    """The teacher service refused a request, or stayed unreachable after the retries."""
+    """The teacher service refused a request, or stayed unreachable for the retry budget."""
 
 
 def _server_message(response) -> str:
@@ -60,22 +74,21 @@ def _server_message(response) -> str:
 
 
 class TeacherClient:
-    """POST JSON to the teacher service with bounded retries (see the module doc)."""
+    """POST JSON to the teacher service, retrying transient failures for `retry_budget` seconds
+    (see the module doc). Once `digest` is set, an answer from another teacher is refused."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        timeout: float = 60.0,
-        retries: int = 3,
-        backoff: float = 0.5,
-        transport=None,
-    ):
+    def __init__(self, url: str, *, timeout: float = 60.0, retry_budget: float = 120.0,
+                 backoff: float = 0.5, digest: str | None = None, transport=None):  # fmt: skip
         import httpx
 
-        if retries < 0:
-            raise UserError(f"retries must be >= 0, got {retries}")
-        self.url, self.retries, self.backoff = url.rstrip("/"), int(retries), float(backoff)
+        if not retry_budget >= 0:
+            raise UserError(f"retry_budget must be >= 0 seconds, got {retry_budget}")
+        self.url, self.retry_budget, self.backoff = (
+            url.rstrip("/"),
+            float(retry_budget),
+            float(backoff),
+        )
+        self.digest = digest
         self.http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
 
     def close(self) -> None:
@@ -90,27 +103,42 @@ class TeacherClient:
     def post(self, path: str, payload: dict):
         import httpx
 
-        failure, unreachable = "", False
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+        deadline, delay, attempt = None, self.backoff, 0
+        while True:
+            attempt += 1
             try:
                 response = self.http.post(path, json=payload)
             except httpx.TransportError as error:  # connect/read errors and timeouts
                 failure, unreachable = f"{type(error).__name__}: {error}", True
             else:
                 if response.status_code < 400:
+                    self._check_digest(response, path)
                     return response.json()
                 message = _server_message(response)
                 if response.status_code not in RETRY_STATUS:
                     raise TeacherServiceError(f"teacher service {self.url}{path} refused the request "
                                               f"(HTTP {response.status_code}): {message}")  # fmt: skip
                 failure, unreachable = f"HTTP {response.status_code}: {message}", False
-            log.warning("teacher service %s%s: %s (attempt %d of %d)", self.url, path, failure, attempt + 1, self.retries + 1)  # fmt: skip
+            now = time.monotonic()
+            deadline = deadline or now + self.retry_budget
+            if now >= deadline:
+                break
+            log.warning("teacher service %s%s: %s (attempt %d; retrying for %.0f s more)",
+                        self.url, path, failure, attempt, deadline - now)  # fmt: skip
+            time.sleep(min(delay, deadline - now))
+            delay = min(2 * delay, MAX_BACKOFF)
         hint = (" (is it running? TEACHER_CHECKPOINT=<teacher checkpoints/best> uv run bentoml serve "
                 "teacher.service:TeacherService --port <port>; a slow teacher needs a larger distill.request_timeout)")  # fmt: skip
-        raise TeacherServiceError(f"teacher service {self.url}{path} failed after {self.retries + 1} attempts: "
-                                  f"{failure}{hint if unreachable else ''}")  # fmt: skip
+        raise TeacherServiceError(f"teacher service {self.url}{path} still failing after {attempt} attempts in "
+                                  f"{self.retry_budget:.0f} s (distill.retry_budget): {failure}"
+                                  f"{hint if unreachable else ''}")  # fmt: skip
+
+    def _check_digest(self, response, path: str) -> None:
+        served = response.headers.get(DIGEST_HEADER)
+        if self.digest and served and served != self.digest:
+            raise TeacherServiceError(f"teacher service {self.url}{path} now serves teacher {served[:12]}…, not "
+                                      f"{self.digest[:12]}… it served when this fetch started (restarted with "
+                                      "another TEACHER_CHECKPOINT?); restart it with the same teacher")  # fmt: skip
 
     def info(self) -> dict:
         return self.post("/info", {})
@@ -168,7 +196,14 @@ def prefixes(dataset: SplitDataset, indices: list[int]) -> list[list[int]]:
     return histories
 
 
-def check_info(info: dict, dm, k: int, batch_size: int) -> None:
+def check_info(info: dict, dm, k: int, batch_size: int, expected_digest: str | None = None,
+               expected_from: str = "") -> None:  # fmt: skip
+    """Refuse a service that serves another teacher or other data, or cannot answer these calls."""
+    served = str(info.get("teacher_digest"))
+    if expected_digest is not None and served != expected_digest:
+        raise SoftLabelError(f"the teacher service serves teacher {served[:12]}… ({info.get('teacher_checkpoint')}), "
+                             f"not the expected {expected_digest[:12]}… ({expected_from}); restart the service "
+                             "with that TEACHER_CHECKPOINT or point distill.teacher_checkpoint_path at the served one")  # fmt: skip
     if info.get("data_fingerprint") != dm.fingerprint:
         raise SoftLabelError(f"the teacher service serves a teacher trained on other data (fingerprint "
                              f"{str(info.get('data_fingerprint'))[:12]}…, dataset {dm.processed_dir} has "
@@ -192,74 +227,126 @@ def check_info(info: dict, dm, k: int, batch_size: int) -> None:
                     dm.max_seq_len, info["max_seq_len"])  # fmt: skip
 
 
+def shard_tag(info: dict, dm, keys: SampleKeys, k: int, mask_history: bool, units: int,
+              shard_size: int | None) -> bytes:  # fmt: skip
+    """What a cached shard was fetched for; a shard with another tag is fetched again."""
+    key_digest = hashlib.sha256(keys.user_ids.numpy().tobytes() + keys.positions.numpy().tobytes())
+    return json.dumps({"teacher_digest": info["teacher_digest"], "data_fingerprint": dm.fingerprint,
+                       "keys_sha256": key_digest.hexdigest(), "num_samples": len(keys), "k": int(k),
+                       "history_masked": bool(mask_history), "max_seq_len": info.get("max_seq_len"),
+                       "prompt_mode": info.get("prompt_mode", "prefix"), "window": info.get("window"),
+                       "window_stride": info.get("window_stride"), "units": int(units),
+                       "shard_size": shard_size, "source": "service"}, sort_keys=True).encode()  # fmt: skip
+
+
 def fetch_soft_labels(url: str, dm, keys: SampleKeys, *, k: int, batch_size: int = 32, timeout: float = 60.0,
-                      retries: int = 3, mask_history: bool = True, samples: str | None = None,
-                      backoff: float = 0.5, transport=None) -> SoftLabels:  # fmt: skip
+                      retry_budget: float = 120.0, mask_history: bool = True, samples: str | None = None,
+                      cache_dir: Path | None = None, expected_digest: str | None = None, expected_from: str = "",
+                      shard_size: int | None = None, backoff: float = 0.5, transport=None) -> SoftLabels:  # fmt: skip
     """The teacher's top-k for every sample key of a set-up `SequentialDataModule`, from the
-    service at `url`; rows in `keys` order. `transport` (an httpx transport) is for tests."""
+    service at `url`; rows in `keys` order. Finished shards are kept under `cache_dir` (one
+    subdirectory per job; None = a temporary directory, i.e. no resume across calls) and reused by
+    the next call for the same job. `expected_digest`: the teacher the service must serve
+    (`expected_from` says where that expectation comes from). `shard_size` (units per shard,
+    default the precompute's) and `transport` (httpx) are for tests."""
     if batch_size < 1:
         raise UserError(f"batch_size must be positive, got {batch_size}")
     if len(keys) == 0:
         raise UserError("no samples to fetch soft labels for")
     dm.setup()
-    with TeacherClient(
-        url, timeout=timeout, retries=retries, backoff=backoff, transport=transport
-    ) as client:
+    with TeacherClient(url, timeout=timeout, retry_budget=retry_budget, backoff=backoff,
+                       transport=transport) as client, tempfile.TemporaryDirectory() as scratch:  # fmt: skip
         info = client.info()
-        check_info(info, dm, k, batch_size)
+        check_info(info, dm, k, batch_size, expected_digest, expected_from)
+        client.digest = info["teacher_digest"]
         embeddings = client.item_embeddings()
         if embeddings.shape[0] != dm.num_items + 1:
             raise TeacherServiceError(
                 f"teacher service sent {embeddings.shape[0]} item embeddings, expected {dm.num_items + 1}"
             )
-        fetch = _fetch_windows if info.get("prompt_mode") == "sequence" else _fetch_prefixes
-        user_ids, positions, items, scores = fetch(client, dm, keys, info, k, batch_size, mask_history)
+        source = WindowSource if info.get("prompt_mode") == "sequence" else PrefixSource
+        units = source(client, dm, keys, info, k, mask_history)
+        tag = shard_tag(info, dm, keys, k, mask_history, len(units), shard_size)
+        shard_dir = Path(cache_dir or scratch) / hashlib.sha256(tag).hexdigest()[:16]
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        shards = shard_ranges(len(units), shard_size)
+        todo = [s for s in shards if not shard_is_done(shard_path(shard_dir, s[0]), tag)]
+        log.info("teacher service %s: %d samples in %d %s, %d shards, %d cached in %s", url, len(keys), len(units),
+                 units.name, len(shards), len(shards) - len(todo), shard_dir)  # fmt: skip
+        started = time.perf_counter()
+        for n, (index, lo, hi) in enumerate(todo, start=1):
+            rows = [units.fetch(start, min(start + batch_size, hi)) for start in range(lo, hi, batch_size)]
+            with atomic_file(shard_path(shard_dir, index)) as tmp:
+                pq.write_table(shard_table(rows).replace_schema_metadata({SHARD_TAG: tag}), tmp)
+            if n % 10 == 0 or n == len(todo):
+                done = sum(hi - lo for _, lo, hi in todo[:n])
+                log.info("teacher service: %d/%d shards fetched (%.1f %s/s)", n, len(todo),
+                         done / (time.perf_counter() - started), units.name)  # fmt: skip
+        user_ids, positions, items, scores = merge_shards([shard_path(shard_dir, i) for i, _, _ in shards], k)
     card = {
         "teacher_checkpoint": info.get("teacher_checkpoint"), "teacher_digest": info["teacher_digest"],
         "data_fingerprint": dm.fingerprint, "dataset": dm.dataset.name,
         **({"samples": str(samples)} if samples is not None else {}),
         "history_masked": bool(mask_history), "source": "service", "teacher_url": url,
+        "num_samples": len(keys), "k": int(k),  # as a written soft_labels card has them
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
     return SoftLabels(user_ids, positions, items, scores, embeddings, card).aligned_to(keys)
 
 
-def _progress(done: int, total: int, started: float, unit: str) -> None:
-    log.info("teacher service: %d/%d %s (%.1f/s)", done, total, unit, done / max(time.perf_counter() - started, 1e-9))
+def shard_table(rows: list[tuple[torch.Tensor, ...]]) -> pa.Table:
+    """The (user_id, position, topk_items, topk_scores) rows of a shard's batches, as the
+    precompute writes a shard."""
+    users, positions, items, scores = (torch.cat(column) for column in zip(*rows, strict=True))
+    return pa.table({
+        "user_id": pa.array(users.numpy()), "position": pa.array(positions.numpy()),
+        "topk_items": pa.array(list(items.numpy()), pa.list_(pa.int64())),
+        "topk_scores": pa.array(list(scores.numpy()), pa.list_(pa.float32())),
+    })  # fmt: skip
 
 
-def _fetch_prefixes(client, dm, keys, info, k, batch_size, mask_history):
-    """Prefix-mode teacher: one history per sample key, in key order."""
-    dataset = SplitDataset(dm.store, keys, dm.max_seq_len, with_full_history=True)
-    items, scores, started = [], [], time.perf_counter()
-    batches = list(batch_ranges(len(keys), batch_size))
-    for n, (lo, hi) in enumerate(batches, start=1):
-        top_items, top_scores = client.topk(prefixes(dataset, list(range(lo, hi))), k, mask_history)
-        items.append(top_items), scores.append(top_scores)
-        if n % 20 == 0 or n == len(batches):
-            _progress(hi, len(keys), started, "samples")
-    return keys.user_ids.clone(), keys.positions.clone(), torch.cat(items), torch.cat(scores)
+class PrefixSource:
+    """Prefix-mode teacher: one unit per sample key, in key order, scored by /topk."""
+
+    name = "samples"
+
+    def __init__(self, client: TeacherClient, dm, keys: SampleKeys, info: dict, k: int, mask_history: bool):
+        self.client, self.keys, self.k, self.mask_history = client, keys, k, mask_history
+        self.dataset = SplitDataset(dm.store, keys, dm.max_seq_len, with_full_history=True)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def fetch(self, lo: int, hi: int) -> tuple[torch.Tensor, ...]:
+        items, scores = self.client.topk(prefixes(self.dataset, list(range(lo, hi))), self.k, self.mask_history)
+        return self.keys.user_ids[lo:hi], self.keys.positions[lo:hi], items, scores
 
 
-def _fetch_windows(client, dm, keys, info, k, batch_size, mask_history):
+class WindowSource:
     """Sequence-mode teacher: the windows precompute-soft-labels reads, in its order (longest
-    first) and batches; only the keys of ``keys`` are kept."""
-    plan = plan_windows(dm.keys["train"], int(info["window"]), info.get("window_stride"))
-    plan = plan.holding(keys, dm.store.starts, len(dm.store.items)).longest_first()
-    wanted = keys.flat_mask(dm.store.starts, len(dm.store.items))
-    users, positions, items, scores, started = [], [], [], [], time.perf_counter()
-    batches = list(batch_ranges(len(plan), batch_size))
-    for n, (lo, hi) in enumerate(batches, start=1):
-        window_users, ends = plan.user_ids[lo:hi], plan.ends[lo:hi]
-        full = dm.store.window(window_users, ends, int(ends.max()))
-        answers = client.topk_windows([row[row > 0].tolist() for row in full], plan.first_positions[lo:hi].tolist(),
-                                      k, mask_history)  # fmt: skip
+    first), scored by /topk_windows; only the keys of ``keys`` are kept."""
+
+    name = "windows"
+
+    def __init__(self, client: TeacherClient, dm, keys: SampleKeys, info: dict, k: int, mask_history: bool):
+        self.client, self.store, self.k, self.mask_history = client, dm.store, k, mask_history
+        plan = plan_windows(dm.keys["train"], int(info["window"]), info.get("window_stride"))
+        self.plan = plan.holding(keys, dm.store.starts, len(dm.store.items)).longest_first()
+        self.wanted = keys.flat_mask(dm.store.starts, len(dm.store.items))
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def fetch(self, lo: int, hi: int) -> tuple[torch.Tensor, ...]:
+        window_users, ends = self.plan.user_ids[lo:hi], self.plan.ends[lo:hi]
+        full = self.store.window(window_users, ends, int(ends.max()))
+        answers = self.client.topk_windows([row[row > 0].tolist() for row in full],
+                                           self.plan.first_positions[lo:hi].tolist(), self.k, self.mask_history)  # fmt: skip
+        users, positions, items, scores = [], [], [], []
         for user, answer in zip(window_users.tolist(), answers, strict=True):
             p = torch.tensor(answer["positions"], dtype=torch.int64)
-            keep = wanted[dm.store.starts[user] + p]
+            keep = self.wanted[self.store.starts[user] + p]
             users.append(torch.full((int(keep.sum()),), user, dtype=torch.int64)), positions.append(p[keep])
-            items.append(torch.tensor(answer["topk_items"], dtype=torch.int64).reshape(-1, k)[keep])
-            scores.append(torch.tensor(answer["topk_scores"], dtype=torch.float64).float().reshape(-1, k)[keep])
-        if n % 20 == 0 or n == len(batches):
-            _progress(hi, len(plan), started, "windows")
-    return torch.cat(users), torch.cat(positions), torch.cat(items), torch.cat(scores)
+            items.append(torch.tensor(answer["topk_items"], dtype=torch.int64).reshape(-1, self.k)[keep])
+            scores.append(torch.tensor(answer["topk_scores"], dtype=torch.float64).float().reshape(-1, self.k)[keep])
+        return torch.cat(users), torch.cat(positions), torch.cat(items), torch.cat(scores)

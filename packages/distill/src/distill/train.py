@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -11,7 +12,8 @@ from distill.module import DistillModule
 from distill.precompute import resolve_teacher_path, soft_labels_dir, training_keys
 from distill.soft_labels import SoftLabels, read_soft_labels
 from ilora.inference import teacher_digest
-from recdata.errors import UserError
+from recdata.checkpoint import WEIGHTS_FILE
+from recdata.errors import CheckpointError, UserError
 from recdata.runs import hydra_entry
 from sasrec.recipe import build_datamodule, run_training, seed_run
 from sasrec.train import student_config
@@ -33,9 +35,13 @@ def check_distill_config(cfg: DictConfig) -> None:
         raise UserError(f"distill.consistency_masks_history must be true or false, got {d.consistency_masks_history!r}")
     if d.rank_loss_average not in RANK_AVERAGES:
         raise UserError(f"distill.rank_loss_average must be one of {', '.join(RANK_AVERAGES)}, got {d.rank_loss_average!r}")
+    if d.get("max_retries") is not None:
+        raise UserError(f"distill.max_retries={d.max_retries} is no longer used: service requests are retried for "
+                        f"distill.retry_budget seconds (now {d.retry_budget}); set that instead")  # fmt: skip
     for name, low, strict in (("lam", 0, False), ("ed_weight", 0, False), ("gamma_position", 0, False),
                               ("gamma_confidence", 0, False), ("gamma_consistency", 0, False),
-                              ("lambda_position", 0, True), ("candidate_topk", 1, False)):  # fmt: skip
+                              ("lambda_position", 0, True), ("candidate_topk", 1, False),
+                              ("retry_budget", 0, False), ("request_timeout", 0, True)):  # fmt: skip
         value = d[name]
         ok = isinstance(value, int | float) and not isinstance(value, bool) and (value > low if strict else value >= low)
         if not ok:
@@ -49,9 +55,12 @@ def load_labels(cfg: DictConfig, dm) -> SoftLabels:
     if d.teacher_source == "service":
         from distill.teacher_client import fetch_soft_labels
 
+        expected, expected_from = expected_teacher(cfg)
         labels = fetch_soft_labels(d.teacher_url, dm, keys, k=d.candidate_topk, batch_size=d.teacher_batch_size,
-                                   timeout=d.request_timeout, retries=d.max_retries,
-                                   mask_history=d.mask_history_in_topk)  # fmt: skip
+                                   timeout=d.request_timeout, retry_budget=d.retry_budget,
+                                   mask_history=d.mask_history_in_topk, samples=d.soft_label_samples,
+                                   cache_dir=service_cache_dir(cfg), expected_digest=expected,
+                                   expected_from=expected_from)  # fmt: skip
     else:
         teacher_path = resolve_teacher_path(cfg)
         labels = read_soft_labels(soft_labels_dir(cfg, teacher_path), fingerprint=dm.fingerprint,
@@ -61,6 +70,25 @@ def load_labels(cfg: DictConfig, dm) -> SoftLabels:
         labels = SoftLabels(labels.user_ids, labels.positions, labels.topk_items[:, : d.candidate_topk],
                             labels.topk_scores[:, : d.candidate_topk], labels.item_embeddings, labels.card)  # fmt: skip
     return labels
+
+
+def expected_teacher(cfg: DictConfig) -> tuple[str | None, str]:
+    """The digest the served teacher must have, and where that expectation comes from: the
+    configured teacher checkpoint, else the newest teacher run here (the one precomputed mode would
+    use), else none (the service's teacher is taken as it is)."""
+    try:
+        path = resolve_teacher_path(cfg)
+    except CheckpointError as error:
+        log.info("no teacher checkpoint to check the service against (%s): using the teacher it serves", error)
+        return None, ""
+    if not (path / WEIGHTS_FILE).is_file():
+        raise UserError(f"teacher checkpoint {path} has no {WEIGHTS_FILE} to check the teacher service against")
+    where = "distill.teacher_checkpoint_path" if cfg.distill.teacher_checkpoint_path else "the newest teacher run"
+    return teacher_digest(path), f"{path}, {where}"
+
+
+def service_cache_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.distill.service_cache_dir or Path(cfg.paths.cache_dir) / "service_soft_labels")
 
 
 def build_module(cfg: DictConfig, dm, labels: SoftLabels) -> DistillModule:
