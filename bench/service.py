@@ -6,14 +6,19 @@ BentoML service, and the service's latency under concurrent single-history clien
     `--batch-size`) vs `distill.teacher_client.fetch_soft_labels` against the service (same batch
     size, one call at a time), and whether the two agree;
 (b) p50/p99 latency of single-history `/topk` calls at 1, 4 and 16 concurrent clients, a bounded
-    `--requests` calls per level shared by its clients, and the mean model batch the adaptive
-    batcher formed (from the service's /metrics).
+    `--requests` calls per level shared by its clients (or, with `--duration S`, as many calls as
+    each client makes in S seconds), errors, /readyz probes during the level, and the mean model
+    batch the adaptive batcher formed (from the service's /metrics);
+(c) with `--restart`: the soft-label fetch of (a) again, with the server killed (SIGKILL) after
+    a third of its calls and restarted on the same port: seconds until the port is free, seconds
+    until the fetch resumed, samples lost and whether the labels equal the uninterrupted fetch.
 
 The service is started here (`bentoml serve teacher.service:TeacherService` on a free localhost
 port) and stopped at the end.
 
     uv run python bench/service.py [--checkpoint result/<run>/checkpoints/best] [--data data/processed/ml-100k]
                                    [--samples 32] [--batch-size 8] [--requests 32] [--levels 1,4,16]
+                                   [--duration 60] [--restart]
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -69,24 +75,85 @@ def in_process(teacher, dataset, n: int, batch_size: int, k: int):
     return time.perf_counter() - start, torch.cat(items), torch.cat(scores)
 
 
-def latency_level(
-    url: str, histories: list[list[int]], clients: int, total: int, k: int
-) -> list[float]:
+def latency_level(url: str, histories: list[list[int]], clients: int, total: int, k: int,
+                  duration: float | None = None) -> tuple[list[float], int, list[int]]:  # fmt: skip
+    """(latencies of answered calls, errors, /readyz statuses polled once a second)."""
     per_client = [total // clients + (1 if c < total % clients else 0) for c in range(clients)]
+    deadline = time.perf_counter() + duration if duration else None
+    done = threading.Event()
 
-    def client(c: int) -> list[float]:
-        times = []
+    def client(c: int) -> tuple[list[float], int]:
+        times, errors, j = [], 0, 0
         with httpx.Client(base_url=url, timeout=1800) as http:
-            for j in range(per_client[c]):
+            while (time.perf_counter() < deadline) if deadline else j < per_client[c]:
                 history = histories[(c * 7919 + j) % len(histories)]
+                j += 1
                 t0 = time.perf_counter()
-                response = http.post("/topk", json={"requests": [{"history": history, "k": k}]})
+                try:
+                    response = http.post("/topk", json={"requests": [{"history": history, "k": k}]})
+                    response.raise_for_status()
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
                 times.append(time.perf_counter() - t0)
-                response.raise_for_status()
-        return times
+        return times, errors
 
-    with ThreadPoolExecutor(clients) as pool:
-        return [t for times in pool.map(client, range(clients)) for t in times]
+    def probe() -> list[int]:
+        statuses = []
+        while not done.wait(1.0):
+            try:
+                statuses.append(httpx.get(f"{url}/readyz", timeout=5).status_code)
+            except httpx.HTTPError:
+                statuses.append(0)
+        return statuses
+
+    with ThreadPoolExecutor(clients + 1) as pool:
+        probes = pool.submit(probe)
+        results = list(pool.map(client, range(clients)))
+        done.set()
+    return [t for times, _ in results for t in times], sum(e for _, e in results), probes.result()
+
+
+def restart_mid_fetch(service, dm, keys, batch_size: int, k: int, reference) -> None:
+    """(c): kill -9 the server after a third of the fetch's calls, restart it, let the fetch finish."""
+    from distill.teacher_client import fetch_soft_labels
+
+    calls, events = [0], {}
+    kill_at = max(1, -(-len(keys) // batch_size) // 3)
+    restart = threading.Thread(target=service.start)
+
+    class KillMidway(httpx.HTTPTransport):
+        def handle_request(self, request):
+            if request.url.path == "/topk":
+                calls[0] += 1
+                if calls[0] == kill_at:
+                    t0 = time.perf_counter()
+                    service.kill()
+                    while not _port_free(service.port) and time.perf_counter() - t0 < 30:
+                        time.sleep(0.05)
+                    events["port_free"], events["killed"] = time.perf_counter() - t0, t0
+                    restart.start()
+            response = super().handle_request(request)
+            if request.url.path == "/topk" and "killed" in events and "resumed" not in events:
+                events["resumed"] = time.perf_counter() - events["killed"]
+            return response
+
+    with tempfile.TemporaryDirectory() as cache:
+        labels = fetch_soft_labels(service.url, dm, keys, k=k, batch_size=batch_size, timeout=1800,
+                                   cache_dir=Path(cache), transport=KillMidway())  # fmt: skip
+    restart.join()
+    lost = len(keys) - len(labels.user_ids)
+    same = torch.equal(labels.topk_items, reference[0]) and torch.equal(labels.topk_scores, reference[1])
+    print(f"restart mid-fetch       server killed before call {kill_at} of {-(-len(keys) // batch_size)}; port free after "
+          f"{events['port_free']:.2f} s; fetch resumed {events['resumed']:.1f} s after the kill; "
+          f"{lost} of {len(keys)} samples lost; labels equal to the uninterrupted fetch: {same}")  # fmt: skip
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 def main() -> None:
@@ -104,6 +171,9 @@ def main() -> None:
         "--requests", type=int, default=32, help="single-history calls per concurrency level"
     )
     parser.add_argument("--levels", default="1,4,16")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds per concurrency level (instead of --requests calls)")
+    parser.add_argument("--restart", action="store_true", help="(c): kill -9 and restart the service mid-fetch")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -166,15 +236,19 @@ def main() -> None:
         for clients in (int(c) for c in args.levels.split(",")):
             before = batch_histogram(service.url)
             start = time.perf_counter()
-            times = latency_level(service.url, histories, clients, args.requests, args.k)
+            times, errors, probes = latency_level(service.url, histories, clients, args.requests, args.k,
+                                                  args.duration)  # fmt: skip
             wall = time.perf_counter() - start
             after = batch_histogram(service.url)
             batches = after[1] - before[1]
             mean_batch = (after[0] - before[0]) / batches if batches else float("nan")
             print(
                 f"latency {clients:>2} client(s)    p50 {statistics.median(times):6.2f} s  p99 {percentile(times, 99):6.2f} s  "
-                f"({len(times)} calls, {len(times) / wall:.2f} calls/s, mean model batch {mean_batch:.1f})"
+                f"({len(times)} calls, {errors} errors in {wall:.0f} s, {len(times) / wall:.2f} calls/s, mean model batch "
+                f"{mean_batch:.1f}; /readyz {sum(p == 200 for p in probes)}/{len(probes)} probes 200)"
             )
+        if args.restart:
+            restart_mid_fetch(service, dm, keys, args.batch_size, args.k, (labels.topk_items, labels.topk_scores))
 
 
 if __name__ == "__main__":
