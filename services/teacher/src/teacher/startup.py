@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from bentoml.exceptions import BentoMLException
 
@@ -166,7 +167,7 @@ def _exit_when_orphaned(server: int) -> None:
     os._exit(1)
 
 
-def fail_startup(error: Exception) -> None:
+def fail_startup(error: Exception) -> NoReturn:
     """A worker cannot load the teacher: log one line and stop the whole server, instead of
     raising into a respawn loop (every respawn would fail the same way). The worker exits when the
     stopping server asks it to, so the server never respawns it."""
