@@ -20,6 +20,7 @@ import torch
 
 from ilora.checkpoint import load_item_embeddings
 from ilora.inference import DIGEST_HEADER, teacher_digest, topk_with_history_masked
+from recdata.atomic import sha256_file
 from recdata.batching import SequenceStore
 from recdata.datamodule import SplitDataset
 from recdata.splits import split_keys
@@ -302,7 +303,8 @@ def test_startup_check_refuses_weights_that_differ_from_their_card(tiny_pipeline
     """Bytes flipped inside a tensor keep the header valid; the card's digest catches them."""
     teacher = copy_teacher(tiny_pipeline, tmp_path)
     card = json.loads((teacher / "card.json").read_text())
-    (teacher / "card.json").write_text(json.dumps({**card, "weights_sha256": teacher_digest(teacher)}))
+    listed = {name: sha256_file(teacher / name) for name in ("model.safetensors", "item_embeddings.safetensors")}
+    (teacher / "card.json").write_text(json.dumps({**card, "weights": listed}))  # as cards of schema 2 list them
     check_settings(str(teacher), str(tiny_pipeline["data"]))  # intact: accepted
     weights = teacher / "model.safetensors"
     data = bytearray(weights.read_bytes())

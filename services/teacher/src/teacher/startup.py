@@ -78,12 +78,12 @@ def check_settings(checkpoint: str | None, data: str) -> None:
 
 def check_weights(path: Path, card: dict) -> None:
     """Every weights file of the checkpoint opens as safetensors (the header parses and its
-    tensors exactly cover the file, which catches truncation and a garbled header), and the
-    weights have the digest the card records, when it records one (catches flipped bytes).
-    Only the header is read; nothing heavier than torch is imported in the server process."""
+    tensors exactly cover the file, which catches truncation and a garbled header), and each has
+    the sha256 the card lists for it under "weights", when the card lists one (catches flipped
+    bytes). Only headers and digests are read; nothing heavier than torch is imported here."""
     from safetensors import SafetensorError, safe_open
 
-    from ilora.inference import teacher_digest
+    from recdata.atomic import sha256_file
     from recdata.checkpoint import WEIGHTS_FILE
 
     for file in sorted({path / WEIGHTS_FILE, *path.glob("*.safetensors")}):
@@ -93,10 +93,10 @@ def check_weights(path: Path, card: dict) -> None:
         except (SafetensorError, OSError) as error:
             raise ServiceStartupError(f"{file} is not a readable safetensors file ({error}); "
                                       "re-export or re-train the teacher") from None  # fmt: skip
-    expected = card.get("weights_sha256")
-    if expected and (digest := teacher_digest(path)) != expected:
-        raise ServiceStartupError(f"{path / WEIGHTS_FILE} does not match its card (sha256 {digest[:12]}…, "
-                                  f"card.json records {expected[:12]}…): the file changed after it was written")  # fmt: skip
+    for name, expected in (card.get("weights") or {}).items():
+        if (digest := sha256_file(path / name)) != expected:
+            raise ServiceStartupError(f"{path / name} does not match its card (sha256 {digest[:12]}…, card.json "
+                                      f"lists {str(expected)[:12]}…): the file changed after it was written")  # fmt: skip
 
 
 def load_state(checkpoint: str | None, data: str, device: str, cache_dir: str | None):
