@@ -196,7 +196,9 @@ def test_crash_leaves_only_shards_and_a_rerun_keeps_finished_ones_merged_by_key(
     in_kept = torch.tensor([(int(u), int(p)) in kept for u, p in zip(labels.user_ids, labels.positions, strict=True)])
     assert 0 < int(in_kept.sum()) < len(in_kept)
     assert torch.equal(labels.topk_scores[in_kept], torch.tensor([sentinel] * int(in_kept.sum())))  # the kept shard, by key
-    assert torch.equal(labels.topk_scores[~in_kept], ref.topk_scores[~in_kept])
+    # recomputed in shards of 3 windows, the reference in one batch of 10: equal up to the rounding
+    # of batch-dependent matmuls, which shows with more than one thread (bitwise with one)
+    torch.testing.assert_close(labels.topk_scores[~in_kept], ref.topk_scores[~in_kept], rtol=0, atol=1e-5)
 
 
 def test_shards_of_another_job_are_recomputed_not_merged(
