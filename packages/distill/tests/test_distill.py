@@ -211,7 +211,8 @@ def test_each_ablation_switch_runs_and_changes_the_model(
     ("distill.consistency_weight=sum", "error: distill.consistency_weight must be one of normalised, original, got 'sum'"),
     ("distill.retry_budget=-1", "error: distill.retry_budget must be a number >= 0, got -1"),
     ("distill.max_retries=3", "error: distill.max_retries=3 is no longer used: service requests are retried for "
-                              "distill.retry_budget seconds (now 120); set that instead"),
+                              "distill.retry_budget seconds (now 120); set that instead (distill.max_retries=null "
+                              "clears it, e.g. in the saved config of an older run)"),
 ])  # fmt: skip
 def test_bad_config_exits_2_with_one_line(
     tiny_pipeline, soft_dir, tmp_path, capsys, override, message

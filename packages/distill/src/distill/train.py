@@ -37,7 +37,8 @@ def check_distill_config(cfg: DictConfig) -> None:
         raise UserError(f"distill.rank_loss_average must be one of {', '.join(RANK_AVERAGES)}, got {d.rank_loss_average!r}")
     if d.get("max_retries") is not None:
         raise UserError(f"distill.max_retries={d.max_retries} is no longer used: service requests are retried for "
-                        f"distill.retry_budget seconds (now {d.retry_budget}); set that instead")  # fmt: skip
+                        f"distill.retry_budget seconds (now {d.retry_budget}); set that instead (distill.max_retries=null "
+                        "clears it, e.g. in the saved config of an older run)")  # fmt: skip
     for name, low, strict in (("lam", 0, False), ("ed_weight", 0, False), ("gamma_position", 0, False),
                               ("gamma_confidence", 0, False), ("gamma_consistency", 0, False),
                               ("lambda_position", 0, True), ("candidate_topk", 1, False),
