@@ -189,10 +189,11 @@ def run_training(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataM
         trainer.validate(module, datamodule=dm, verbose=False)
     if not trainer.is_global_zero:
         return None
+    module.to(training_device(trainer))  # Lightning's teardown left it on the CPU
     load_best(module, ckpt_dir / "best")
     if finalize_best is not None:  # e.g. the teacher adds its item embeddings to the contract
         finalize_best(module, ckpt_dir / "best")
-    result = test_best(cfg, module, dm)
+    result = test_best(cfg, module, dm, trainer)
     write_eval_result(run_dir, result, module.checkpoint_kind)
     _record_test_metrics(ckpt_dir / "best", result)
     log.info("test (%s): %s", module.checkpoint_kind, result.headline())
@@ -211,12 +212,22 @@ def load_best(module: L.LightningModule, best_dir: Path) -> None:
     module.load_payload(load_file(best_dir / "model.safetensors"))
 
 
-def test_best(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataModule) -> EvalResult:
-    module.eval()
-    device = module.device
+def training_device(trainer: L.Trainer) -> torch.device:
+    """The device this process trained on. Not `module.device`: Lightning's teardown at the end of
+    every fit/validate moves the module to the CPU (Strategy.teardown), so a GPU run would test
+    (and embed titles) on the CPU, a bf16 LLM at CPU speed."""
+    return trainer.strategy.root_device
+
+
+def test_best(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataModule, trainer: L.Trainer) -> EvalResult:
+    """The test pass on the training device under the trainer's precision (e.g. bf16 autocast),
+    so test scores are computed as the validation scores that selected the checkpoint were."""
+    device = training_device(trainer)
+    module.to(device).eval()
 
     def score(batch):
-        return module.score({k: v.to(device) for k, v in batch.items()}).cpu()
+        with trainer.precision_plugin.test_step_context():
+            return module.score({k: v.to(device) for k, v in batch.items()}).cpu()
 
     return evaluate(score, dm.loader("test"), dm.num_items, ks=tuple(cfg.eval.ks), mask_history=cfg.eval.mask_history,
                     progress=bool(cfg.trainer.enable_progress_bar), extra_protocol=eval_protocol(cfg, dm))  # fmt: skip
