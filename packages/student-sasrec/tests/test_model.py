@@ -67,3 +67,17 @@ def test_cross_entropy_ignores_padding_targets_and_never_predicts_padding():
 def test_bad_head_count_is_refused():
     with pytest.raises(ValueError, match="divisible"):
         SASRec(SASRecConfig(num_items=5, hidden_size=10, num_heads=3))
+
+
+def test_scores_stay_fp32_under_bf16_autocast_so_items_do_not_tie():
+    """trainer.precision=bf16-mixed runs validation under autocast: bf16 scores over thousands of
+    items tie, and ties count against the target."""
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(num_items=3000, hidden_size=32, num_blocks=1, num_heads=1, max_seq_len=8)).eval()
+    history = torch.randint(1, 3001, (4, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = model.score(history)
+        rounded = model.last_state(history) @ model.item_table().T  # what autocast gives
+    assert scores.dtype == torch.float32 and rounded.dtype == torch.bfloat16
+    assert all(len(row[1:].unique()) == 3000 for row in scores)
+    assert all(len(row[1:].unique()) < 3000 for row in rounded)

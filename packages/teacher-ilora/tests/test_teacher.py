@@ -255,3 +255,12 @@ def test_the_starting_point_is_validated_and_can_win_model_selection(tiny_pipeli
     assert best["valid"]["ndcg@5"] == pytest.approx(student_valid["ndcg@5"], abs=1e-6)
     assert [step for step, _ in _scalars(run, "valid/ndcg@5")][0] == 0  # the curve starts at step 0
     assert torch.count_nonzero(load_file(run / "checkpoints" / "best" / "model.safetensors")["head.weight"]) == 0
+
+
+def test_the_head_scores_in_fp32_under_bf16_autocast(teacher):
+    """trainer.precision=bf16-mixed: the LLM may run in bf16, the head must not (bf16 scores tie)."""
+    state, u = torch.randn(3, teacher.llm.config.hidden_size), torch.randn(3, teacher.student.config.hidden_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = teacher.scores_from_state(state, u)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, teacher.scores_from_state(state, u), rtol=0, atol=0)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from distill.losses import CollaborativeEmbeddingDistillation, DLLM2RecLoss, sample_negatives
 from distill.soft_labels import SoftLabels
 from recdata.batching import SequenceStore
-from sasrec.model import SASRecConfig
+from sasrec.model import SASRecConfig, item_scores
 from sasrec.module import SASRecModule
 
 KIND = "sasrec-distilled"
@@ -50,14 +50,14 @@ class DistillModule(SASRecModule):
 
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         table = self.item_table()
-        scores = self.model.last_state(batch["history"], table) @ table.T
+        scores = item_scores(self.model.last_state(batch["history"], table), table)
         return scores.index_fill(1, torch.zeros(1, dtype=torch.long, device=scores.device), -torch.inf)
 
     def training_step(self, batch, batch_idx):
         table = self.item_table()
         states = self.model.encode(batch["history"], table)
         keep = batch["targets"] > 0
-        logits = (states[keep] @ table.T).index_fill(1, torch.zeros(1, dtype=torch.long, device=states.device), -torch.inf)
+        logits = item_scores(states[keep], table).index_fill(1, torch.zeros(1, dtype=torch.long, device=states.device), -torch.inf)
         ce = F.cross_entropy(logits, batch["targets"][keep])
         users = batch["user_id"].unsqueeze(1).expand_as(keep)[keep]
         has, top_items, top_scores = self.lookup.gather(users, batch["target_positions"][keep])

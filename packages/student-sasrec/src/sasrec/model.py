@@ -113,16 +113,23 @@ class SASRec(nn.Module):
         return self.encode(history, item_table)[:, -1]
 
     def score(self, history: torch.Tensor) -> torch.Tensor:
-        """(B, N+1) scores for the next item; column 0 (padding) is -inf."""
+        """(B, N+1) fp32 scores for the next item; column 0 (padding) is -inf."""
         table = self.item_table()
-        scores = self.last_state(history, table) @ table.T
+        scores = item_scores(self.last_state(history, table), table)
         scores[:, 0] = -torch.inf
         return scores
+
+
+def item_scores(states: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``states @ table.T`` in fp32, also under autocast: bf16 scores (8-bit mantissa) tie items
+    whose scores differ in the third digit, and ties count against the target in the ranking."""
+    with torch.autocast(states.device.type, enabled=False):
+        return states.float() @ table.float().T
 
 
 def next_item_cross_entropy(states: torch.Tensor, targets: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Full-softmax CE over items 1..N at every position that has a target (> 0)."""
     keep = targets > 0
-    logits = states[keep] @ table.T
+    logits = item_scores(states[keep], table)
     logits[:, 0] = -torch.inf
     return F.cross_entropy(logits, targets[keep])

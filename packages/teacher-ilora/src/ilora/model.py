@@ -27,7 +27,7 @@ from torch import nn
 from ilora.moe_lora import LLAMA_TARGETS, GateNetwork, MoELoRAConfig, inject_moe_lora, set_gate
 from ilora.prompt import PromptBuilder, SequencePromptBuilder, ensure_item_token
 from recdata.errors import UserError
-from sasrec.model import SASRec
+from sasrec.model import SASRec, item_scores
 
 PROMPT_MODES = ("prefix", "sequence")
 
@@ -245,15 +245,17 @@ class ILoRATeacher(nn.Module):
 
     # -- scoring ----------------------------------------------------------------------------------
     def scores_from_state(self, state: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """(..., H_llm) LLM states and (..., d) student states -> (..., N+1) scores, column 0 -inf."""
-        state = self.state_norm(state)
-        if self.item_table is not None:
-            query = self.head(state) + (u if self.config.residual_student_state else 0)
-            scores = query @ self.item_table.T
-        else:
-            scores = self.head(state)
-            if self.config.residual_student_state:
-                scores = scores + u @ self.student.item_table().T
+        """(..., H_llm) LLM states and (..., d) student states -> (..., N+1) fp32 scores, column 0
+        -inf. The head runs in fp32 also under autocast (bf16 scores would tie items)."""
+        with torch.autocast(state.device.type, enabled=False):
+            state, u = self.state_norm(state.float()), u.float()
+            if self.item_table is not None:
+                query = self.head(state) + (u if self.config.residual_student_state else 0)
+                scores = item_scores(query, self.item_table)
+            else:
+                scores = self.head(state)
+                if self.config.residual_student_state:
+                    scores = scores + item_scores(u, self.student.item_table())
         return scores.index_fill(-1, torch.zeros(1, dtype=torch.long, device=scores.device), -torch.inf)
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
