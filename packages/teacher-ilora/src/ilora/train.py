@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -23,11 +24,26 @@ log = logging.getLogger(__name__)
 ARCH_KEYS = set(TeacherConfig.__dataclass_fields__)
 
 
-def resolve_device(accelerator: str) -> str:
-    """The device Lightning will run on, known before the LLM is loaded (dtype depends on it)."""
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return "cuda"
-    return "cpu"
+def resolve_device(accelerator: str, devices="auto", local_rank: int | None = None) -> str:
+    """The device this process will run on, known before the LLM is loaded (its dtype and the
+    title states computed at build time depend on it). Each DDP process is one rank (LOCAL_RANK,
+    set by Lightning's launcher and by torchrun): loading every rank's LLM on cuda:0 first would
+    put one copy per rank on that GPU."""
+    if not (accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())):
+        return "cpu"
+    rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
+    ids = _device_ids(devices)
+    return f"cuda:{ids[rank] if ids else rank}"
+
+
+def _device_ids(devices) -> list[int] | None:
+    """Explicit GPU ids of Lightning's `devices` ([2, 3] or "2,3"); None for a count or "auto",
+    which Lightning maps to the first GPUs in rank order."""
+    if isinstance(devices, str) and "," in devices:
+        return [int(d) for d in devices.split(",") if d.strip()]
+    if isinstance(devices, int | str):
+        return None
+    return [int(d) for d in devices]
 
 
 def resolve_student_path(cfg: DictConfig) -> Path:
@@ -65,7 +81,7 @@ def build_module(cfg: DictConfig, dm, config: TeacherConfig, student_path: Path)
     t = cfg.teacher
     student, student_card = load_sasrec(student_path, fingerprint=dm.fingerprint, num_items=dm.num_items)
     teacher, info = build_teacher(
-        config, student, dm.dataset.titles, device=resolve_device(cfg.trainer.accelerator),
+        config, student, dm.dataset.titles, device=resolve_device(cfg.trainer.accelerator, cfg.trainer.devices),
         precision=t.precision, use_flash_attention=t.use_flash_attention,
         gradient_checkpointing=t.gradient_checkpointing, cache_dir=Path(cfg.paths.cache_dir),
     )  # fmt: skip
