@@ -45,23 +45,12 @@ def load_base(cache_dir: Path | None):
     if cached.is_file():
         model, _, info = load_llm("embedded:smollm2-135m", cache_dir=cache)
         return model, f"embedded SmolLM2-135M-Instruct (cached, load {info.load_seconds:.2f}s)"
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    cfg = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=8192,
-        rms_norm_eps=1e-5,
-        rope_theta=100000.0,
-        tie_word_embeddings=True,
-        attn_implementation="sdpa",
-    )
+    from ilora.testing import smollm2_135m_config
+
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).requires_grad_(False).eval()
+    model = LlamaForCausalLM(smollm2_135m_config()).requires_grad_(False).eval()
     return model, "random Llama with the SmolLM2-135M config (embedded model not cached)"
 
 

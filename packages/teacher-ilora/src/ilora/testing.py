@@ -53,6 +53,17 @@ def build_tiny_llama(vocab_size: int = 128, seed: int = 0, **overrides):
     return model.eval()
 
 
+def smollm2_135m_config(**overrides):
+    """The architecture of the embedded SmolLM2-135M-Instruct, for speed measurements with random
+    weights (speed does not depend on the weights) where the model itself is not at hand."""
+    from transformers import LlamaConfig
+
+    cfg = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+               num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5,
+               rope_theta=100000.0, tie_word_embeddings=True, attn_implementation="sdpa")  # fmt: skip
+    cfg.update(overrides)
+    return LlamaConfig(**cfg)
+
 
 def save_tiny_llm(directory, seed: int = 0):
     """A tiny Llama + tokenizer saved like a local checkpoint (`teacher.llm_model_name=<dir>`)."""
