@@ -19,7 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 
-SRC=packages/recdata/src:packages/student-sasrec/src:packages/teacher-ilora/src
+ROOT=$(pwd)  # absolute: the tests' subprocesses and Hydra runs read PYTHONPATH too
+SRC=$ROOT/packages/recdata/src:$ROOT/packages/student-sasrec/src:$ROOT/packages/teacher-ilora/src
 CUDA_TESTS=(packages/student-sasrec/tests/test_cuda.py packages/teacher-ilora/tests/test_cuda.py)
 BENCH=bench/gpu_bench.py
 WHEELS=.whl
