@@ -41,13 +41,17 @@ eval: data
 summarize: setup
 	$(RUN) summarize result/
 
-# student -> teacher -> soft labels -> distilled student -> side-by-side evaluation
+# student -> teacher -> soft labels -> distilled student -> side-by-side evaluation, then the
+# wall time of each step
+DEMO_STEPS := train-student train-teacher precompute-soft-labels distill eval-all
 demo: data
-	$(RUN) train-student $(DEMO) $(ARGS)
-	$(RUN) train-teacher $(DEMO) $(ARGS)
-	$(RUN) precompute-soft-labels $(DEMO) $(ARGS)
-	$(RUN) distill $(DEMO) $(ARGS)
-	$(RUN) eval-all $(DEMO) $(ARGS)
+	@start=$$(date +%s); times=""; \
+	for step in $(DEMO_STEPS); do \
+		t0=$$(date +%s); \
+		$(RUN) $$step $(DEMO) $(ARGS) || exit $$?; \
+		times="$$times\n  $$step: $$(( $$(date +%s) - t0 )) s"; \
+	done; \
+	printf "demo step times:$$times\n  total: %d s\n" $$(( $$(date +%s) - start ))
 
 # serve the newest teacher (or TEACHER=<checkpoint dir>) on 127.0.0.1:3000
 serve: setup

@@ -264,3 +264,13 @@ def test_the_head_scores_in_fp32_under_bf16_autocast(teacher):
         mixed = teacher.scores_from_state(state, u)
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, teacher.scores_from_state(state, u), rtol=0, atol=0)
+
+
+def test_student_dropout_acts_only_while_the_teacher_trains_and_only_when_asked(teacher):
+    teacher.train()
+    assert not teacher.student.training  # default: the frozen student is always in eval mode
+    teacher.config.student_dropout_in_training = True
+    teacher.train()
+    assert teacher.student.training and teacher.student.blocks[0].drop.training
+    teacher.eval()
+    assert not teacher.student.training  # validation, test and scoring see the plain student

@@ -50,6 +50,7 @@ class TeacherConfig:
     max_title_tokens: int = 12
     use_item_embeddings_head: bool = True
     residual_student_state: bool = True
+    student_dropout_in_training: bool = False  # u from the frozen student with its dropout on while the teacher trains
     normalize_state: bool = True  # LayerNorm on the LLM state before the head
     prompt_mode: str = "sequence"  # prefix | sequence
     sequence_titles: bool = False  # sequence mode: `title [ItemEmb]` per item instead of `[ItemEmb]`
@@ -163,7 +164,10 @@ class ILoRATeacher(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.student.eval()  # frozen: its dropout never acts, even while the teacher trains
+        # Frozen: by default its dropout never acts. With student_dropout_in_training the teacher
+        # learns its correction against the noisier view the student has of unseen histories
+        # (on its own training prefixes the eval-mode student is close to memorised).
+        self.student.train(mode and self.config.student_dropout_in_training)
         return self
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
