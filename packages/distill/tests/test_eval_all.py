@@ -16,11 +16,18 @@ from recdata.testing import cyclic_sequences, make_prepared, run_cli, tiny_run_o
 from sasrec.train import main as train_student
 
 
-def _rewrite_kind(run_dir, kind):
+# what a card of each kind must carry (stand-in values: these runs are students in disguise)
+STAND_IN = {
+    "sasrec-distilled": {"distillation": {"teacher_digest": "stand-in"}},
+    "ilora-teacher": {"base_llm": {"digest": "stand-in"}, "student_checkpoint": {"weights_sha256": "stand-in"}},
+}
+
+
+def _rewrite_kind(run_dir, kind, *, provenance=True):
     """Turn a copied student run into a run of another kind (card and test_metrics.json)."""
     card_path = run_dir / "checkpoints" / "best" / "card.json"
     card = json.loads(card_path.read_text())
-    card["kind"] = kind
+    card.update(kind=kind, **(STAND_IN[kind] if provenance else {}))
     card_path.write_text(json.dumps(card))
     metrics_path = run_dir / "test_metrics.json"
     metrics = json.loads(metrics_path.read_text())
@@ -78,11 +85,11 @@ def test_students_match_their_own_runs_and_missing_teacher_is_an_error(runs, cap
     )  # really two models
     teacher = out["teacher_model"]
     assert teacher["status"] == "error" and teacher["checkpoint"] is None
-    assert "no ilora-teacher checkpoint found" in teacher["error"]
+    assert "no complete ilora-teacher run found" in teacher["error"]
     md = (run_dir / "all_evaluation_results.md").read_text()
     assert "| model | kind | HR@1 | NDCG@1 | HR@5 | NDCG@5 | HR@1 of 20 | source |" in md
     assert "| baseline_student | sasrec |" in md and "Distilled / baseline at K=5" in md
-    assert "history items not masked" in md and "- teacher_model: no ilora-teacher checkpoint" in md
+    assert "history items not masked" in md and "- teacher_model: no complete ilora-teacher run" in md
     assert (run_dir / "all_evaluation_results.png").read_bytes()[:4] == b"\x89PNG"
     stdout = capsys.readouterr().out.strip().splitlines()
     assert stdout[-1] == f"run_dir: {run_dir}"
@@ -130,6 +137,18 @@ def test_teacher_predictions_are_reused_only_under_the_same_protocol(runs, capsy
         "not reused: protocol differs (full_ranking.ks: stored [1, 5], now [1, 5, 10])"
         in out["teacher_model"]["error"]
     )
+    assert out["baseline_student"]["status"] == "ok"
+
+
+def test_a_card_edited_from_sasrec_to_distilled_is_refused(runs, tmp_path):
+    edited = tmp_path / "edited"
+    shutil.copytree(runs["results"] / "baseline", edited)
+    _rewrite_kind(edited, "sasrec-distilled", provenance=False)  # what a user's edit does
+    _, out = _eval_all(runs, "eval_edited", f"eval.distilled_checkpoint_path={edited}")
+    card = edited / "checkpoints" / "best" / "card.json"
+    assert out["distilled_student"] == {**out["distilled_student"], "status": "error", "error": (
+        f"{card}: a sasrec-distilled card must record distillation.teacher_digest; this one does not "
+        "(was its kind edited by hand?)")}  # fmt: skip
     assert out["baseline_student"]["status"] == "ok"
 
 

@@ -1,7 +1,9 @@
 """The checkpoint contract (DESIGN §3.2): a directory of *.safetensors plus card.json.
 
-Loading validates kind, data fingerprint and item count before any tensor is used; nothing
-is unpickled.
+The card records the sha256 of every weights file and what its kind requires (a distilled
+student names the teacher labels it learned from, a teacher its base LLM and student). Loading
+checks the card, its kind, data fingerprint, item count and the weights' digests before any
+tensor is used; nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -13,14 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from recdata.atomic import atomic_directory, write_json
+from recdata.atomic import atomic_directory, atomic_file, sha256_file, write_json
 from recdata.errors import CheckpointError
 
 CARD_FILE, WEIGHTS_FILE = "card.json", "model.safetensors"
-SCHEMA_VERSION = 1
+# 2: the card lists the sha256 of its weights files ("weights"). Cards of schema 1 (no digests)
+# still load: their kind requirements are checked, their weights cannot be.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 KINDS = ("sasrec", "sasrec-distilled", "ilora-teacher")
+# Card entries each kind must carry. A card whose kind was edited by hand lacks them.
+KIND_REQUIRES = {
+    "sasrec": {},
+    "sasrec-distilled": {"distillation": "teacher_digest"},  # the teacher labels it was distilled from
+    "ilora-teacher": {"base_llm": "digest", "student_checkpoint": "weights_sha256"},
+}
 
 
 def code_version() -> str:
@@ -71,19 +83,32 @@ def save_checkpoint(
         "code_version": code_version(),
         **(extra or {}),
     }
+    if missing := missing_requirement(card):
+        raise ValueError(f"a {kind} checkpoint must record {missing}")
     with atomic_directory(Path(directory)) as tmp:
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / WEIGHTS_FILE
-        )
-        for name, extra_tensors in (files or {}).items():
-            save_file(
-                {k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()}, tmp / name
-            )
+        card["weights"] = {}
+        for name, file_tensors in {WEIGHTS_FILE: tensors, **(files or {})}.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in file_tensors.items()}, tmp / name)
+            card["weights"][name] = sha256_file(tmp / name)
         write_json(tmp / CARD_FILE, card)
     return Path(directory)
 
 
+def add_weights_file(directory: Path, name: str, tensors: dict[str, torch.Tensor]) -> Path:
+    """Add a safetensors file to an exported checkpoint and record its digest in the card."""
+    directory = Path(directory)
+    card = read_card(directory)
+    with atomic_file(directory / name) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+        digest = sha256_file(tmp)
+    card.setdefault("weights", {})[name] = digest
+    write_json(directory / CARD_FILE, card)
+    return directory / name
+
+
 def read_card(directory: Path) -> dict:
+    """The card, checked for what every reader relies on: a JSON object of a readable schema,
+    a known kind and the entries that kind requires."""
     path = Path(directory) / CARD_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a checkpoint directory (no {CARD_FILE})")
@@ -91,11 +116,57 @@ def read_card(directory: Path) -> dict:
         card = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc.msg})") from None
-    if card.get("schema_version") != SCHEMA_VERSION or "kind" not in card:
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc.reason})") from None
+    if not isinstance(card, dict):
+        raise CheckpointError(f"{path}: not a checkpoint card (a JSON {type(card).__name__}, expected an object)")
+    if card.get("schema_version") not in READABLE_SCHEMAS or "kind" not in card:
         raise CheckpointError(
             f"{path}: unsupported checkpoint card (schema_version {card.get('schema_version')})"
         )
+    if card["kind"] not in KINDS:
+        raise CheckpointError(f"{path}: unknown checkpoint kind {card['kind']!r} (known: {', '.join(KINDS)})")
+    if missing := missing_requirement(card):
+        raise CheckpointError(
+            f"{path}: a {card['kind']} card must record {missing}; this one does not (was its kind edited by hand?)"
+        )
+    if card["schema_version"] >= 2 and not isinstance(card.get("weights"), dict):
+        raise CheckpointError(f"{path}: the card lists no weights digests")
     return card
+
+
+def missing_requirement(card: dict) -> str | None:
+    """The first `entry.field` the card's kind requires and the card lacks, or None."""
+    for entry, field in KIND_REQUIRES[card["kind"]].items():
+        value = card.get(entry)
+        if not isinstance(value, dict) or not value.get(field):
+            return f"{entry}.{field}"
+    return None
+
+
+def verify_weights(card: dict, directory: Path) -> None:
+    """Every weights file the card lists is there with the digest it was exported with."""
+    for name, expected in card.get("weights", {}).items():
+        path = Path(directory) / name
+        if not path.is_file():
+            raise CheckpointError(f"{directory} has no {name}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise CheckpointError(
+                f"{path}: sha256 {actual[:12]}… differs from its card's {expected[:12]}…; "
+                "the weights were changed or replaced after export"
+            )
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """load_file, with a truncated or corrupt file reported as one CheckpointError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent} has no {path.name}")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
 def check_card(
@@ -132,10 +203,11 @@ def load_checkpoint(
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
     card = read_card(directory)
     check_card(card, directory, kinds=kinds, fingerprint=fingerprint, num_items=num_items)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
+    if not (directory / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"{directory} has no {WEIGHTS_FILE}")
-    return Checkpoint(directory, card, load_file(weights))
+    tensors = read_tensors(directory / WEIGHTS_FILE)  # a truncated file is named as unreadable
+    verify_weights(card, directory)
+    return Checkpoint(directory, card, tensors)
 
 
 def load_state_strict(

@@ -15,7 +15,7 @@ import torch
 from ilora.llm import load_llm
 from ilora.model import PROMPT_MODES, ILoRATeacher, TeacherConfig
 from recdata.atomic import sha256_file
-from recdata.checkpoint import WEIGHTS_FILE, Checkpoint, load_checkpoint
+from recdata.checkpoint import WEIGHTS_FILE, Checkpoint, load_checkpoint, read_tensors
 from recdata.contract import PreparedDataset
 from recdata.errors import CheckpointError
 from sasrec.model import SASRec
@@ -120,9 +120,4 @@ def load_trained(teacher: ILoRATeacher, tensors: dict[str, torch.Tensor], where:
 
 
 def load_item_embeddings(path: Path) -> torch.Tensor:
-    from safetensors.torch import load_file
-
-    file = Path(path) / ITEM_EMBEDDINGS_FILE
-    if not file.is_file():
-        raise CheckpointError(f"{path} has no {ITEM_EMBEDDINGS_FILE}")
-    return load_file(file)["item_embeddings"]
+    return read_tensors(Path(path) / ITEM_EMBEDDINGS_FILE)["item_embeddings"]
