@@ -20,7 +20,7 @@ from recdata.checkpoint import (
     save_checkpoint,
 )
 from recdata.errors import CheckpointError, UserError
-from recdata.runs import find_newest_checkpoint
+from recdata.runs import find_newest_checkpoint, mark_complete, mark_incomplete
 
 FP = "ab" * 32
 DATA = {"dataset": "ml-100k", "fingerprint": FP, "num_items": 7}
@@ -35,8 +35,18 @@ def tensors():
     }
 
 
+# what each kind's card must record besides the common fields
+PROVENANCE = {
+    "sasrec": {},
+    "sasrec-distilled": {"distillation": {"teacher_digest": "ef" * 32, "source": "precomputed"}},
+    "ilora-teacher": {"base_llm": {"name": "tiny", "digest": "12" * 32},
+                      "student_checkpoint": {"path": "s", "weights_sha256": "34" * 32}},
+}  # fmt: skip
+
+
 def save(path, kind="sasrec", **kw):
     kw.setdefault("data", DATA)
+    kw["extra"] = {**PROVENANCE.get(kind, {}), **kw.get("extra", {})}
     return save_checkpoint(
         path, kind=kind, tensors=tensors(), hparams={"hidden": 4, "layers": 2}, **kw
     )
@@ -60,7 +70,8 @@ def test_round_trip(tmp_path):
         assert torch.equal(ckpt.tensors[name], tensor)
     card = json.loads((directory / CARD_FILE).read_text())
     assert card == ckpt.card == read_card(directory)
-    assert card["schema_version"] == 1 and card["data"] == DATA
+    assert card["schema_version"] == 2 and card["data"] == DATA
+    assert card["weights"] == {name: sha256_file(directory / name) for name in (WEIGHTS_FILE, "item_embeddings.safetensors")}
     assert card["metrics"] == {"hr@10": 0.25} and card["student"] == "x"
     assert card["code_version"].startswith("0.1.0") and card["created_at"].endswith("+00:00")
 
@@ -134,17 +145,100 @@ def test_broken_checkpoint_directories(tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+def run(root, name, kind="sasrec", complete=True):
+    """A run directory with an exported best checkpoint, complete (test metrics + marker) or not."""
+    best = save(root / name / "checkpoints" / "best", kind=kind)
+    if complete:
+        write_json(root / name / "test_metrics.json", {"metrics": {}})
+        mark_complete(root / name)
+    return best
+
+
 def test_find_newest_checkpoint(tmp_path):
-    old = save(tmp_path / "result_1" / "checkpoints" / "best")
+    old = run(tmp_path, "result_1")
     time.sleep(0.01)
-    new = save(tmp_path / "result_2" / "checkpoints" / "best")
-    save(tmp_path / "result_3" / "checkpoints" / "best", kind="ilora-teacher")
+    new = run(tmp_path, "result_2")
+    run(tmp_path, "result_3", kind="ilora-teacher")
     # created_at has second resolution: the later mtime decides a tie
     os.utime(old / CARD_FILE, (1, 1))
     assert find_newest_checkpoint(tmp_path, ("sasrec",)) == new
     assert find_newest_checkpoint(tmp_path, ("ilora-teacher",)).parent.parent.name == "result_3"
-    with pytest.raises(CheckpointError, match="no sasrec-distilled checkpoint found"):
+    with pytest.raises(CheckpointError, match="no complete sasrec-distilled run found"):
         find_newest_checkpoint(tmp_path, ("sasrec-distilled",))
+
+
+def test_newest_run_lookup_skips_incomplete_runs_and_says_which(tmp_path, caplog):
+    done = run(tmp_path, "result_1")
+    time.sleep(0.01)
+    run(tmp_path, "result_2", complete=False)  # killed: best exported, never tested
+    run(tmp_path, "result_3")
+    (tmp_path / "result_3" / "test_metrics.json").unlink()  # killed while writing its metrics
+    resumed = run(tmp_path, "result_5")
+    mark_incomplete(resumed.parents[1])  # resumed, so running again
+    with caplog.at_level("WARNING", logger="recdata.runs"):
+        assert find_newest_checkpoint(tmp_path, ("sasrec",)) == done
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "skipped 3" in message
+    for name, why in (("result_2", "no test metrics"), ("result_3", "no test metrics"), ("result_5", "no completion marker")):
+        assert f"{tmp_path / name} ({why}: killed, failed or still running)" in message
+    (tmp_path / "result_1" / "run_complete.json").unlink()
+    with pytest.raises(CheckpointError, match=r"no complete sasrec run found under .* \(skipped 4 incomplete or unreadable\)"):
+        find_newest_checkpoint(tmp_path, ("sasrec",))
+
+
+# --- what loading refuses ------------------------------------------------------------------------
+
+
+def test_card_kind_edited_by_hand_is_refused(tmp_path):
+    directory = save(tmp_path / "ckpt")
+    card = json.loads((directory / CARD_FILE).read_text())
+    (directory / CARD_FILE).write_text(json.dumps({**card, "kind": "sasrec-distilled"}))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(directory, kinds="sasrec-distilled")
+    assert str(info.value) == (f"{directory / CARD_FILE}: a sasrec-distilled card must record distillation.teacher_digest; "
+                               "this one does not (was its kind edited by hand?)")  # fmt: skip
+    with pytest.raises(ValueError, match="a ilora-teacher checkpoint must record base_llm.digest"):
+        save_checkpoint(tmp_path / "t", kind="ilora-teacher", tensors=tensors(), hparams={}, data=DATA)
+
+
+def test_weights_changed_after_export_are_refused(tmp_path):
+    a, b = save(tmp_path / "a"), save(tmp_path / "b", extra={"note": "other"})
+    save_checkpoint(b, kind="sasrec", tensors={"x": torch.ones(2)}, hparams={}, data=DATA)
+    (a / WEIGHTS_FILE).write_bytes((b / WEIGHTS_FILE).read_bytes())  # weights swapped in
+    with pytest.raises(CheckpointError, match=rf"^{a / WEIGHTS_FILE}: sha256 \w{{12}}… differs from its card's \w{{12}}…; the weights were changed or replaced after export$"):
+        load_checkpoint(a, kinds="sasrec")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / CARD_FILE).write_text("[1, 2]"), "card.json: not a checkpoint card (a JSON list, expected an object)"),
+        (lambda d: (d / CARD_FILE).write_text('"sasrec"'), "card.json: not a checkpoint card (a JSON str, expected an object)"),
+        (lambda d: (d / CARD_FILE).write_bytes(b"\xff\xfe{"), "card.json: not valid JSON"),
+        (lambda d: (d / WEIGHTS_FILE).write_bytes((d / WEIGHTS_FILE).read_bytes()[:100]),
+         "model.safetensors: not a readable safetensors file (Error while deserializing header"),
+        (lambda d: (d / WEIGHTS_FILE).write_bytes(b""), "model.safetensors: not a readable safetensors file"),
+    ],
+)
+def test_damaged_files_are_one_clear_error_naming_the_file(tmp_path, damage, message):
+    directory = save(tmp_path / "ckpt")
+    damage(directory)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(directory, kinds="sasrec")
+    assert str(info.value).startswith(f"{directory}/{message}") and "\n" not in str(info.value)
+
+
+def test_schema_1_cards_still_load(tmp_path):
+    """Cards written before weight digests (schema 1) load; their kind requirements still hold."""
+    directory = save(tmp_path / "ckpt")
+    card = json.loads((directory / CARD_FILE).read_text())
+    card["schema_version"] = 1
+    del card["weights"]
+    (directory / CARD_FILE).write_text(json.dumps(card))
+    assert torch.equal(load_checkpoint(directory, kinds="sasrec").tensors["steps"], tensors()["steps"])
+    (directory / CARD_FILE).write_text(json.dumps({**card, "kind": "sasrec-distilled"}))
+    with pytest.raises(CheckpointError, match="must record distillation.teacher_digest"):
+        load_checkpoint(directory, kinds="sasrec-distilled")
 
 
 # --- atomic writes -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from recdata.checkpoint import load_checkpoint
 from recdata.datamodule import SequentialDataModule
@@ -35,7 +36,7 @@ def test_tiny_run_overfits_to_hr_at_1(trained):
 def test_run_directory_layout(trained):
     for rel in ("config.yaml", "checkpoints/best/card.json", "checkpoints/best/model.safetensors",
                 "checkpoints/last/card.json", "checkpoints/last.ckpt", "test_metrics.txt",
-                "test_predictions.parquet"):  # fmt: skip
+                "test_predictions.parquet", "run_complete.json"):  # fmt: skip
         assert (trained / rel).exists(), rel
     assert any((trained / "tensorboard").rglob("events.out.tfevents*"))
 
@@ -69,12 +70,13 @@ def test_checkpoint_from_other_data_is_refused(trained):
         load_checkpoint(trained / "checkpoints/best", kinds="ilora-teacher")
 
 
-def test_resumed_run_matches_an_uninterrupted_one(cyclic_data, tmp_path):
+def test_a_finished_run_resumed_with_more_epochs_matches_a_longer_run(cyclic_data, tmp_path):
     common = ["train.patience=10", "student.dropout=0.2", "train.lr=0.003"]
     full, part = tmp_path / "full", tmp_path / "part"
     run_cli(main, tiny_run_overrides(cyclic_data, full, "train.max_epochs=4", *common))
     run_cli(main, tiny_run_overrides(cyclic_data, part, "train.max_epochs=2", *common))
-    run_cli(main, tiny_run_overrides(cyclic_data, tmp_path / "resume", "train.max_epochs=4", f"train.resume={part}", *common))
+    # only the override: every other setting comes from the run's own config.yaml
+    run_cli(main, [f"train.resume={part}", "train.max_epochs=4", f"hydra.run.dir={tmp_path / 'resume'}"])
     a = json.loads((full / "test_metrics.json").read_text())["metrics"]
     b = json.loads((part / "test_metrics.json").read_text())["metrics"]
     assert a == b
@@ -83,13 +85,7 @@ def test_resumed_run_matches_an_uninterrupted_one(cyclic_data, tmp_path):
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-6)
     assert not (tmp_path / "resume").exists()  # the resumed run wrote into its own directory
-
-
-def test_resume_without_checkpoint_is_a_clear_error(cyclic_data, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        run_cli(main, tiny_run_overrides(cyclic_data, tmp_path / "r", f"train.resume={tmp_path / 'nothing'}"))
-    assert exc.value.code == 2
-    assert "no checkpoints/last.ckpt to resume from" in capsys.readouterr().err
+    assert yaml.safe_load((part / "config.yaml").read_text())["train"]["max_epochs"] == 4
 
 
 @pytest.mark.ddp

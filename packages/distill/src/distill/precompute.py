@@ -44,8 +44,7 @@ SHARD_TAG = b"ilora.soft_label_shard"  # parquet schema metadata: what a shard w
 
 
 def resolve_teacher_path(cfg: DictConfig) -> Path:
-    return checkpoint_or_newest(cfg.distill.teacher_checkpoint_path, cfg.paths.result_dir, "ilora-teacher",
-                                "distill.teacher_checkpoint_path")  # fmt: skip
+    return checkpoint_or_newest(cfg, "distill.teacher_checkpoint_path", "ilora-teacher")
 
 
 def soft_labels_dir(cfg: DictConfig, teacher_path: Path) -> Path:

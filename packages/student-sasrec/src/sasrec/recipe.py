@@ -1,7 +1,13 @@
 """The training run shared by the student, the teacher and the distilled student.
 
 fit (resumable) -> export the best/last checkpoint contract -> evaluate the best on test once ->
-write the metrics files -> print `run_dir: <path>`.
+write the metrics files -> mark the run complete -> print `run_dir: <path>`.
+
+Resume: Lightning's checkpoints/last.ckpt is written at the end of every training epoch, by
+rename (a kill mid-write leaves the previous one whole). Every step's randomness and each
+epoch's shuffle depend only on (seed, epoch, batch), so a run killed at any point and resumed
+with `train.resume=<run_dir>` replays the interrupted epoch and ends exactly as an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -21,16 +27,24 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     TQDMProgressBar,
 )
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from recdata.atomic import atomic_file
-from recdata.checkpoint import save_checkpoint
+from recdata.checkpoint import WEIGHTS_FILE, read_tensors, save_checkpoint
 from recdata.datamodule import SequentialDataModule
 from recdata.errors import UserError
 from recdata.evaluation import EvalResult, evaluate, write_eval_result
 from recdata.prepare import ensure_prepared
-from recdata.runs import announce_run_dir, hydra_run_dir
+from recdata.runs import (
+    announce_run_dir,
+    discard_run_dir,
+    hydra_run_dir,
+    mark_complete,
+    mark_incomplete,
+)
 
 log = logging.getLogger(__name__)
 LAST_CKPT = "last.ckpt"
@@ -119,6 +133,36 @@ class EpochSummary(Callback):
         log.info("epoch %d step %d (%s): %s", trainer.current_epoch, trainer.global_step, took, shown)
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write last.ckpt beside its target and rename it into place. (Lightning's own write goes
+    through a temporary file in the system temp dir; across filesystems its final move is a
+    copy, which a kill can cut short.)"""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        with atomic_file(Path(path)) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+class ResumableEarlyStopping(EarlyStopping):
+    """Lightning does not save `trainer.should_stop`: a run killed after early stopping fired
+    but before its test would train on when resumed. Stop again at once instead."""
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.stopping_reason is not EarlyStoppingReason.NOT_STOPPED:  # restored from last.ckpt
+            trainer.should_stop = True
+
+
+def resume_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list[Callback]:
+    """Early stopping, and last.ckpt at the end of every training epoch (mid-epoch checkpoints
+    would resume with a different batch order)."""
+    return [
+        ResumableEarlyStopping(monitor=f"valid/{cfg.train.monitor}", mode="max", patience=cfg.train.patience,
+                               check_on_train_epoch_end=False),
+        ModelCheckpoint(dirpath=ckpt_dir, filename=Path(LAST_CKPT).stem, monitor=None, save_top_k=1,
+                        every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False),
+    ]  # fmt: skip
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback]) -> L.Trainer:
     t = cfg.trainer
     return L.Trainer(
@@ -131,18 +175,20 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback]) -> 
         accumulate_grad_batches=cfg.train.accumulate_grad_batches,
         limit_val_batches=cfg.train.limit_val_batches,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""),
-        callbacks=callbacks,
+        callbacks=callbacks, plugins=[AtomicCheckpointIO()],
     )  # fmt: skip
 
 
 def resolve_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
-    """(run_dir, last.ckpt to resume from or None)."""
+    """(run_dir, last.ckpt to resume from or None). A run killed before its first epoch ended
+    has no last.ckpt yet: it starts again from the beginning, in its own directory."""
     if cfg.train.get("resume"):
         run_dir = Path(cfg.train.resume)
         ckpt = run_dir / "checkpoints" / LAST_CKPT
-        if not ckpt.is_file():
-            raise UserError(f"train.resume={run_dir}: no checkpoints/{LAST_CKPT} to resume from")
-        return run_dir, ckpt
+        if ckpt.is_file():
+            return run_dir, ckpt
+        log.info("train.resume=%s: no checkpoints/%s yet; training it from the beginning", run_dir, LAST_CKPT)
+        return run_dir, None
     return hydra_run_dir(), None
 
 
@@ -164,17 +210,11 @@ def run_training(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataM
     check_monitor(cfg)
     run_dir, resume_from = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    mark_incomplete(run_dir)
     save_config(cfg, run_dir)
     ckpt_dir = run_dir / "checkpoints"
     export = ContractExport(ckpt_dir, cfg.train.monitor, data_card(dm), card_extra)
-    callbacks = [
-        export,
-        EarlyStopping(monitor=f"valid/{cfg.train.monitor}", mode="max", patience=cfg.train.patience,
-                      check_on_train_epoch_end=False),
-        ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True),
-        EpochSummary(),
-        LearningRateMonitor(logging_interval="step"),
-    ]
+    callbacks = [export, *resume_callbacks(cfg, ckpt_dir), EpochSummary(), LearningRateMonitor(logging_interval="step")]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     module.eval_mask_history, module.eval_ks = cfg.eval.mask_history, tuple(cfg.eval.ks)
@@ -198,6 +238,7 @@ def run_training(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataM
     _record_test_metrics(ckpt_dir / "best", result)
     log.info("test (%s): %s", module.checkpoint_kind, result.headline())
     print(Path(run_dir / "test_metrics.txt").read_text())
+    mark_complete(run_dir, kind=module.checkpoint_kind, best=str(ckpt_dir / "best"))
     _cleanup_resume_dir(cfg, run_dir)
     announce_run_dir(run_dir)
     return result
@@ -205,11 +246,9 @@ def run_training(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataM
 
 def load_best(module: L.LightningModule, best_dir: Path) -> None:
     """Put the best exported weights back into the module (`load_payload` of its contract)."""
-    from safetensors.torch import load_file
-
-    if not (best_dir / "model.safetensors").is_file():
+    if not (best_dir / WEIGHTS_FILE).is_file():
         raise UserError(f"no best checkpoint was exported to {best_dir} (did any validation run?)")
-    module.load_payload(load_file(best_dir / "model.safetensors"))
+    module.load_payload(read_tensors(best_dir / WEIGHTS_FILE))
 
 
 def training_device(trainer: L.Trainer) -> torch.device:
@@ -253,12 +292,12 @@ def _record_test_metrics(best_dir: Path, result: EvalResult) -> None:
 
 
 def _cleanup_resume_dir(cfg: DictConfig, run_dir: Path) -> None:
-    """A resumed run writes into its original directory; drop the empty one Hydra made."""
-    if not cfg.train.get("resume"):
-        return
+    """A resumed run writes into its original directory; keep the log of the directory Hydra
+    made for this invocation there, and drop that directory."""
     fresh = hydra_run_dir()
-    if fresh.resolve() != run_dir.resolve() and not any(p.suffix == ".ckpt" for p in fresh.rglob("*")):
-        for log_file in fresh.glob("*.log"):
-            shutil.copyfile(log_file, run_dir / f"resume_{log_file.name}")
-        shutil.rmtree(fresh, ignore_errors=True)
+    if not cfg.train.get("resume") or fresh.resolve() == run_dir.resolve():
+        return
+    for log_file in fresh.glob("*.log"):
+        shutil.copyfile(log_file, run_dir / f"resume_{log_file.name}")
+    discard_run_dir(fresh)
 

@@ -13,8 +13,7 @@ from ilora.checkpoint import ITEM_EMBEDDINGS_FILE, build_teacher, student_refere
 from ilora.model import TeacherConfig
 from ilora.module import TeacherModule
 from ilora.regularization import DecaySchedule
-from recdata.atomic import atomic_file
-from recdata.checkpoint import read_card
+from recdata.checkpoint import add_weights_file, read_card
 from recdata.errors import UserError
 from recdata.runs import checkpoint_or_newest, hydra_entry
 from sasrec.module import load_sasrec
@@ -47,8 +46,7 @@ def _device_ids(devices) -> list[int] | None:
 
 
 def resolve_student_path(cfg: DictConfig) -> Path:
-    return checkpoint_or_newest(cfg.teacher.rec_model_checkpoint_path, cfg.paths.result_dir, "sasrec",
-                                "teacher.rec_model_checkpoint_path")  # fmt: skip
+    return checkpoint_or_newest(cfg, "teacher.rec_model_checkpoint_path", "sasrec")
 
 
 def teacher_config(cfg: DictConfig) -> TeacherConfig:
@@ -57,11 +55,8 @@ def teacher_config(cfg: DictConfig) -> TeacherConfig:
 
 
 def save_item_embeddings(module: TeacherModule, best_dir: Path) -> None:
-    from safetensors.torch import save_file
-
     embeddings = module.teacher.item_title_embeddings()
-    with atomic_file(best_dir / ITEM_EMBEDDINGS_FILE) as tmp:
-        save_file({"item_embeddings": embeddings.contiguous()}, tmp)
+    add_weights_file(best_dir, ITEM_EMBEDDINGS_FILE, {"item_embeddings": embeddings})
     log.info("wrote teacher item embeddings %s to %s", tuple(embeddings.shape), best_dir)
 
 
