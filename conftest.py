@@ -46,3 +46,15 @@ def teacher_service(tiny_pipeline, tmp_path_factory):
     service = ServiceProcess(tiny_pipeline["teacher"], tiny_pipeline["data"], log_file=log)
     yield service
     service.stop()
+
+
+@pytest.fixture
+def one_thread():
+    """This process on one thread, as `recdata.testing.fork_cli` children are: bit-identical
+    arithmetic between a killed child's epochs and the rest of a run done here."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,7 +17,7 @@ from distill.losses import DLLM2RecLoss
 from distill.module import DistillModule
 from distill.soft_labels import SoftLabels, read_soft_labels, write_soft_labels
 from recdata.datamodule import SequentialDataModule
-from recdata.testing import run_cli, tiny_run_overrides
+from recdata.testing import kill_after_first_epoch, run_cli, tiny_run_overrides
 from sasrec import train as student_train
 from sasrec.model import SASRecConfig
 from sasrec.module import load_sasrec
@@ -66,6 +66,19 @@ def soft_dir(tiny_pipeline, tmp_path_factory):
 def full_run(tiny_pipeline, soft_dir):
     run_dir = soft_dir.parent / "full"
     return run_dir, run_distill(tiny_pipeline, soft_dir, run_dir)
+
+
+def test_killed_distillation_resumes_to_the_uninterrupted_result(tiny_pipeline, soft_dir, tmp_path, one_thread):
+    killed, full = tmp_path / "killed", tmp_path / "full"
+    overrides = [f"distill.teacher_checkpoint_path={tiny_pipeline['teacher']}", f"distill.soft_labels_dir={soft_dir}",
+                 "distill.soft_label_samples=all", "train.max_epochs=3"]  # fmt: skip
+    kill_after_first_epoch(distill_train.main, tiny_run_overrides(tiny_pipeline["data"], killed, *overrides),
+                           killed, tmp_path / "killed.out")  # fmt: skip
+    run_cli(distill_train.main, [f"train.resume={killed}", f"hydra.run.dir={tmp_path / 'again'}"])
+    run_cli(distill_train.main, tiny_run_overrides(tiny_pipeline["data"], full, *overrides))
+    assert read_test_metrics(killed)["metrics"] == read_test_metrics(full)["metrics"]
+    assert_same_weights(weights(killed), weights(full))
+    assert_same_weights(weights(killed, "unfolded.safetensors"), weights(full, "unfolded.safetensors"))
 
 
 def test_distill_writes_a_distilled_run(tiny_pipeline, soft_dir, full_run):

@@ -15,7 +15,6 @@ from recdata.evaluation import TIE_RULE
 from recdata.testing import cyclic_sequences, make_prepared, run_cli, tiny_run_overrides
 from sasrec.train import main as train_student
 
-
 # what a card of each kind must carry (stand-in values: these runs are students in disguise)
 STAND_IN = {
     "sasrec-distilled": {"distillation": {"teacher_digest": "stand-in"}},

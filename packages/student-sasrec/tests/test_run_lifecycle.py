@@ -3,11 +3,9 @@ every trainer shares): real kills of child processes, runs started at once, mult
 commands that fail with one line and leave no run directory behind."""
 
 import json
-import multiprocessing
 import os
 import re
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import yaml
 
 from recdata.checkpoint import load_checkpoint
 from recdata.runs import COMPLETE_FILE
-from recdata.testing import run_cli, tiny_run_overrides
+from recdata.testing import fork_cli, run_cli, tiny_run_overrides
 from sasrec.train import main
 
 RUN_NAME = re.compile(r"^(result|multirun)_\d{8}_\d{6}_\d+$")
@@ -35,29 +33,6 @@ def take_names(results: Path, prefix: str, seconds: int = 120) -> set[str]:
     for name in names:
         (results / name).mkdir(parents=True, exist_ok=True)
     return names
-
-
-@pytest.fixture
-def one_thread():
-    """Children and this process on one thread each: bit-identical arithmetic, light on CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _train_in_child(overrides: list[str], log: str) -> None:
-    sys.stdout = sys.stderr = open(log, "w", buffering=1)  # noqa: SIM115 (the child's lifetime)
-    torch.set_num_threads(1)
-    run_cli(main, overrides)
-
-
-def spawn(overrides: list[str], log: Path) -> multiprocessing.Process:
-    """`train-student <overrides>` in a child process: forked, so it skips the ~10-20 s of
-    imports a fresh interpreter would spend here."""
-    child = multiprocessing.get_context("fork").Process(target=_train_in_child, args=(overrides, str(log)))
-    child.start()
-    return child
 
 
 def metrics(run_dir: Path) -> dict:
@@ -80,8 +55,8 @@ def test_runs_started_at_once_get_own_dirs_and_a_killed_one_resumes_to_the_same_
     overrides = default_dir_overrides(cyclic_data, results, "train.max_epochs=6", "train.patience=6",
                                       "student.dropout=0.2", "train.lr=0.003")  # fmt: skip
     # the victim differs only in how often it logs, so its directory can be told apart
-    victim = spawn([*overrides, "trainer.log_every_n_steps=3"], tmp_path / "victim.out")
-    survivor = spawn(overrides, tmp_path / "survivor.out")
+    victim = fork_cli(main, [*overrides, "trainer.log_every_n_steps=3"], tmp_path / "victim.out")
+    survivor = fork_cli(main, overrides, tmp_path / "survivor.out")
     deadline, victim_dir = time.monotonic() + 240, None
     while victim_dir is None and time.monotonic() < deadline and victim.is_alive():
         for d in (d for d in results.iterdir() if d.name not in taken):
