@@ -234,7 +234,41 @@ def test_bad_config_exits_2_with_one_line(
         run_distill(tiny_pipeline, soft_dir, tmp_path / "run", override)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [message]
-    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
+    assert not (tmp_path / "run").exists()  # refused before any training, no run dir left
+
+
+def _out_of_range(directory, labels):
+    items = labels.topk_items.clone()
+    items[3, 2] = 41  # the tiny data has 40 items
+    write_soft_labels(directory, SoftLabels(labels.user_ids, labels.positions, items, labels.topk_scores,
+                                            labels.item_embeddings, labels.card))  # fmt: skip
+
+
+def _truncate(name):
+    def damage(directory, labels):
+        data = (directory / name).read_bytes()
+        (directory / name).write_bytes(data[: len(data) // 2])
+
+    return damage
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (_out_of_range, "soft: the top-K list of sample (user_id, position) = ({u}, {p}) holds item 41, outside 1..40"),
+    (_truncate("soft_labels.parquet"), "soft/soft_labels.parquet: unreadable soft-label table ("),
+    (_truncate("item_embeddings.safetensors"), "soft/item_embeddings.safetensors: not a readable safetensors file ("),
+    (lambda d, _: (d / "card.json").write_text("[]"), "soft/card.json: not a soft-label card (a JSON object with an integer k)"),
+])  # fmt: skip
+def test_damaged_soft_labels_are_refused_at_load_in_one_line(tiny_pipeline, soft_dir, tmp_path, capsys, damage, message):
+    labels = read_soft_labels(soft_dir, fingerprint=fingerprint(tiny_pipeline["data"]))
+    damaged = tmp_path / "soft"
+    shutil.copytree(soft_dir, damaged)
+    damage(damaged, labels)
+    with pytest.raises(SystemExit) as exit_info:
+        run_distill(tiny_pipeline, damaged, tmp_path / "run")
+    assert exit_info.value.code == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert err.startswith(f"error: {tmp_path}/" + message.format(u=int(labels.user_ids[3]), p=int(labels.positions[3]))), err
+    assert not (tmp_path / "run").exists()
 
 
 def service_overrides(service, tmp_path) -> list[str]:

@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from recdata.atomic import atomic_directory, write_json
+from recdata.checkpoint import read_tensors
 from recdata.errors import UserError
 from recdata.splits import SampleKeys
 
@@ -40,6 +41,21 @@ class SoftLabels:
     @property
     def k(self) -> int:
         return self.topk_items.shape[1]
+
+    def check(self, num_items: int, where: str) -> None:
+        """Refuse labels that cannot belong to a dataset of `num_items` items, before training:
+        item ids outside 1..N, non-finite scores, or an item-embedding table of the wrong size."""
+        items = self.topk_items
+        bad = (items < 1) | (items > num_items)
+        if bool(bad.any()):
+            row = int(bad.any(1).nonzero()[0])
+            raise SoftLabelError(f"{where}: the top-K list of sample (user_id, position) = ({int(self.user_ids[row])}, "
+                                 f"{int(self.positions[row])}) holds item {int(items[row][bad[row]][0])}, outside 1..{num_items}")  # fmt: skip
+        if not bool(torch.isfinite(self.topk_scores).all()):
+            raise SoftLabelError(f"{where}: some teacher scores are not finite")
+        if self.item_embeddings.ndim != 2 or self.item_embeddings.shape[0] != num_items + 1:
+            raise SoftLabelError(f"{where}: item embeddings have shape {tuple(self.item_embeddings.shape)}, "
+                                 f"expected ({num_items + 1}, H)")  # fmt: skip
 
     def aligned_to(self, keys: SampleKeys) -> SoftLabels:
         """Rows reordered to `keys`; every key must be present (missing rows are refused)."""
@@ -82,18 +98,36 @@ def write_soft_labels(directory: Path, labels: SoftLabels) -> Path:
 def read_soft_labels(directory: Path, *, fingerprint: str, teacher: str | None = None, min_k: int = 1) -> SoftLabels:
     """Read and validate: same data fingerprint, same teacher (when given), K large enough."""
     directory = Path(directory)
-    if not (directory / CARD_FILE).is_file():
-        raise SoftLabelError(f"{directory} holds no soft labels (no {CARD_FILE}); run precompute-soft-labels first")
-    card = json.loads((directory / CARD_FILE).read_text())
+    card = _read_card(directory)
     if card.get("data_fingerprint") != fingerprint:
         raise SoftLabelError(f"{directory} was computed on other data (fingerprint {str(card.get('data_fingerprint'))[:12]}…, dataset has {fingerprint[:12]}…)")
     if teacher is not None and card.get("teacher_digest") != teacher:
         raise SoftLabelError(f"{directory} was computed by another teacher ({str(card.get('teacher_digest'))[:12]}…, expected {teacher[:12]}…)")
     if card.get("k", 0) < min_k:
         raise SoftLabelError(f"{directory} holds top-{card.get('k')} lists; distillation needs K >= {min_k}")
-    users, positions, items, scores = table_columns(pq.read_table(directory / SOFT_LABELS_FILE), card["k"])
-    item_embeddings = load_file(directory / EMBEDDINGS_FILE)["item_embeddings"]
+    path = directory / SOFT_LABELS_FILE
+    try:
+        users, positions, items, scores = table_columns(pq.read_table(path), card["k"])
+    except (OSError, pa.ArrowException, KeyError, ValueError) as exc:  # truncated, or not this table
+        raise SoftLabelError(f"{path}: unreadable soft-label table ({str(exc).splitlines()[0]}); re-run precompute-soft-labels") from None
+    try:
+        item_embeddings = read_tensors(directory / EMBEDDINGS_FILE)["item_embeddings"]
+    except KeyError:
+        raise SoftLabelError(f"{directory / EMBEDDINGS_FILE}: no item_embeddings tensor") from None
     return SoftLabels(users, positions, items, scores, item_embeddings, card)
+
+
+def _read_card(directory: Path) -> dict:
+    path = directory / CARD_FILE
+    if not path.is_file():
+        raise SoftLabelError(f"{directory} holds no soft labels (no {CARD_FILE}); run precompute-soft-labels first")
+    try:
+        card = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        card = None
+    if not isinstance(card, dict) or not isinstance(card.get("k"), int):
+        raise SoftLabelError(f"{path}: not a soft-label card (a JSON object with an integer k)")
+    return card
 
 
 def table_columns(table: pa.Table, k: int) -> tuple[torch.Tensor, ...]:

@@ -62,10 +62,13 @@ def load_labels(cfg: DictConfig, dm) -> SoftLabels:
                                    mask_history=d.mask_history_in_topk, samples=d.soft_label_samples,
                                    cache_dir=service_cache_dir(cfg), expected_digest=expected,
                                    expected_from=expected_from)  # fmt: skip
+        source = d.teacher_url
     else:
         teacher_path = resolve_teacher_path(cfg)
-        labels = read_soft_labels(soft_labels_dir(cfg, teacher_path), fingerprint=dm.fingerprint,
-                                  teacher=teacher_digest(teacher_path), min_k=d.candidate_topk)  # fmt: skip
+        source = soft_labels_dir(cfg, teacher_path)
+        labels = read_soft_labels(source, fingerprint=dm.fingerprint, teacher=teacher_digest(teacher_path),
+                                  min_k=d.candidate_topk)  # fmt: skip
+    labels.check(dm.num_items, str(source))  # bad ids are refused here, not deep inside training
     labels = labels.aligned_to(keys)
     if labels.k > d.candidate_topk:
         labels = SoftLabels(labels.user_ids, labels.positions, labels.topk_items[:, : d.candidate_topk],
