@@ -21,7 +21,11 @@ from recdata.parse import ML100K_GENRES
 from recdata.prepare import build_contract
 from recdata.sources import dataset_spec
 
-# (raw user, raw item, rating, timestamp) in file order.
+# Timestamps below are seconds after T0, written as T0 + t: prepare refuses Unix times before
+# MovieLens existed (a cut-short timestamp looks like one).
+T0 = 883_612_800  # 1998-01-01
+
+# (raw user, raw item, rating, timestamp - T0) in file order.
 RATINGS = [
     (9, 3, 4, 500),
     (5, 12, 4, 100),
@@ -69,6 +73,7 @@ ITEM_RAW = [3, 7, 12, 15, 21, 30, 42]  # dense id = index + 1
 USER_RAW = [2, 5, 9]
 SEQUENCES = {1: [2, 1, 6, 7], 2: [1, 3, 2, 6, 5], 3: [4, 2, 7, 1, 3]}
 TIMESTAMPS = {1: [50, 60, 70, 70], 2: [90, 100, 100, 150, 200], 3: [400, 400, 450, 500, 600]}
+TIMESTAMPS = {u: [T0 + t for t in ts] for u, ts in TIMESTAMPS.items()}
 RATING_SEQS = {1: [5, 4, 3, 5], 2: [5, 4, 3, 1, 2], 3: [3, 4, 2, 4, 5]}
 
 LAYOUTS = ("ml-1m", "recbole", "ml-100k-original")
@@ -79,7 +84,7 @@ def write_ml1m(raw_dir: Path, ratings=RATINGS, movies=MOVIES) -> Path:
     """ratings.dat / movies.dat ("::", latin-1) plus users.dat and README, as in the zip."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     (raw_dir / "ratings.dat").write_text(
-        "".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in ratings), encoding="latin-1"
+        "".join(f"{u}::{i}::{r}::{T0 + t}\n" for u, i, r, t in ratings), encoding="latin-1"
     )
     (raw_dir / "movies.dat").write_text(
         "".join(
@@ -98,7 +103,7 @@ def write_recbole(raw_dir: Path, ratings=RATINGS, movies=MOVIES) -> Path:
     """ml-100k.inter / ml-100k.item (tab-separated, typed header, utf-8), as in the wheel."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     inter = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-    inter += "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ratings)
+    inter += "".join(f"{u}\t{i}\t{r}\t{T0 + t}\n" for u, i, r, t in ratings)
     (raw_dir / "ml-100k.inter").write_text(inter, encoding="utf-8")
     item = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
     item += "".join(
@@ -112,7 +117,7 @@ def write_original(raw_dir: Path, ratings=RATINGS, movies=MOVIES) -> Path:
     """u.data (tab-separated) / u.item ('|'-separated, 19 genre flags, latin-1)."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     (raw_dir / "u.data").write_text(
-        "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ratings), encoding="latin-1"
+        "".join(f"{u}\t{i}\t{r}\t{T0 + t}\n" for u, i, r, t in ratings), encoding="latin-1"
     )
     lines = []
     for m, (title, year, genres) in movies.items():

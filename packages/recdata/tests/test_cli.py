@@ -12,7 +12,7 @@ import threading
 import zipfile
 
 import pytest
-from recdata_testkit import make_ml1m_zip, write_ml1m, write_original, write_recbole
+from recdata_testkit import T0, make_ml1m_zip, write_ml1m, write_original, write_recbole
 
 from recdata.cli import main
 
@@ -180,72 +180,84 @@ def test_prepare_from_each_layout(tmp_path, capsys, dataset, writer):
 # --- bad input ---------------------------------------------------------------------------------
 
 
-def _bad_ratings(src):
-    lines = (src / "ratings.dat").read_text().splitlines()
-    lines[4] = "5::12::five::100"
-    (src / "ratings.dat").write_text("\n".join(lines) + "\n")
+def _replace_line(src, number, line, name="ratings.dat"):
+    lines = (src / name).read_text(encoding="latin-1").splitlines()
+    lines[number - 1] = line
+    (src / name).write_text("\n".join(lines) + "\n", encoding="latin-1")
 
 
-def _bad_movies(src):
-    with open(src / "movies.dat", "a", encoding="latin-1") as handle:
-        handle.write("99::No Genres Here (1999)\n")
+def _append(src, text, name="ratings.dat"):
+    with open(src / name, "a", encoding="latin-1") as handle:
+        handle.write(text)
 
 
-def _no_movies(src):
-    (src / "movies.dat").unlink()
+def _cut_short(src):
+    """The file ends in the middle of its last timestamp, as a truncated copy does."""
+    text = (src / "ratings.dat").read_text()
+    (src / "ratings.dat").write_text(text[: len(text) - 5])
 
 
-def _all_short(src):
-    (src / "ratings.dat").write_text("1::3::5::1\n1::7::4::2\n2::3::3::3\n")
+T = T0 + 1000  # a plausible timestamp
+BAD_INPUT = [
+    (lambda s: _replace_line(s, 5, "5::12::five::100"),
+     r"src/ratings.dat:5: expected UserID::MovieID::Rating::Timestamp, got '5::12::five::100'$"),
+    (lambda s: _append(s, "99::No Genres Here (1999)\n", "movies.dat"), r"src/movies.dat:9: expected MovieID::Title \(Year\)::Genre\|Genre"),
+    (lambda s: (s / "movies.dat").unlink(), r"src: no dataset files found \(expected ratings.dat\+movies.dat\)$"),
+    (lambda s: (s / "ratings.dat").write_text(f"1::3::5::{T}\n1::7::4::{T}\n2::3::3::{T}\n"),
+     r"ml-1m: no user has at least 3 interactions; the dataset is empty after filtering$"),
+    (lambda s: _append(s, f"9::777::4::{T}\n"), r"src: items \[777\] are rated but have no metadata$"),
+    (lambda s: _replace_line(s, 3, "2::7::5::-50"), r"src/ratings.dat:3: timestamp -50 is negative$"),
+    (lambda s: _replace_line(s, 4, f"5::3::6::{T}"), r"src/ratings.dat:4: rating 6 is outside ml-1m's rating scale 1..5$"),
+    (lambda s: _replace_line(s, 4, f"5::3::0::{T}"), r"src/ratings.dat:4: rating 0 is outside ml-1m's rating scale 1..5$"),
+    (lambda s: _replace_line(s, 2, f"5::12::nan::{T}"), r"src/ratings.dat:2: rating is NaN, not on ml-1m's rating scale 1..5$"),
+    (_cut_short, r"src/ratings.dat:16: timestamp 88361 is before 1995-01-01, earlier than any ml-1m rating \(is the line cut short\?\)$"),
+    (lambda s: _append(s, "3::Toy Story Again (1995)::Comedy\n", "movies.dat"),
+     r"src/movies.dat:9: item id 3 appears again \(first on line 1\)$"),
+]  # fmt: skip
 
 
-def _unknown_item(src):
-    with open(src / "ratings.dat", "a") as handle:
-        handle.write("9::777::4::999\n")
-
-
-@pytest.mark.parametrize(
-    ("damage", "pattern"),
-    [
-        (
-            _bad_ratings,
-            r"^error: \S+/data/ml-1m/ratings.dat:5: expected UserID::MovieID::Rating::Timestamp, got '5::12::five::100'$",
-        ),
-        (
-            _bad_movies,
-            r"^error: \S+/data/ml-1m/movies.dat:9: expected MovieID::Title \(Year\)::Genre\|Genre",
-        ),
-        (
-            _no_movies,
-            r"^error: \S+/src: no dataset files found \(expected ratings.dat\+movies.dat\)$",
-        ),
-        (
-            _all_short,
-            r"^error: ml-1m: no user has at least 3 interactions; the dataset is empty after filtering$",
-        ),
-        (_unknown_item, r"^error: \S+: items \[777\] are rated but have no metadata$"),
-    ],
-)
-def test_bad_input_is_one_error_line_and_no_processed_dir(tmp_path, capsys, damage, pattern):
+@pytest.mark.parametrize(("damage", "pattern"), BAD_INPUT)
+def test_bad_input_is_one_error_line_naming_the_users_file(tmp_path, capsys, damage, pattern):
     src = write_ml1m(tmp_path / "src")
     damage(src)
     code, out, err = run_cli(["prepare", "ml-1m", *roots(tmp_path), "--from", str(src)], capsys)
     assert code == 2
-    assert len(err.strip().splitlines()) == 1
     assert error_line(err) == err.strip()
-    assert re.match(pattern, err.strip()), err
-    processed = tmp_path / "data" / "processed"
-    assert not processed.exists() or not any(processed.iterdir())
+    assert re.match(r"^error: (\S+/)?" + pattern, err.strip()), err
+    assert not (tmp_path / "data").exists()  # neither a raw copy nor a processed directory
+
+
+def test_a_bad_copy_never_replaces_a_good_one(tmp_path, capsys):
+    good = write_ml1m(tmp_path / "good")
+    assert run_cli(["prepare", "ml-1m", *roots(tmp_path), "--from", str(good)], capsys)[0] == 0
+    raw, processed = tmp_path / "data" / "ml-1m", tmp_path / "data" / "processed" / "ml-1m"
+    before = {p.name: p.read_bytes() for d in (raw, processed) for p in d.iterdir()}
+    bad = write_ml1m(tmp_path / "bad")
+    _replace_line(bad, 4, f"5::3::6::{T}")
+    for command in ("prepare", "fetch"):
+        code, _, err = run_cli([command, "ml-1m", *roots(tmp_path), "--from", str(bad)], capsys)
+        assert code == 2 and error_line(err).startswith(f"error: {bad / 'ratings.dat'}:4: rating 6")
+        assert {p.name: p.read_bytes() for d in (raw, processed) for p in d.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ml-1m", "processed"]  # no temporaries
+
+
+def test_errors_inside_a_zip_name_the_member_of_the_users_zip(tmp_path, capsys):
+    src = write_ml1m(tmp_path / "src")
+    _replace_line(src, 3, "2::7::5::-50")
+    archive = make_ml1m_zip(tmp_path / "ml-1m.zip", src)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    code, _, err = run_cli(["prepare", "ml-1m", *roots(tmp_path), "--from", str(archive), "--sha256", digest], capsys)
+    assert code == 2 and error_line(err) == f"error: {archive}:ml-1m/ratings.dat:3: timestamp -50 is negative"
+    assert not (tmp_path / "data").exists()
 
 
 def test_recbole_malformed_line_counts_the_header(tmp_path, capsys):
     src = write_recbole(tmp_path / "src")
-    with open(src / "ml-100k.inter", "a") as handle:
-        handle.write("1\t2\n")
+    _append(src, "1\t2\n", "ml-100k.inter")
     code, _, err = run_cli(["prepare", "ml-100k", *roots(tmp_path), "--from", str(src)], capsys)
     assert code == 2
-    assert error_line(err).endswith(
-        "/data/ml-100k/ml-100k.inter:18: expected user_id<TAB>item_id<TAB>rating<TAB>timestamp, got '1\\t2'"
+    assert error_line(err) == (
+        f"error: {src}/ml-100k.inter:18: expected user_id<TAB>item_id<TAB>rating<TAB>timestamp, got '1\\t2'"
     )
     assert not (tmp_path / "data" / "processed" / "ml-100k").exists()
 

@@ -10,6 +10,7 @@ from recdata_testkit import (
     LAYOUTS,
     MOVIES,
     RATINGS,
+    T0,
     WRITERS,
     write_ml1m,
     write_original,
@@ -82,7 +83,8 @@ def test_each_layout_parses_to_the_same_values(tmp_path, layout):
     np.testing.assert_array_equal(inter.users, expected[:, 0])
     np.testing.assert_array_equal(inter.items, expected[:, 1])
     np.testing.assert_array_equal(inter.ratings, expected[:, 2].astype(np.float32))
-    np.testing.assert_array_equal(inter.timestamps, expected[:, 3])
+    np.testing.assert_array_equal(inter.timestamps, T0 + expected[:, 3])
+    assert inter.lines.tolist() == list(range(2, 18) if layout == "recbole" else range(1, 17))
     assert inter.users.dtype == np.int64 and inter.ratings.dtype == np.float32
     # every movie, including the never-rated one, with a cleaned title, its year and genres
     assert sorted(items) == sorted(MOVIES)
@@ -256,6 +258,9 @@ def test_malformed_interaction_line_names_file_and_line(tmp_path, bad_line, layo
             "99|Broken (1999)|01-Jan-1999||u|" + "|".join(["2"] + ["0"] * 18),
             r"u.item:9: expected 0/1 genre flags",
         ),
+        ("recbole", "ml-100k.item", "7\tAgain\t1999\tDrama", r"ml-100k.item:10: item id 7 appears again \(first on line 3\)"),
+        ("ml-100k-original", "u.item", "42|Heat (1995)|01-Jan-1995||u|" + "|".join(["0"] * 19),
+         r"u.item:9: item id 42 appears again \(first on line 7\)"),
     ],
 )
 def test_malformed_item_line_names_file_and_line(tmp_path, layout, file, line, pattern):

@@ -11,7 +11,7 @@ from pathlib import Path
 from recdata import paths
 from recdata.contract import load_prepared
 from recdata.errors import UserError, report_and_exit
-from recdata.fetch import fetch, is_fetched
+from recdata.fetch import fetch, install_local, is_fetched
 from recdata.prepare import build_contract
 from recdata.sources import DATASETS, dataset_spec
 
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_prep.add_argument(
         "--from", dest="from_path", type=Path, help="use an already-downloaded directory or zip"
     )
+    p_prep.add_argument("--sha256", help="expected sha256 of the --from zip (default: the official one)")
     p_stats = sub.add_parser("stats", help="print the statistics of a prepared dataset")
     _common(p_stats)
     p_stats.add_argument(
@@ -88,10 +89,17 @@ def run(args: argparse.Namespace) -> None:
         return
     out = args.out or paths.processed_dir(args.data_root, spec.name)
     if args.command == "prepare":
-        if args.from_path is not None or not is_fetched(spec, raw):
-            fetch(spec, raw, cache, from_path=args.from_path)
         started = time.perf_counter()
-        meta = build_contract(spec, raw, out, min_user_interactions=args.min_user_interactions)
+
+        def prepare(source: Path) -> dict:
+            return build_contract(spec, source, out, min_user_interactions=args.min_user_interactions)
+
+        if args.from_path is not None:  # prepared from the user's files, then installed
+            meta = install_local(spec, args.from_path, raw, prepare, sha256=args.sha256)
+        else:
+            if not is_fetched(spec, raw):
+                fetch(spec, raw, cache)
+            meta = prepare(raw)
         print(format_stats(meta))
         print(f"prepared {spec.name} into {out} in {time.perf_counter() - started:.1f}s")
         return

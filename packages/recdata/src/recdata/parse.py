@@ -1,11 +1,14 @@
-"""Parsers for the raw MovieLens layouts into one in-memory form.
+"""Parsers for the raw MovieLens layouts into one in-memory form, and the checks of the values.
 
-Every malformed line is reported with its file, line number and what was expected.
+Every malformed line, implausible value (a negative or cut-short timestamp, a rating off the
+dataset's scale, NaN) and repeated item id is reported with its file and line number.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from recdata.errors import DataError
+from recdata.sources import DatasetSpec
 
 # Genres of the original ML-100K u.item, in the order of its 19 flag columns (u.genre).
 ML100K_GENRES = (
@@ -46,6 +50,11 @@ class RawInteractions:
     items: np.ndarray  # raw item ids, int64
     ratings: np.ndarray  # float32
     timestamps: np.ndarray  # int64
+    lines: np.ndarray  # line number of each interaction in its file, int64
+
+    def select(self, keep: np.ndarray) -> RawInteractions:
+        return RawInteractions(self.users[keep], self.items[keep], self.ratings[keep],
+                               self.timestamps[keep], self.lines[keep])  # fmt: skip
 
 
 def clean_title(title: str) -> str:
@@ -83,8 +92,8 @@ def _read_lines(path: Path, encoding: str) -> list[str]:
 def _parse_interaction_lines(
     path: Path, lines: list[str], sep: str, expected: str, first_line: int
 ) -> RawInteractions:
-    users, items, ratings, stamps = [], [], [], []
-    for offset, line in enumerate(lines):
+    users, items, ratings, stamps, linenos = [], [], [], [], []
+    for lineno, line in enumerate(lines, start=first_line):
         if not line.strip():
             continue
         fields = line.split(sep)
@@ -96,8 +105,8 @@ def _parse_interaction_lines(
             items.append(int(item))
             ratings.append(float(rating))
             stamps.append(int(float(stamp)))
+            linenos.append(lineno)
         except (ValueError, OverflowError):  # OverflowError: int(float("inf"))
-            lineno = first_line + offset
             raise DataError(f"{path}:{lineno}: expected {expected}, got {line[:80]!r}") from None
     if not users:
         raise DataError(f"{path}: no interactions")
@@ -106,6 +115,7 @@ def _parse_interaction_lines(
         items=np.asarray(items, dtype=np.int64),
         ratings=np.asarray(ratings, dtype=np.float32),
         timestamps=np.asarray(stamps, dtype=np.int64),
+        lines=np.asarray(linenos, dtype=np.int64),
     )
 
 
@@ -126,7 +136,8 @@ def _parse_interactions_fast(path: Path, sep: str, skip_rows: int) -> RawInterac
         table = pa_csv.read_csv(
             path,
             read_options=pa_csv.ReadOptions(column_names=names, skip_rows=skip_rows),
-            parse_options=pa_csv.ParseOptions(delimiter=sep[0], quote_char=False),
+            # an empty line fails the column count, so every row is exactly one line
+            parse_options=pa_csv.ParseOptions(delimiter=sep[0], quote_char=False, ignore_empty_lines=False),
             convert_options=pa_csv.ConvertOptions(
                 column_types=types, null_values=[], strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
@@ -144,6 +155,7 @@ def _parse_interactions_fast(path: Path, sep: str, skip_rows: int) -> RawInterac
         items=table.column("item").to_numpy().astype(np.int64, copy=False),
         ratings=table.column("rating").to_numpy().astype(np.float32),
         timestamps=table.column("stamp").to_numpy().astype(np.int64, copy=False),
+        lines=np.arange(skip_rows + 1, skip_rows + 1 + table.num_rows, dtype=np.int64),
     )
 
 
@@ -167,6 +179,14 @@ def _int_field(path: Path, lineno: int, value: str, what: str) -> int:
         raise DataError(f"{path}:{lineno}: expected an integer {what}, got {value!r}") from None
 
 
+def _add_item(items: dict[int, RawItem], first_seen: dict[int, int], path: Path, lineno: int,
+              item_id: int, item: RawItem) -> None:  # fmt: skip
+    if item_id in first_seen:
+        raise DataError(f"{path}:{lineno}: item id {item_id} appears again (first on line {first_seen[item_id]})")
+    first_seen[item_id] = lineno
+    items[item_id] = item
+
+
 # --- MovieLens-1M: ratings.dat / movies.dat ("::"-separated, latin-1) -------------------------
 
 
@@ -176,6 +196,7 @@ def parse_ml1m(raw_dir: Path) -> tuple[RawInteractions, dict[int, RawItem]]:
         ratings_path, "::", "UserID::MovieID::Rating::Timestamp", "latin-1"
     )
     items: dict[int, RawItem] = {}
+    seen: dict[int, int] = {}
     for lineno, line in enumerate(_read_lines(movies_path, "latin-1"), start=1):
         if not line.strip():
             continue
@@ -188,7 +209,7 @@ def parse_ml1m(raw_dir: Path) -> tuple[RawInteractions, dict[int, RawItem]]:
         item_id = _int_field(movies_path, lineno, fields[0], "MovieID")
         title, year = split_title_year(fields[1])
         genres = [g for g in fields[2].split("|") if g]
-        items[item_id] = RawItem(title=title, year=year, genres=genres)
+        _add_item(items, seen, movies_path, lineno, item_id, RawItem(title=title, year=year, genres=genres))
     return interactions, items
 
 
@@ -231,6 +252,7 @@ def parse_recbole_ml100k(raw_dir: Path) -> tuple[RawInteractions, dict[int, RawI
         raise DataError(f"{item_path}: empty file")
     _check_header(item_path, item_lines[0], ["item_id", "movie_title", "release_year", "class"])
     items: dict[int, RawItem] = {}
+    seen: dict[int, int] = {}
     for lineno, line in enumerate(item_lines[1:], start=2):
         if not line.strip():
             continue
@@ -243,7 +265,7 @@ def parse_recbole_ml100k(raw_dir: Path) -> tuple[RawInteractions, dict[int, RawI
         item_id = _int_field(item_path, lineno, fields[0], "item_id")
         year = int(fields[2]) if fields[2].isdigit() else None
         genres = [g for g in fields[3].split() if g and g != "unknown"]
-        items[item_id] = RawItem(title=clean_title(fields[1]), year=year, genres=genres)
+        _add_item(items, seen, item_path, lineno, item_id, RawItem(title=clean_title(fields[1]), year=year, genres=genres))
     return interactions, items
 
 
@@ -256,6 +278,7 @@ def parse_original_ml100k(raw_dir: Path) -> tuple[RawInteractions, dict[int, Raw
         data_path, "\t", "user id<TAB>item id<TAB>rating<TAB>timestamp", "latin-1"
     )
     items: dict[int, RawItem] = {}
+    seen: dict[int, int] = {}
     for lineno, line in enumerate(_read_lines(item_path, "latin-1"), start=1):
         if not line.strip():
             continue
@@ -272,10 +295,8 @@ def parse_original_ml100k(raw_dir: Path) -> tuple[RawInteractions, dict[int, Raw
         flags = fields[5:]
         if any(flag not in ("0", "1") for flag in flags):
             raise DataError(f"{item_path}:{lineno}: expected 0/1 genre flags, got {flags}")
-        genres = [g for g, flag in zip(ML100K_GENRES, flags, strict=True) if flag == "1"]
-        items[item_id] = RawItem(
-            title=title, year=year, genres=[g for g in genres if g != "unknown"]
-        )
+        genres = [g for g, flag in zip(ML100K_GENRES, flags, strict=True) if flag == "1" and g != "unknown"]
+        _add_item(items, seen, item_path, lineno, item_id, RawItem(title=title, year=year, genres=genres))
     return interactions, items
 
 
@@ -301,3 +322,34 @@ def parse_raw(
     layout = detect_layout(raw_dir, allowed)
     interactions, items = LAYOUTS[layout][1](raw_dir)
     return layout, interactions, items
+
+
+def read_raw(raw_dir: Path, spec: DatasetSpec) -> tuple[str, RawInteractions, dict[int, RawItem]]:
+    """parse_raw, then refuse values a rating of this dataset cannot have."""
+    layout, interactions, items = parse_raw(raw_dir, spec.layouts)
+    check_values(raw_dir / LAYOUTS[layout][0][0], interactions, spec)
+    return layout, interactions, items
+
+
+def check_values(path: Path, inter: RawInteractions, spec: DatasetSpec) -> None:
+    """The first interaction (in file order) with an implausible timestamp or rating, as one
+    error naming its line. A timestamp before the dataset's earliest is what a line cut short
+    in its last field looks like (a 9-digit Unix time missing a digit is in 1973)."""
+    low, high = spec.rating_scale
+    latest = time.time() + 86_400
+    bad = (inter.timestamps < spec.earliest_timestamp) | (inter.timestamps > latest)
+    bad |= ~((inter.ratings >= low) & (inter.ratings <= high))  # NaN included
+    if not bad.any():
+        return
+    row = int(np.argmax(bad))
+    where, stamp, rating = f"{path}:{int(inter.lines[row])}", int(inter.timestamps[row]), float(inter.ratings[row])
+    if stamp < 0:
+        raise DataError(f"{where}: timestamp {stamp} is negative")
+    if stamp < spec.earliest_timestamp:
+        earliest = dt.datetime.fromtimestamp(spec.earliest_timestamp, dt.UTC).date()
+        raise DataError(f"{where}: timestamp {stamp} is before {earliest}, earlier than any {spec.name} rating "
+                        "(is the line cut short?)")  # fmt: skip
+    if stamp > latest:
+        raise DataError(f"{where}: timestamp {stamp} is in the future (expected Unix time in seconds)")
+    scale = f"{spec.name}'s rating scale {low:g}..{high:g}"
+    raise DataError(f"{where}: rating is NaN, not on {scale}" if np.isnan(rating) else f"{where}: rating {rating:g} is outside {scale}")

@@ -23,7 +23,7 @@ from recdata.contract import (
     split_counts,
 )  # fmt: skip
 from recdata.errors import DataError
-from recdata.parse import LAYOUTS, RawInteractions, RawItem, parse_raw
+from recdata.parse import LAYOUTS, RawInteractions, RawItem, read_raw
 from recdata.sources import DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -38,18 +38,14 @@ def _dense_ids(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _filter_short_users(inter: RawInteractions, min_len: int) -> tuple[RawInteractions, int]:
     users, counts = np.unique(inter.users, return_counts=True)
     short = users[counts < min_len]
-    keep = ~np.isin(inter.users, short)
-    kept = RawInteractions(
-        inter.users[keep], inter.items[keep], inter.ratings[keep], inter.timestamps[keep]
-    )
-    return kept, int(len(short))
+    return inter.select(~np.isin(inter.users, short)), int(len(short))
 
 
 def build_contract(
     spec: DatasetSpec, raw_dir: Path, out_dir: Path, *, min_user_interactions: int = 3
 ) -> dict:
-    """Parse `raw_dir`, write the contract to `out_dir` atomically and return its meta."""
-    layout, raw, raw_items = parse_raw(raw_dir, spec.layouts)
+    """Parse and check `raw_dir`, write the contract to `out_dir` atomically and return its meta."""
+    layout, raw, raw_items = read_raw(raw_dir, spec)
     num_raw = len(raw.users)
     inter, dropped_users = _filter_short_users(raw, min_user_interactions)
     if len(inter.users) == 0:

@@ -32,6 +32,10 @@ class DatasetSpec:
     source: WheelSource | ArchiveSource
     description: str
     layouts: tuple[str, ...] = field(default=())
+    rating_scale: tuple[float, float] = (1.0, 5.0)  # MovieLens: 1 to 5 stars
+    # 1995-01-01: MovieLens started collecting ratings in 1997; an earlier Unix time is a
+    # negative or cut-short timestamp
+    earliest_timestamp: int = 788_918_400
 
 
 DATASETS: dict[str, DatasetSpec] = {

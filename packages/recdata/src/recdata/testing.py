@@ -15,7 +15,7 @@ def write_recbole_raw(raw_dir: Path, sequences: Sequence[Sequence[int]], titles:
     raw_dir.mkdir(parents=True, exist_ok=True)
     lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
     for user, seq in enumerate(sequences, start=1):
-        lines += [f"{user}\t{item}\t{1 + (user + t) % 5}\t{1_000_000 + 100 * t}" for t, item in enumerate(seq)]
+        lines += [f"{user}\t{item}\t{1 + (user + t) % 5}\t{883_612_800 + 100 * t}" for t, item in enumerate(seq)]
     (raw_dir / "ml-100k.inter").write_text("\n".join(lines) + "\n")
     items = sorted({i for seq in sequences for i in seq})
     titles = titles or {}
