@@ -172,13 +172,18 @@ def test_bad_settings_are_one_line_exit_2_and_leave_no_run_dir(cyclic_data, tmp_
     assert not results.exists() or not any(results.iterdir())
 
 
-def test_resume_refuses_another_config_group(cyclic_data, tmp_path, capsys):
+def test_resume_refuses_another_config_group_and_an_unreadable_checkpoint(cyclic_data, tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_cli(main, tiny_run_overrides(cyclic_data, run_dir, "train.max_epochs=1"))
-    with pytest.raises(SystemExit) as exc:
-        run_cli(main, [f"train.resume={run_dir}", "train=teacher", f"hydra.run.dir={tmp_path / 'again'}"])
-    assert exc.value.code == 2
-    assert capsys.readouterr().err.strip().startswith(
-        f"error: train.resume: train=teacher changes the config group 'train' of {run_dir} (it ran with train=student)"
-    )
-    assert not (tmp_path / "again").exists()
+    refusals = [
+        (["train=teacher"], f"error: train.resume: train=teacher changes the config group 'train' of {run_dir} (it ran with train=student)"),
+        ([], f"error: {run_dir / 'checkpoints' / 'last.ckpt'}: unreadable resume checkpoint ("),
+    ]  # fmt: skip
+    for extra, message in refusals:
+        if not extra:  # damaged by something other than a kill (we write it by rename)
+            (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 not a checkpoint")
+        with pytest.raises(SystemExit) as exc:
+            run_cli(main, [f"train.resume={run_dir}", *extra, f"hydra.run.dir={tmp_path / 'again'}"])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and err.startswith(message) and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "again").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -136,11 +137,18 @@ class EpochSummary(Callback):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write last.ckpt beside its target and rename it into place. (Lightning's own write goes
     through a temporary file in the system temp dir; across filesystems its final move is a
-    copy, which a kill can cut short.)"""
+    copy, which a kill can cut short.) Read it with weights_only=True."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         with atomic_file(Path(path)) as tmp:
             torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        try:  # tensors and plain values only: nothing is unpickled
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            raise UserError(f"{path}: unreadable resume checkpoint ({str(exc).splitlines()[0]}); "
+                            "delete it to train the run again from its beginning") from None  # fmt: skip
 
 
 class ResumableEarlyStopping(EarlyStopping):
