@@ -160,6 +160,8 @@ def test_multirun_sweeps_get_their_own_directories(cyclic_data, tmp_path):
         ("train.bacth_size=64", "error: Could not override 'train.bacth_size'."),
         ("dataset=ml-20m", "error: In 'config': Could not find 'dataset/ml-20m' Available options in 'dataset': ml-100k, ml-1m"),
         (f"train.resume={Path('/nonexistent/run')}", "error: train.resume=/nonexistent/run: no such directory"),
+        ("paths.cache_dir=${oc.env:ILORA_NO_SUCH_VARIABLE}",
+         "error: config paths.cache_dir: KeyError raised while resolving interpolation: \"Environment variable 'ILORA_NO_SUCH_VARIABLE' not found\""),
     ],
 )
 def test_bad_settings_are_one_line_exit_2_and_leave_no_run_dir(cyclic_data, tmp_path, capsys, override, message):

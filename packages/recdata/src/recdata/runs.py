@@ -142,8 +142,14 @@ def one_line(error: Exception) -> str:
 
 def prepare_config(cfg: DictConfig) -> DictConfig:
     """The config the task runs with: a resumed run's own, then checked as a whole."""
+    from omegaconf.errors import OmegaConfBaseException
+
     from recdata.config import check_config
 
+    try:  # an interpolation that cannot resolve (e.g. a missing ${oc.env:...}) is a config error
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as error:
+        raise UserError(f"config {error.full_key}: {str(error).splitlines()[0]}") from None
     if OmegaConf.select(cfg, "train.resume"):
         cfg = resumed_config(cfg)
     check_config(cfg)
