@@ -29,13 +29,16 @@ def fingerprint(data) -> str:
     return json.loads((data / "meta.json").read_text())["fingerprint"]
 
 
+def distill_overrides(pipeline, soft_dir, run_dir, *extra) -> list[str]:
+    return tiny_run_overrides(pipeline["data"], run_dir, f"distill.teacher_checkpoint_path={pipeline['teacher']}",
+                              f"distill.soft_labels_dir={soft_dir}", "distill.soft_label_samples=all", EPOCHS, *extra)  # fmt: skip
+
+
 def run_distill(pipeline, soft_dir, run_dir, *extra) -> str:
     """Run `distill` in-process; returns its stdout."""
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        run_cli(distill_train.main, tiny_run_overrides(
-            pipeline["data"], run_dir, f"distill.teacher_checkpoint_path={pipeline['teacher']}",
-            f"distill.soft_labels_dir={soft_dir}", "distill.soft_label_samples=all", EPOCHS, *extra))  # fmt: skip
+        run_cli(distill_train.main, distill_overrides(pipeline, soft_dir, run_dir, *extra))
     return stdout.getvalue()
 
 
@@ -69,13 +72,10 @@ def full_run(tiny_pipeline, soft_dir):
 
 
 def test_killed_distillation_resumes_to_the_uninterrupted_result(tiny_pipeline, soft_dir, tmp_path, one_thread):
-    killed, full = tmp_path / "killed", tmp_path / "full"
-    overrides = [f"distill.teacher_checkpoint_path={tiny_pipeline['teacher']}", f"distill.soft_labels_dir={soft_dir}",
-                 "distill.soft_label_samples=all", "train.max_epochs=3"]  # fmt: skip
-    kill_after_first_epoch(distill_train.main, tiny_run_overrides(tiny_pipeline["data"], killed, *overrides),
-                           killed, tmp_path / "killed.out")  # fmt: skip
+    killed, full = tmp_path / "killed", tmp_path / "full"  # both on one thread, like the child
+    kill_after_first_epoch(distill_train.main, distill_overrides(tiny_pipeline, soft_dir, killed), killed, tmp_path / "killed.out")
     run_cli(distill_train.main, [f"train.resume={killed}", f"hydra.run.dir={tmp_path / 'again'}"])
-    run_cli(distill_train.main, tiny_run_overrides(tiny_pipeline["data"], full, *overrides))
+    run_distill(tiny_pipeline, soft_dir, full)
     assert read_test_metrics(killed)["metrics"] == read_test_metrics(full)["metrics"]
     assert_same_weights(weights(killed), weights(full))
     assert_same_weights(weights(killed, "unfolded.safetensors"), weights(full, "unfolded.safetensors"))

@@ -14,7 +14,7 @@ from recdata.testing import kill_after_first_epoch, run_cli, tiny_run_overrides
 
 def test_killed_teacher_resumes_to_the_uninterrupted_result(tiny_pipeline, tmp_path, one_thread):
     overrides = [*tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]), "train.max_steps=-1",
-                 "train.max_epochs=3", "train.patience=3"]  # fmt: skip
+                 "train.max_epochs=2", "train.patience=2"]  # fmt: skip
     full, killed = tmp_path / "full", tmp_path / "killed"
     kill_after_first_epoch(train.main, tiny_run_overrides(tiny_pipeline["data"], killed, *overrides), killed, tmp_path / "killed.out")
     run_cli(train.main, [f"train.resume={killed}", f"hydra.run.dir={tmp_path / 'again'}"])
