@@ -19,6 +19,8 @@ import itertools
 import logging
 import os
 import shutil
+import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -97,10 +99,11 @@ def hydra_entry(config_name: str) -> Callable:
             with _hydra_raises():
                 try:
                     return hydra_main()
-                except (HydraException, OmegaConfBaseException) as error:
-                    if started:  # raised by the task itself: a bug, keep its traceback
-                        raise
-                    report_and_exit(UserError(one_line(error)))
+                except Exception as error:
+                    if not started and isinstance(error, HydraException | OmegaConfBaseException):
+                        report_and_exit(UserError(one_line(error)))
+                    traceback.print_exc()  # a bug in the task: its traceback and exit 1, as Hydra does
+                    sys.exit(1)
 
         return entry
 
@@ -110,7 +113,8 @@ def hydra_entry(config_name: str) -> Callable:
 @contextlib.contextmanager
 def _hydra_raises() -> Iterator[None]:
     """HYDRA_FULL_ERROR=1 makes Hydra raise a composition error (unknown key, unknown group)
-    instead of printing a multi-line report and exiting 1, so the entry can report one line."""
+    instead of printing a multi-line report and exiting 1, so the entry can report one line
+    (and, for any other error, print the traceback and exit 1 itself)."""
     previous = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
