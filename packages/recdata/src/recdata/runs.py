@@ -96,12 +96,15 @@ def hydra_entry(config_name: str) -> Callable:
             from hydra.errors import HydraException
             from omegaconf.errors import OmegaConfBaseException
 
+            full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))  # the caller asked for raw errors
             with _hydra_raises():
                 try:
                     return hydra_main()
                 except Exception as error:
                     if not started and isinstance(error, HydraException | OmegaConfBaseException):
                         report_and_exit(UserError(one_line(error)))
+                    if full_error:
+                        raise
                     traceback.print_exc()  # a bug in the task: its traceback and exit 1, as Hydra does
                     sys.exit(1)
 
