@@ -152,29 +152,12 @@ def autocast(device: str):
 def time_teacher(teacher, batch: dict, sizes: Sizes) -> dict:
     """Seconds per training step and per scoring pass; prefix mode on one prompt per window (its
     last 10 items), sequence mode on the whole windows."""
+    from _teacher_steps import PREFIX_ITEMS, step_functions
+
     prefix = not teacher.sequence_mode
-    history = batch["history"][:, -10:] if prefix else batch["history"]
-    history, targets = history.to(sizes.device), batch["targets"].to(sizes.device)
-    optimizer = torch.optim.AdamW([p for p in teacher.parameters() if p.requires_grad], lr=1e-4)
-
-    def train_step():
-        teacher.train()
-        with autocast(sizes.device):
-            if prefix:
-                scores, kept = teacher(history), targets.amax(1)
-            else:
-                scores, kept = teacher.training_scores({"history": history, "targets": targets})
-            loss = nn.functional.cross_entropy(scores, kept)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    @torch.no_grad()
-    def score():
-        teacher.eval()
-        with autocast(sizes.device):
-            teacher(history) if prefix else teacher.score_all_positions(history)
-
+    history, targets = batch["history"].to(sizes.device), batch["targets"].to(sizes.device)
+    train_step, score = step_functions(teacher, history, targets, precision=lambda: autocast(sizes.device))
+    history = history[:, -PREFIX_ITEMS:] if prefix else history
     real, padded = prompt_tokens(teacher, history.cpu())
     positions = len(history) if prefix else int((targets > 0).sum())
     return {"train": median_seconds(train_step, sizes.device, sizes.repeats),

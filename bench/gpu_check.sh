@@ -27,7 +27,7 @@ WHEELS=.whl
 SITE=${TMPDIR:-/tmp}/ilora-gpu-site
 TESTS_TIMEOUT=300
 BENCH_TIMEOUT=150
-FILES=(pyproject.toml uv.lock conftest.py conf/config.yaml bench/gpu_env.py bench/gpu_device_packages.txt "$BENCH" bench/gpu_dry_run.py
+FILES=(pyproject.toml uv.lock conftest.py conf/config.yaml bench/gpu_env.py bench/gpu_device_packages.txt "$BENCH" bench/_teacher_steps.py bench/gpu_dry_run.py
        packages/student-sasrec/tests/conftest.py packages/teacher-ilora/tests/conftest.py "${CUDA_TESTS[@]}"
        ${SRC//:/ })
 
@@ -41,7 +41,7 @@ dry_run() {
     step "wheels"
     "$py" bench/gpu_env.py check "$WHEELS" ${GPU_CHECK_ALLOW_MISSING_WHEELS:+--allow-missing}
     step "Python compiles"
-    "$py" -m compileall -q bench/gpu_env.py bench/gpu_dry_run.py "$BENCH" "${CUDA_TESTS[@]}" ${SRC//:/ } && echo ok
+    "$py" -m compileall -q bench/gpu_env.py bench/gpu_dry_run.py "$BENCH" bench/_teacher_steps.py "${CUDA_TESTS[@]}" ${SRC//:/ } && echo ok
     export PYTHONPATH=$SRC${PYTHONPATH:+:$PYTHONPATH}
     step "CUDA test selection, then the benchmark code at toy sizes (one process)"
     "$py" bench/gpu_dry_run.py "${CUDA_TESTS[@]}"

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+sys.path.append(str(Path(__file__).resolve().parent))
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BATCH, SEQ, NUM_ITEMS, SASREC_DIM = 8, 96, 1682, 64
@@ -178,28 +181,10 @@ def _times(fn, repeats):
 
 
 def time_mode(teacher, history: torch.Tensor, targets: torch.Tensor, repeats: int) -> tuple[float, float]:
-    """(s per training step, s per scoring batch): prefix mode on one prompt per window (its last
-    prefix, the last 10 items shown), sequence mode on the whole windows."""
-    prefix = teacher.config.prompt_mode == "prefix"
-    params = [p for p in teacher.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    """(s per training step, s per scoring batch), see _teacher_steps."""
+    from _teacher_steps import step_functions
 
-    def train_step():
-        teacher.train()
-        if prefix:
-            scores, kept = teacher(history[:, -10:]), targets.amax(1)
-        else:
-            scores, kept = teacher.training_scores({"history": history, "targets": targets})
-        loss = nn.functional.cross_entropy(scores, kept)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    @torch.no_grad()
-    def score():
-        teacher.eval()
-        teacher(history[:, -10:]) if prefix else teacher.score_all_positions(history)
-
+    train_step, score = step_functions(teacher, history, targets)
     return timed(train_step, repeats), timed(score, repeats)
 
 
