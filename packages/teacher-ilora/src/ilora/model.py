@@ -50,6 +50,7 @@ class TeacherConfig:
     max_title_tokens: int = 12
     use_item_embeddings_head: bool = True
     residual_student_state: bool = True
+    student_mix: float = 0.0  # scores += student_mix x the student's scores (an ensemble; not with the residual)
     student_dropout_in_training: bool = False  # u from the frozen student with its dropout on while the teacher trains
     normalize_state: bool = True  # LayerNorm on the LLM state before the head
     prompt_mode: str = "sequence"  # prefix | sequence
@@ -61,6 +62,12 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         if self.prompt_mode not in PROMPT_MODES:
             raise UserError(f"teacher.prompt_mode must be one of {', '.join(PROMPT_MODES)}, got {self.prompt_mode!r}")
+        mix = self.student_mix
+        if isinstance(mix, bool) or not isinstance(mix, int | float) or mix < 0:
+            raise UserError(f"teacher.student_mix must be a number >= 0 or auto, got {mix!r}")
+        if mix > 0 and self.residual_student_state:
+            raise UserError("teacher.student_mix mixes the student's scores into a teacher with its own query: "
+                            "set teacher.residual_student_state=false (the residual head already adds the student)")
         for name in ("max_sequence_items", "sequence_window_stride"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -248,9 +255,11 @@ class ILoRATeacher(nn.Module):
         return out.last_hidden_state
 
     # -- scoring ----------------------------------------------------------------------------------
-    def scores_from_state(self, state: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def scores_from_state(self, state: torch.Tensor, u: torch.Tensor, student_mix: float | None = None) -> torch.Tensor:
         """(..., H_llm) LLM states and (..., d) student states -> (..., N+1) fp32 scores, column 0
-        -inf. The head runs in fp32 also under autocast (bf16 scores would tie items)."""
+        -inf: the teacher's own scores plus ``student_mix`` (default: the config's) times the
+        student's. The head runs in fp32 also under autocast (bf16 scores would tie items)."""
+        mix = self.config.student_mix if student_mix is None else student_mix
         with torch.autocast(state.device.type, enabled=False):
             state, u = self.state_norm(state.float()), u.float()
             if self.item_table is not None:
@@ -260,6 +269,8 @@ class ILoRATeacher(nn.Module):
                 scores = self.head(state)
                 if self.config.residual_student_state:
                     scores = scores + item_scores(u, self.student.item_table())
+            if mix:
+                scores = scores + mix * item_scores(u, self.student.item_table())
         return scores.index_fill(-1, torch.zeros(1, dtype=torch.long, device=scores.device), -torch.inf)
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:

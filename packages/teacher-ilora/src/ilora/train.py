@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -10,10 +11,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ilora.checkpoint import ITEM_EMBEDDINGS_FILE, build_teacher, student_reference
+from ilora.ensemble import choose_student_mix
 from ilora.model import TeacherConfig
 from ilora.module import TeacherModule
 from ilora.regularization import DecaySchedule
-from recdata.checkpoint import add_weights_file, read_card
+from recdata.atomic import write_json
+from recdata.checkpoint import CARD_FILE, add_weights_file, read_card
 from recdata.errors import UserError
 from recdata.runs import checkpoint_or_newest, hydra_entry
 from sasrec.module import load_sasrec
@@ -49,9 +52,32 @@ def resolve_student_path(cfg: DictConfig) -> Path:
     return checkpoint_or_newest(cfg, "teacher.rec_model_checkpoint_path", "sasrec")
 
 
+def mix_is_auto(cfg: DictConfig) -> bool:
+    return str(cfg.teacher.student_mix) == "auto"
+
+
 def teacher_config(cfg: DictConfig) -> TeacherConfig:
     values = OmegaConf.to_container(cfg.teacher, resolve=True)
+    if mix_is_auto(cfg):  # trained alone, the weight is chosen on valid afterwards
+        if values.get("residual_student_state"):
+            raise UserError("teacher.student_mix=auto ensembles a teacher with its own query and its student: "
+                            "set teacher.residual_student_state=false")
+        values["student_mix"] = 0.0
     return TeacherConfig(**{k: v for k, v in values.items() if k in ARCH_KEYS})
+
+
+def finalize_teacher(module: TeacherModule, best_dir: Path, *, cfg: DictConfig, dm) -> None:
+    """After training, on the best weights: the student mix (when auto), then the item embeddings."""
+    if mix_is_auto(cfg):
+        monitor = cfg.train.monitor if cfg.train.monitor.split("@")[0] in ("hr", "ndcg") and "_of_" not in cfg.train.monitor else "ndcg@10"
+        weight, by_mix = choose_student_mix(module.teacher, dm.loader("valid"), dm.num_items, metric=monitor,
+                                            ks=tuple(cfg.eval.ks), mask_history=bool(cfg.eval.mask_history),
+                                            device=module.device)  # fmt: skip
+        card = read_card(best_dir)
+        card["hparams"]["teacher"]["student_mix"] = weight
+        card["metrics"]["valid_by_student_mix"] = {"metric": monitor, **{f"{w:g}": v for w, v in by_mix.items()}}
+        write_json(best_dir / CARD_FILE, card)
+    save_item_embeddings(module, best_dir)
 
 
 def save_item_embeddings(module: TeacherModule, best_dir: Path) -> None:
@@ -98,7 +124,7 @@ def main(cfg: DictConfig) -> None:
     student_path = resolve_student_path(cfg)
     dm = teacher_datamodule(cfg, config, student_path)
     module = build_module(cfg, dm, config, student_path)
-    run_training(cfg, module, dm, finalize_best=save_item_embeddings)
+    run_training(cfg, module, dm, finalize_best=functools.partial(finalize_teacher, cfg=cfg, dm=dm))
 
 
 if __name__ == "__main__":

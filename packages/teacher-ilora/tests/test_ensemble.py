@@ -1,0 +1,54 @@
+"""teacher.student_mix: the teacher's own scores plus w x its student's, w chosen on valid."""
+
+import json
+
+import pytest
+import torch
+
+from ilora import train as teacher_train
+from ilora.checkpoint import load_teacher
+from ilora.ensemble import MIX_GRID
+from ilora.testing import tiny_teacher_overrides
+from recdata.contract import load_prepared
+from recdata.datamodule import SequentialDataModule
+from recdata.metrics import target_ranks
+from recdata.testing import run_cli, tiny_run_overrides
+
+
+def _train(pipeline, run, *extra):
+    run_cli(teacher_train.main, tiny_run_overrides(pipeline["data"], run,
+            *tiny_teacher_overrides(pipeline["llm"], pipeline["student"]), *extra))  # fmt: skip
+    return run / "checkpoints" / "best"
+
+
+def test_auto_mix_is_chosen_on_valid_recorded_and_used_by_the_test_pass(tiny_pipeline, tmp_path):
+    best = _train(tiny_pipeline, tmp_path / "t", "teacher.residual_student_state=false", "teacher.student_mix=auto",
+                  "train.max_steps=2")  # fmt: skip
+    card = json.loads((best / "card.json").read_text())
+    weight, by_mix = card["hparams"]["teacher"]["student_mix"], card["metrics"]["valid_by_student_mix"]
+    assert by_mix["metric"] == "ndcg@5" and {f"{w:g}" for w in MIX_GRID} <= set(by_mix)
+    assert by_mix[f"{weight:g}"] == max(v for k, v in by_mix.items() if k != "metric")
+    assert by_mix["0"] == pytest.approx(card["metrics"]["valid"]["ndcg@5"], abs=1e-6)  # w = 0: the teacher alone
+
+    teacher, _ = load_teacher(best, load_prepared(tiny_pipeline["data"]))
+    assert teacher.config.student_mix == weight
+    batch = next(iter(SequentialDataModule(tiny_pipeline["data"], max_seq_len=16, num_candidates=0).loader("test")))
+    with torch.no_grad():
+        state, u = teacher.encode(batch["history"])
+        own = teacher.scores_from_state(state, u, student_mix=0.0)[:, 0]
+        mixed = teacher(batch["history"])
+        student = teacher.student.score(batch["history"])
+    torch.testing.assert_close(mixed[:, 1:], own[:, 1:] + weight * student[:, 1:], rtol=1e-5, atol=1e-5)
+    import pyarrow.parquet as pq
+
+    ranks = (target_ranks(mixed, batch["target"]) + 1).tolist()
+    assert ranks == pq.read_table(tmp_path / "t" / "test_predictions.parquet").column("rank_unmasked").to_pylist()
+
+
+def test_a_mix_on_a_residual_teacher_is_refused_with_one_line(tiny_pipeline, tmp_path, capsys):
+    for value in ("auto", "0.5"):
+        with pytest.raises(SystemExit) as exc:
+            _train(tiny_pipeline, tmp_path / value, f"teacher.student_mix={value}")
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "teacher.residual_student_state=false" in err[0]
