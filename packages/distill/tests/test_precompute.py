@@ -2,7 +2,6 @@
 teacher computation, resumable shards merged by key, atomic output, and refusing soft labels
 that belong to other data, another teacher or a smaller K."""
 
-import hashlib
 import json
 import re
 
@@ -15,7 +14,7 @@ from safetensors.torch import load_file
 from distill import precompute
 from distill.soft_labels import SoftLabelError, SoftLabels, read_soft_labels
 from ilora.checkpoint import load_item_embeddings, load_teacher
-from ilora.inference import topk_with_history_masked
+from ilora.inference import teacher_digest, topk_with_history_masked
 from recdata.contract import load_prepared
 from recdata.splits import SampleKeys
 from recdata.testing import run_cli, tiny_run_overrides
@@ -40,10 +39,6 @@ def sequences(data) -> dict[int, list[int]]:
 def expected_keys(seqs) -> list[tuple[int, int]]:
     """Split rule: train predicts every index 1..L-3 of each user, in (user_id, position) order."""
     return [(u, p) for u in sorted(seqs) for p in range(1, len(seqs[u]) - 2)]
-
-
-def sha256(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +83,7 @@ def test_precompute_writes_the_teacher_output_contract(tiny_pipeline, reference)
     )
     assert teacher_vectors.shape[0] == max(i for s in seqs.values() for i in s) + 1  # (N+1, H)
     card = json.loads((out / "card.json").read_text())
-    assert card["teacher_digest"] == sha256(tiny_pipeline["teacher"] / "model.safetensors")
+    assert card["teacher_digest"] == teacher_digest(tiny_pipeline["teacher"])
     assert card["data_fingerprint"] == reference["fingerprint"]
     assert card["k"] == K and card["num_samples"] == len(keys) and card["history_masked"] is True
     assert card["samples"] == "all" and card["source"] == "precomputed"
@@ -259,7 +254,7 @@ def test_each_key_is_scored_as_its_prefix_alone_with_the_context_it_was_read_wit
 
 def test_read_soft_labels_refuses_what_does_not_belong(tiny_pipeline, reference, tmp_path):
     directory, fingerprint = reference["dir"], reference["fingerprint"]
-    digest = sha256(tiny_pipeline["teacher"] / "model.safetensors")
+    digest = teacher_digest(tiny_pipeline["teacher"])
     assert read_soft_labels(directory, fingerprint=fingerprint, teacher=digest, min_k=K).k == K
     refusals = [
         ({"fingerprint": "0" * 64}, "computed on other data"),

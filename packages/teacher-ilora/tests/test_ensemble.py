@@ -52,3 +52,19 @@ def test_a_mix_on_a_residual_teacher_is_refused_with_one_line(tiny_pipeline, tmp
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "teacher.residual_student_state=false" in err[0]
+
+
+def test_the_teacher_digest_changes_with_the_mix_not_only_with_the_weights(tiny_pipeline, tmp_path):
+    """Soft labels and the service name their teacher by this digest: a checkpoint whose card
+    mixes in the student scores differently is another teacher."""
+    import shutil
+
+    from ilora.inference import teacher_digest
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_pipeline["teacher"], copy)
+    assert teacher_digest(copy) == teacher_digest(tiny_pipeline["teacher"])
+    card = json.loads((copy / "card.json").read_text())
+    card["hparams"]["teacher"]["student_mix"] = 0.5
+    (copy / "card.json").write_text(json.dumps(card))
+    assert teacher_digest(copy) != teacher_digest(tiny_pipeline["teacher"])

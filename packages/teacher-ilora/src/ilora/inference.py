@@ -3,19 +3,26 @@ precompute and the teacher service, so both produce the same outputs."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import torch
 
 from recdata.atomic import sha256_file
-from recdata.checkpoint import WEIGHTS_FILE
+from recdata.checkpoint import WEIGHTS_FILE, read_card
 
 DIGEST_HEADER = "x-teacher-digest"  # the teacher service names its teacher_digest in every response
 
 
 def teacher_digest(checkpoint_dir: Path) -> str:
-    """Identity of a teacher checkpoint: the sha256 of its trained weights."""
-    return sha256_file(Path(checkpoint_dir) / WEIGHTS_FILE)
+    """Identity of a teacher checkpoint: the sha256 of its trained weights and of the architecture
+    its card rebuilds them into (e.g. the student mix chosen after training changes the scores,
+    not the weights)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    hparams = json.dumps(read_card(checkpoint_dir).get("hparams", {}), sort_keys=True)
+    identity = f"{sha256_file(checkpoint_dir / WEIGHTS_FILE)}\n{hparams}"
+    return hashlib.sha256(identity.encode()).hexdigest()
 
 
 def topk_with_history_masked(scores: torch.Tensor, history: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
