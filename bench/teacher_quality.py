@@ -5,10 +5,10 @@
         [--prefix-steps N] [--threads T] [overrides...]
 
 Each run is `train-teacher experiment=cpu_demo` as a child process on the same student, with:
-  main                 the CPU preset (sequence mode, 1 epoch)
+  main                 the CPU preset (sequence mode, its own query, student mix chosen on valid, 1 epoch)
   random-llm           the same LLM shape with random weights (does the pretrained LLM help?)
   no-title-projector   item tokens without the LLM's title state
-  no-residual          the teacher's own query, not the student's state plus a correction
+  residual             the student's state plus an LLM correction (starts as the student), no mix
   prefix               prefix mode (iLoRA's prompt) for --prefix-steps steps: the same wall time
   longer               the main teacher trained 4x longer (4 epochs), outside the demo budget
 Printed per run: the learning curve (valid NDCG@10 at the start and after each epoch, from
@@ -35,7 +35,7 @@ RUNS = {
     "main": [],
     "random-llm": ["teacher.llm_random_init=true"],
     "no-title-projector": ["teacher.use_title_projector=false"],
-    "no-residual": ["teacher.residual_student_state=false"],
+    "residual": ["teacher.residual_student_state=true", "teacher.student_mix=0"],
     "prefix": ["teacher.prompt_mode=prefix", "train.limit_val_batches=1.0"],
     "longer": ["train.max_epochs=4"],
 }

@@ -22,8 +22,7 @@ def _train(pipeline, run, *extra):
 
 
 def test_auto_mix_is_chosen_on_valid_recorded_and_used_by_the_test_pass(tiny_pipeline, tmp_path):
-    best = _train(tiny_pipeline, tmp_path / "t", "teacher.residual_student_state=false", "teacher.student_mix=auto",
-                  "train.max_steps=2")  # fmt: skip
+    best = _train(tiny_pipeline, tmp_path / "t", "train.max_steps=2")  # the default: own query, mix auto
     card = json.loads((best / "card.json").read_text())
     weight, by_mix = card["hparams"]["teacher"]["student_mix"], card["metrics"]["valid_by_student_mix"]
     assert by_mix["metric"] == "ndcg@5" and {f"{w:g}" for w in MIX_GRID} <= set(by_mix)
@@ -48,7 +47,7 @@ def test_auto_mix_is_chosen_on_valid_recorded_and_used_by_the_test_pass(tiny_pip
 def test_a_mix_on_a_residual_teacher_is_refused_with_one_line(tiny_pipeline, tmp_path, capsys):
     for value in ("auto", "0.5"):
         with pytest.raises(SystemExit) as exc:
-            _train(tiny_pipeline, tmp_path / value, f"teacher.student_mix={value}")
+            _train(tiny_pipeline, tmp_path / value, f"teacher.student_mix={value}", "teacher.residual_student_state=true")
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "teacher.residual_student_state=false" in err[0]
@@ -65,6 +64,6 @@ def test_the_teacher_digest_changes_with_the_mix_not_only_with_the_weights(tiny_
     shutil.copytree(tiny_pipeline["teacher"], copy)
     assert teacher_digest(copy) == teacher_digest(tiny_pipeline["teacher"])
     card = json.loads((copy / "card.json").read_text())
-    card["hparams"]["teacher"]["student_mix"] = 0.5
+    card["hparams"]["teacher"]["student_mix"] += 1.0
     (copy / "card.json").write_text(json.dumps(card))
     assert teacher_digest(copy) != teacher_digest(tiny_pipeline["teacher"])

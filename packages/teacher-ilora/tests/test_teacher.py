@@ -246,7 +246,7 @@ def test_the_starting_point_is_validated_and_can_win_model_selection(tiny_pipeli
     run = tmp_path / "t"
     run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], run,
             *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]), "train.lr=5.0",
-            "train.warmup_ratio=0"))  # fmt: skip
+            "train.warmup_ratio=0", "teacher.residual_student_state=true", "teacher.student_mix=0"))  # fmt: skip
     best = json.loads((run / "checkpoints" / "best" / "card.json").read_text())["metrics"]
     last = json.loads((run / "checkpoints" / "last" / "card.json").read_text())["metrics"]
     assert best["global_step"] == 0 and last["global_step"] > 0
