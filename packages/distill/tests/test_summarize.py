@@ -114,3 +114,53 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, make):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     assert ("no runs found" in err[0]) if make == "empty" else ("is not a directory" in err[0])
+
+
+def _predictions(run_dir, ranks):
+    """test_predictions.parquet with one sample per user and the given 1-based target ranks."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(ranks)
+    table = pa.table({"user_id": list(range(n, 0, -1)), "position": [3] * n, "rank": ranks,
+                      "hit@1_of_20": [r == 1 for r in ranks]})  # fmt: skip
+    pq.write_table(table, run_dir / "test_predictions.parquet")
+
+
+def test_baseline_adds_each_runs_paired_difference_with_its_se(tmp_path, capsys):
+    """Against a baseline run: the per-user difference of the same users, computed by
+    recdata.stats, so a sweep's rows carry their uncertainty, not only their means."""
+    import numpy as np
+
+    from recdata.stats import paired_difference
+
+    base, other = tmp_path / "base", tmp_path / "result" / "multirun_x" / "0"
+    _run(base, lr=0.001, metrics={"ndcg@10": 0.2})
+    _run(other, lr=0.01, metrics={"ndcg@10": 0.3})
+    _run(tmp_path / "result" / "multirun_x" / "1", lr=0.1)  # unfinished: no difference
+    base_ranks, other_ranks = [1, 5, 30, 2, 11, 4], [2, 1, 3, 2, 40, 1]
+    _predictions(base, base_ranks)
+    _predictions(other, other_ranks)
+    main([str(tmp_path / "result"), "--baseline", str(base)])
+    rows = {r["run"]: r for r in csv.DictReader((tmp_path / "result" / "summary.csv").read_text().splitlines())}
+
+    def ndcg(ranks):  # users in user_id order, as per_sample reads them
+        r = np.array(ranks[::-1], dtype=float)
+        return np.where(r <= 10, 1 / np.log2(r + 1), 0.0)
+
+    expected = paired_difference([ndcg(base_ranks)], [ndcg(other_ranks)])
+    assert rows["multirun_x/0"]["Δndcg@10"] == expected.text()
+    assert expected.mean > 0 and rows["multirun_x/1"]["Δndcg@10"] == ""
+    assert "Δhr@10" in rows["multirun_x/0"]
+    assert expected.text() in capsys.readouterr().out  # the Markdown shows it unrounded
+
+
+def test_baseline_without_predictions_or_with_valid_split_is_one_line(tmp_path, capsys):
+    _run(tmp_path / "result" / "a", lr=0.1, metrics={"hr@5": 0.1})
+    for argv in ([str(tmp_path / "result"), "--baseline", str(tmp_path / "nowhere")],
+                 [str(tmp_path / "result"), "--baseline", str(tmp_path), "--split", "valid"]):  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--baseline" in err[0]

@@ -6,7 +6,9 @@ copies and eval-all comparison runs are not runs of a model. Columns: the run di
 model kind, the status, every flattened config key whose value differs across runs (paths and
 Hydra keys left out), then the test metrics -- or, with ``--split valid``, the validation metrics
 of each run's best checkpoint (what a hyperparameter search ranks on, so test is read once, after
-the choice). Writes summary.csv and summary.md and prints the Markdown.
+the choice). With ``--baseline RUN`` (test split) two more columns give each run's paired per-user
+difference of NDCG@10 and HR@10 to that run, ± SE [bootstrap 95% interval] (`recdata.stats`).
+Writes summary.csv and summary.md and prints the Markdown.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Run:
     status: str = "ok"
     config: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    versus: dict[str, str] = field(default_factory=dict)  # "Δ<metric>" -> paired difference text
 
 
 def flatten(tree: object, prefix: str = "") -> dict[str, str]:
@@ -136,13 +139,43 @@ def build_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     readable = [r for r in runs if r.config]
     differing = [k for k in keys if len({r.config.get(k, "<unset>") for r in readable}) > 1]
     metrics = sorted({m for r in runs for m in r.metrics}, key=metric_order)
-    header = ["run", "kind", "status", *differing, *metrics]
+    versus = sorted({v for r in runs for v in r.versus})
+    header = ["run", "kind", "status", *differing, *metrics, *versus]
     rows = []
     for r in runs:
         values = [_plain(r.config[k]) if k in r.config else "" for k in differing]
         scores = [repr(r.metrics[m]) if m in r.metrics else "" for m in metrics]
-        rows.append([r.name, r.kind, r.status, *values, *scores])
+        rows.append([r.name, r.kind, r.status, *values, *scores, *(r.versus.get(v, "") for v in versus)])
     return header, rows
+
+
+VERSUS_METRICS = ("ndcg@10", "hr@10")
+
+
+def add_paired_differences(runs: list[Run], baseline: Path) -> None:
+    """Each complete run's paired per-user difference to the baseline run, on the same test users."""
+    from recdata.stats import paired_difference, per_sample, read_predictions
+
+    def predictions(run_dir: Path):
+        try:
+            return read_predictions(run_dir)
+        except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+            return exc
+
+    base = predictions(baseline)
+    if isinstance(base, Exception):
+        raise UserError(f"--baseline {baseline}: no readable test_predictions.parquet ({base})")
+    for run in runs:
+        table = predictions(run.path) if run.status == "ok" else None
+        if table is None or isinstance(table, Exception):
+            continue
+        for metric in VERSUS_METRICS:
+            try:
+                diff = paired_difference([per_sample(base, metric)], [per_sample(table, metric)])
+            except ValueError:  # another test split (data, limit_data_rows) than the baseline's
+                run.versus[f"Δ{metric}"] = "other test users"
+                continue
+            run.versus[f"Δ{metric}"] = diff.text()
 
 
 def _plain(canonical: str) -> str:
@@ -151,7 +184,7 @@ def _plain(canonical: str) -> str:
 
 
 def _md_cell(text: str, is_metric: bool) -> str:
-    if is_metric and text:
+    if is_metric and text and not text.startswith(("+", "-", "other")):
         value = float(text)
         text = "—" if math.isnan(value) else f"{value:.4f}"
     return text.replace("|", "\\|") or "—"
@@ -183,20 +216,24 @@ def render_csv(header: list[str], rows: list[list[str]]) -> str:
 SPLITS = ("test", "valid")
 
 
-def summarize(root: Path, out: Path | None = None, split: str = "test") -> str:
+def summarize(root: Path, out: Path | None = None, split: str = "test", baseline: Path | None = None) -> str:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root} is not a directory")
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if baseline is not None and split != "test":
+        raise UserError("--baseline compares test predictions: use it with --split test")
     runs = [read_run(p, root, split) for p in find_runs(root)]
     if not runs:
         raise UserError(f"no runs found under {root} (no directory with a {CONFIG})")
+    if baseline is not None:
+        add_paired_differences(runs, Path(baseline))
     out = Path(out) if out is not None else root
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is not a directory")
     header, rows = build_table(runs)
-    n_config = len(header) - 3 - len({m for r in runs for m in r.metrics})
+    n_config = len(header) - 3 - len({m for r in runs for m in r.metrics}) - len({v for r in runs for v in r.versus})
     markdown = render_markdown(header, rows, n_config, root, split)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "summary.csv") as tmp:
@@ -214,8 +251,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="where to write summary.csv and summary.md (default: the results dir)")  # fmt: skip
     parser.add_argument("--split", choices=SPLITS, default="test",
                         help="test metrics, or the best checkpoint's validation metrics (for searches)")  # fmt: skip
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a run dir: add each run's paired per-user NDCG@10/HR@10 difference to it (± SE)")  # fmt: skip
     args = parser.parse_args(argv)
-    markdown = summarize(args.results, args.out, args.split)
+    markdown = summarize(args.results, args.out, args.split, args.baseline)
     print(markdown, end="")
     print(f"wrote {(args.out or args.results) / 'summary.csv'} and summary.md", file=sys.stderr)
 

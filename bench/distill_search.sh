@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The documented distillation settings search: chosen on VALID only (test is read once, after).
+#
+#   bash bench/distill_search.sh TEACHER_CHECKPOINT [ROOT] [overrides...]
+#
+# One knob at a time from the defaults of conf/distill/dllm2rec.yaml, seed 42, the CPU demo's
+# settings (soft labels on every training prefix): Hydra multiruns, each run in its own directory
+# under ROOT (default result/distill_search), then `summarize ROOT --split valid` prints the
+# validation metrics of every run's best checkpoint beside the keys it changed. The winner on
+# valid NDCG@10 becomes the default; `bench/distill.py --seeds 42 1 2` then reads test once.
+# Each run is a full `distill` (~5 min on 2 cores); set OMP_NUM_THREADS to share the machine.
+set -euo pipefail
+teacher=${1:?usage: bench/distill_search.sh TEACHER_CHECKPOINT [ROOT] [overrides...]}
+root=${2:-result/distill_search}
+shift $(( $# >= 2 ? 2 : 1 ))
+run=(uv run --frozen distill -m experiment=cpu_demo "paths.result_dir=$root"
+     "distill.teacher_checkpoint_path=$teacher" trainer.enable_progress_bar=false "$@")
+
+sweeps=(
+  "distill.lam=0.7"                                               # the defaults
+  "distill.lam=0,1.5"                                             # no ranking loss; more of it
+  "distill.ranking_loss=listwise"
+  "distill.ed_weight=0"                                           # no embedding distillation
+  "distill.gamma_confidence=0 distill.gamma_consistency=0"        # position weight alone
+  "distill.gamma_position=0 distill.gamma_consistency=0"          # confidence weight alone
+  "distill.gamma_position=0 distill.gamma_confidence=0"           # consistency weight alone
+  "distill.consistency_weight=original"                           # as in the DLLM2Rec code
+  "distill.consistency_masks_history=false"                       # student's top-K unmasked
+)
+for sweep in "${sweeps[@]}"; do
+  echo "[$(date +%H:%M:%S)] distill -m $sweep" >&2
+  # shellcheck disable=SC2086  # a sweep is several overrides
+  "${run[@]}" $sweep > /dev/null
+done
+uv run --frozen summarize "$root" --split valid
