@@ -67,3 +67,24 @@ def test_the_teacher_digest_changes_with_the_mix_not_only_with_the_weights(tiny_
     card["hparams"]["teacher"]["student_mix"] += 1.0
     (copy / "card.json").write_text(json.dumps(card))
     assert teacher_digest(copy) != teacher_digest(tiny_pipeline["teacher"])
+
+
+def test_the_mix_figures_come_from_the_best_checkpoints_own_validation(tiny_pipeline, tmp_path, monkeypatch):
+    """Choosing w costs no extra LLM pass over valid: the validation that selected the best
+    checkpoint already ranked every mix, and its figures equal a fresh pass on the best weights."""
+    from ilora import ensemble
+
+    fresh_pass = ensemble.valid_metric_by_mix
+    calls = []
+    monkeypatch.setattr(ensemble, "valid_metric_by_mix", lambda *a, **k: calls.append(1) or fresh_pass(*a, **k))
+    best = _train(tiny_pipeline, tmp_path / "t", "train.max_steps=4", "train.val_check_interval=2")
+    assert calls == []
+    card = json.loads((best / "card.json").read_text())
+    recorded = {float(k): v for k, v in card["metrics"]["valid_by_student_mix"].items() if k != "metric"}
+
+    teacher, _ = load_teacher(best, load_prepared(tiny_pipeline["data"]))
+    valid = SequentialDataModule(tiny_pipeline["data"], max_seq_len=16, num_candidates=0).loader("valid")
+    again = fresh_pass(teacher, valid, teacher.student.config.num_items, metric="ndcg@5", ks=(1, 5),
+                       mask_history=False, device=torch.device("cpu"))  # fmt: skip
+    assert recorded == pytest.approx(again, abs=1e-6)
+    assert len(set(recorded.values())) > 1  # the mix changes the ranking: the figures are not all w = 0's

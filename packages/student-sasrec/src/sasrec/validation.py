@@ -21,7 +21,9 @@ class RankingValidationMixin:
         self._valid_ranks, self._valid_hits = [], []
 
     def validation_step(self, batch, batch_idx):
-        scores = self.score(batch)
+        self.record_valid_scores(self.score(batch), batch)
+
+    def record_valid_scores(self, scores: torch.Tensor, batch) -> None:
         exclude = history_mask(batch["full_history"], self.num_items, keep=batch["target"]) if self.eval_mask_history else None
         self._valid_ranks.append(target_ranks(scores, batch["target"], exclude.to(scores.device) if exclude is not None else None))
         if "candidates" in batch:

@@ -20,28 +20,42 @@ log = logging.getLogger(__name__)
 MIX_GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
+def own_and_student_scores(teacher, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N+1) scores of the teacher alone (w = 0) and of its frozen student, at the last position."""
+    state, u = teacher.encode(history)
+    return teacher.scores_from_state(state, u, student_mix=0.0)[:, 0], item_scores(u[:, 0], teacher.student.item_table())
+
+
+def metrics_by_mix(own, student, target, exclude, ks, grid=MIX_GRID) -> dict[float, dict[str, float]]:
+    """{w: ranking metrics of own + w * student} over ``grid``."""
+    return {w: ranking_metrics(target_ranks(own + w * student, target, exclude), ks) for w in grid}
+
+
 @torch.no_grad()
 def valid_metric_by_mix(teacher, loader, num_items: int, *, metric: str, ks, mask_history: bool, device,
                         grid=MIX_GRID) -> dict[float, float]:  # fmt: skip
-    """{w: valid ``metric`` of teacher + w * student} over ``grid``."""
+    """{w: valid ``metric`` of teacher + w * student} over ``grid``, by one pass over ``loader``."""
     teacher.eval()
     own, student, targets, excluded = [], [], [], []
     for batch in loader:
-        state, u = teacher.encode(batch["history"].to(device))
-        own.append(teacher.scores_from_state(state, u, student_mix=0.0)[:, 0].cpu())
-        student.append(item_scores(u[:, 0], teacher.student.item_table()).cpu())
+        batch_own, batch_student = own_and_student_scores(teacher, batch["history"].to(device))
+        own.append(batch_own.cpu())
+        student.append(batch_student.cpu())
         targets.append(batch["target"])
         excluded.append(history_mask(batch["full_history"], num_items, keep=batch["target"]) if mask_history else None)
-    own, student, target = torch.cat(own), torch.cat(student), torch.cat(targets)
     exclude = torch.cat(excluded) if mask_history else None
-    return {w: ranking_metrics(target_ranks(own + w * student, target, exclude), ks)[metric] for w in grid}
+    by_mix = metrics_by_mix(torch.cat(own), torch.cat(student), torch.cat(targets), exclude, ks, grid)
+    return {w: m[metric] for w, m in by_mix.items()}
 
 
-def choose_student_mix(teacher, loader, num_items: int, *, metric: str, ks, mask_history: bool, device) -> tuple[float, dict]:
+def choose_student_mix(teacher, loader, num_items: int, *, metric: str, ks, mask_history: bool, device,
+                       by_mix: dict[float, float] | None = None) -> tuple[float, dict]:  # fmt: skip
     """Set ``teacher.config.student_mix`` to the grid's best weight on valid (the first of ties);
-    returns (weight, {w: metric})."""
-    by_mix = valid_metric_by_mix(teacher, loader, num_items, metric=metric, ks=ks, mask_history=mask_history,
-                                 device=device)  # fmt: skip
+    returns (weight, {w: metric}). ``by_mix``: the figures the best checkpoint's own validation
+    already measured (`TeacherModule` records them), else one pass over ``loader``."""
+    if by_mix is None:
+        by_mix = valid_metric_by_mix(teacher, loader, num_items, metric=metric, ks=ks, mask_history=mask_history,
+                                     device=device)  # fmt: skip
     best = max(by_mix, key=lambda w: (by_mix[w], -w))
     teacher.config.student_mix = best
     log.info("student_mix chosen on valid (%s): %s -> %g", metric,

@@ -7,9 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from ilora.checkpoint import KIND, load_trained, teacher_payload
+from ilora.ensemble import own_and_student_scores
 from ilora.model import ILoRATeacher
 from ilora.regularization import DecaySchedule, imitation_loss
+from recdata.batching import history_mask
 from recdata.errors import UserError
+from recdata.metrics import ranking_metrics, target_ranks
 from sasrec.recipe import seed_training_step
 from sasrec.validation import RankingValidationMixin
 
@@ -52,6 +55,11 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
         self.lr_schedule, self.warmup_ratio = lr_schedule, warmup_ratio
         self.schedule, self.loss_type, self.temperature = schedule, loss_type, contrastive_temperature
         self.strict_loading = False  # Lightning's last.ckpt holds only the trained tensors
+        # teacher.student_mix=auto: every validation also ranks the teacher mixed with its student
+        # at each weight of this grid, so w is chosen after training without another LLM pass
+        # over valid; {global_step: {w: valid metrics}}, kept in last.ckpt for a resume
+        self.mix_grid: tuple[float, ...] | None = None
+        self.valid_by_mix: dict[int, dict[float, dict[str, float]]] = {}
 
     @property
     def num_items(self) -> int:
@@ -59,6 +67,28 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
 
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.teacher(batch["history"])
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self._mix_ranks: list[dict[float, torch.Tensor]] = []
+
+    def validation_step(self, batch, batch_idx):
+        if self.mix_grid is None:
+            return super().validation_step(batch, batch_idx)
+        own, student = own_and_student_scores(self.teacher, batch["history"])
+        self.record_valid_scores(own, batch)  # model selection: the teacher alone
+        exclude = history_mask(batch["full_history"], self.num_items, keep=batch["target"]) if self.eval_mask_history else None
+        exclude = exclude.to(own.device) if exclude is not None else None
+        self._mix_ranks.append({w: target_ranks(own + w * student, batch["target"], exclude) for w in self.mix_grid})
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if self.mix_grid is None or not self._mix_ranks:
+            return
+        self.valid_by_mix[int(self.global_step)] = {
+            w: ranking_metrics(self.all_gather(torch.cat([r[w] for r in self._mix_ranks])).reshape(-1).cpu(), self.eval_ks)
+            for w in self.mix_grid
+        }
 
     def on_fit_start(self) -> None:
         # null distill_decay_steps = the run's real number of optimizer steps
@@ -103,6 +133,10 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
         # Keep last.ckpt small: the frozen LLM and student are rebuilt from their sources.
         trained = {f"teacher.{k}" for k in self.teacher.checkpoint_tensors()}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
+        checkpoint["valid_by_mix"] = self.valid_by_mix
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.valid_by_mix = dict(checkpoint.get("valid_by_mix", {}))
 
     # -- checkpoint contract --------------------------------------------------------------
     def checkpoint_payload(self) -> dict:

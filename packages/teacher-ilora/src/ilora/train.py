@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ilora.checkpoint import ITEM_EMBEDDINGS_FILE, build_teacher, student_reference
-from ilora.ensemble import choose_student_mix
+from ilora.ensemble import MIX_GRID, choose_student_mix
 from ilora.model import TeacherConfig
 from ilora.module import TeacherModule
 from ilora.regularization import DecaySchedule
@@ -70,10 +70,12 @@ def finalize_teacher(module: TeacherModule, best_dir: Path, *, cfg: DictConfig, 
     """After training, on the best weights: the student mix (when auto), then the item embeddings."""
     if mix_is_auto(cfg):
         monitor = cfg.train.monitor if cfg.train.monitor.split("@")[0] in ("hr", "ndcg") and "_of_" not in cfg.train.monitor else "ndcg@10"
+        card = read_card(best_dir)
+        measured = module.valid_by_mix.get(card["metrics"].get("global_step"))  # by the best's own validation
         weight, by_mix = choose_student_mix(module.teacher, dm.loader("valid"), dm.num_items, metric=monitor,
                                             ks=tuple(cfg.eval.ks), mask_history=bool(cfg.eval.mask_history),
-                                            device=module.device)  # fmt: skip
-        card = read_card(best_dir)
+                                            device=module.device,
+                                            by_mix={w: m[monitor] for w, m in measured.items()} if measured else None)  # fmt: skip
         card["hparams"]["teacher"]["student_mix"] = weight
         card["metrics"]["valid_by_student_mix"] = {"metric": monitor, **{f"{w:g}": v for w, v in by_mix.items()}}
         write_json(best_dir / CARD_FILE, card)
@@ -124,6 +126,8 @@ def main(cfg: DictConfig) -> None:
     student_path = resolve_student_path(cfg)
     dm = teacher_datamodule(cfg, config, student_path)
     module = build_module(cfg, dm, config, student_path)
+    if mix_is_auto(cfg):
+        module.mix_grid = MIX_GRID
     run_training(cfg, module, dm, finalize_best=functools.partial(finalize_teacher, cfg=cfg, dm=dm))
 
 
