@@ -21,11 +21,11 @@ sweeps=(
   "distill.lam=0,1.5"                                             # no ranking loss; more of it
   "distill.ranking_loss=listwise"
   "distill.ed_weight=0"                                           # no embedding distillation
+  "distill.consistency_weight=original"                           # as in the DLLM2Rec code
+  "distill.consistency_masks_history=false"                       # student's top-K unmasked
   "distill.gamma_confidence=0 distill.gamma_consistency=0"        # position weight alone
   "distill.gamma_position=0 distill.gamma_consistency=0"          # confidence weight alone
   "distill.gamma_position=0 distill.gamma_confidence=0"           # consistency weight alone
-  "distill.consistency_weight=original"                           # as in the DLLM2Rec code
-  "distill.consistency_masks_history=false"                       # student's top-K unmasked
 )
 for sweep in "${sweeps[@]}"; do
   echo "[$(date +%H:%M:%S)] distill -m $sweep" >&2
