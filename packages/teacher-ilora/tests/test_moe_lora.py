@@ -107,13 +107,18 @@ def test_gate_changes_output_per_example(tiny_llm):
     torch.testing.assert_close(o1[[0, 2]], o2[[0, 2]], atol=0, rtol=0)
 
 
-def test_fused_layer_matches_per_expert_sum():
+def _seeded_layer_and_input():
+    """A 10 -> 6 MoE-LoRA layer (3 experts of rank 2, non-zero B) and a (B, 5, 10) input."""
     torch.manual_seed(0)
     base = torch.nn.Linear(10, 6)
     layer = MoELoRALinear(base, num_experts=3, expert_rank=2, alpha=4.0)
     with torch.no_grad():
         layer.lora_B.normal_()
-    x = torch.randn(B, 5, 10)
+    return base, layer, torch.randn(B, 5, 10)
+
+
+def test_fused_layer_matches_per_expert_sum():
+    base, layer, x = _seeded_layer_and_input()
     g = torch.softmax(torch.randn(B, 3), -1)
     layer.gate_state.set(g)
     out = layer(x)
@@ -127,12 +132,7 @@ def test_fused_layer_matches_per_expert_sum():
 def test_per_token_gates_match_the_per_expert_sum_token_by_token():
     """A (B, T, E) gate weighs each token's experts by that token's gate; a gate repeated over
     the tokens equals the (B, E) per-example gate exactly."""
-    torch.manual_seed(0)
-    base = torch.nn.Linear(10, 6)
-    layer = MoELoRALinear(base, num_experts=3, expert_rank=2, alpha=4.0)
-    with torch.no_grad():
-        layer.lora_B.normal_()
-    x = torch.randn(B, 5, 10)
+    base, layer, x = _seeded_layer_and_input()
     g = torch.softmax(torch.randn(B, 5, 3), -1)
     layer.gate_state.set(g)
     out = layer(x)
