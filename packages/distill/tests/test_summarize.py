@@ -81,10 +81,13 @@ def test_valid_split_reads_the_best_checkpoints_validation_metrics(tmp_path, cap
         (run / "checkpoints" / "best").mkdir(parents=True)
         card = {"kind": "sasrec-distilled", "metrics": {"epoch": 3, "valid": {"ndcg@10": valid, "hr@10": 2 * valid}}}
         (run / "checkpoints" / "best" / "card.json").write_text(json.dumps(card))
+        if n == 1:
+            (run / "run_complete.json").write_text("{}")  # run 0 is still training: its best so far
     _run(root / "multirun_x" / "2", lr=0.1)  # no checkpoint yet
     main([str(root), "--split", "valid"])
     md = capsys.readouterr().out
     assert "| multirun_x/1 | sasrec-distilled | ok | 0.01 | 0.2400 | 0.1200 |" in md
+    assert "| multirun_x/0 | sasrec-distilled | incomplete | 0.001 | 0.2200 | 0.1100 |" in md
     assert "| multirun_x/2 | unknown | incomplete | 0.1 | — | — |" in md
     assert "0.9000" not in md and "validation metrics (of the best checkpoint)" in md
 

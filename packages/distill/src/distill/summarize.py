@@ -27,6 +27,7 @@ import yaml
 
 from recdata.atomic import atomic_file
 from recdata.errors import UserError, exit_on_user_error
+from recdata.runs import incomplete_reason
 
 CONFIG, METRICS, CARD = "config.yaml", "test_metrics.json", "card.json"
 EVAL_ALL_MARK = "all_evaluation_results.json"
@@ -88,10 +89,12 @@ def _kind_from_card(run_dir: Path) -> str | None:
 
 
 def read_valid_metrics(run: Run) -> None:
-    """The best checkpoint's validation metrics (what model selection chose it by)."""
+    """The best checkpoint's validation metrics (what model selection chose it by). A run still
+    training (or killed) already has a best checkpoint: its figures are shown, marked incomplete."""
     card_path = run.path / "checkpoints" / "best" / CARD
+    if run.status == "ok" and incomplete_reason(run.path) is not None:
+        run.status = "incomplete"
     if not card_path.is_file():
-        run.status = "incomplete" if run.status == "ok" else run.status
         return
     try:
         valid = json.loads(card_path.read_text())["metrics"]["valid"]
