@@ -25,5 +25,13 @@ def test_the_gpu_preset_leaves_the_students_one_validation_per_epoch(command):
 
 
 def test_without_an_experiment_the_teacher_preset_is_unchanged():
-    assert composed("teacher").train.val_check_interval == 1.0
-    assert composed("teacher", "experiment=cpu_demo").train == composed("teacher").train
+    assert composed("teacher").train.val_check_interval == 1.0 and composed("teacher").train.validate_at_start
+
+
+def test_the_cpu_demo_teacher_only_skips_validating_its_untrained_start():
+    """Its own-query teacher starts from a random head that cannot win selection; everything
+    else of the teacher preset stays, and the students keep theirs."""
+    demo, preset = composed("teacher", "experiment=cpu_demo").train, composed("teacher").train
+    assert not demo.validate_at_start and not composed("teacher", "experiment=cpu_demo").teacher.residual_student_state
+    assert {**demo, "validate_at_start": True} == {**preset}
+    assert composed("student", "experiment=cpu_demo").train == composed("student").train
