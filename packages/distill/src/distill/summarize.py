@@ -137,7 +137,8 @@ def metric_order(name: str) -> tuple:
     return (1, 0, False, name)
 
 
-def build_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+def build_table(runs: list[Run]) -> tuple[list[str], list[list[str]], range]:
+    """(header, rows, the columns holding metric values)."""
     keys = sorted({k for r in runs for k in r.config})
     readable = [r for r in runs if r.config]
     differing = [k for k in keys if len({r.config.get(k, "<unset>") for r in readable}) > 1]
@@ -149,7 +150,8 @@ def build_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
         values = [_plain(r.config[k]) if k in r.config else "" for k in differing]
         scores = [repr(r.metrics[m]) if m in r.metrics else "" for m in metrics]
         rows.append([r.name, r.kind, r.status, *values, *scores, *(r.versus.get(v, "") for v in versus)])
-    return header, rows
+    first_metric = 3 + len(differing)
+    return header, rows, range(first_metric, first_metric + len(metrics))
 
 
 VERSUS_METRICS = ("ndcg@10", "hr@10")
@@ -159,18 +161,16 @@ def add_paired_differences(runs: list[Run], baseline: Path) -> None:
     """Each complete run's paired per-user difference to the baseline run, on the same test users."""
     from recdata.stats import paired_difference, per_sample, read_predictions
 
-    def predictions(run_dir: Path):
-        try:
-            return read_predictions(run_dir)
-        except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
-            return exc
-
-    base = predictions(baseline)
-    if isinstance(base, Exception):
-        raise UserError(f"--baseline {baseline}: no readable test_predictions.parquet ({base})")
+    try:
+        base = read_predictions(baseline)
+    except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+        raise UserError(f"--baseline {baseline}: no readable test_predictions.parquet ({exc})") from None
     for run in runs:
-        table = predictions(run.path) if run.status == "ok" else None
-        if table is None or isinstance(table, Exception):
+        if run.status != "ok":
+            continue
+        try:
+            table = read_predictions(run.path)
+        except (OSError, ValueError):  # a run without per-user predictions: no difference to show
             continue
         for metric in VERSUS_METRICS:
             try:
@@ -187,19 +187,18 @@ def _plain(canonical: str) -> str:
 
 
 def _md_cell(text: str, is_metric: bool) -> str:
-    if is_metric and text and not text.startswith(("+", "-", "other")):
+    if is_metric and text:
         value = float(text)
         text = "—" if math.isnan(value) else f"{value:.4f}"
     return text.replace("|", "\\|") or "—"
 
 
-def render_markdown(header: list[str], rows: list[list[str]], n_config: int, root: Path, split: str = "test") -> str:
-    first_metric = 3 + n_config
+def render_markdown(header: list[str], rows: list[list[str]], numeric: range, root: Path, split: str = "test") -> str:
     lines = [f"# Runs under {root}", "",
              "| " + " | ".join(header) + " |",
-             "|" + "|".join(":--" if i < first_metric else "--:" for i in range(len(header))) + "|"]  # fmt: skip
+             "|" + "|".join(":--" if i < numeric.start else "--:" for i in range(len(header))) + "|"]  # fmt: skip
     for row in rows:
-        cells = [_md_cell(c, i >= first_metric) for i, c in enumerate(row)]
+        cells = [_md_cell(c, i in numeric) for i, c in enumerate(row)]
         lines.append("| " + " | ".join(cells) + " |")
     done = sum(1 for r in rows if r[2] == "ok")
     what = "test metrics" if split == "test" else "validation metrics (of the best checkpoint)"
@@ -235,9 +234,8 @@ def summarize(root: Path, out: Path | None = None, split: str = "test", baseline
     out = Path(out) if out is not None else root
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is not a directory")
-    header, rows = build_table(runs)
-    n_config = len(header) - 3 - len({m for r in runs for m in r.metrics}) - len({v for r in runs for v in r.versus})
-    markdown = render_markdown(header, rows, n_config, root, split)
+    header, rows, numeric = build_table(runs)
+    markdown = render_markdown(header, rows, numeric, root, split)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "summary.csv") as tmp:
         tmp.write_text(render_csv(header, rows))

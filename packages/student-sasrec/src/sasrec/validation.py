@@ -23,9 +23,14 @@ class RankingValidationMixin:
     def validation_step(self, batch, batch_idx):
         self.record_valid_scores(self.score(batch), batch)
 
+    def valid_exclude(self, batch, device) -> torch.Tensor | None:
+        """The items a valid sample does not rank (its history but the target), when masking."""
+        if not self.eval_mask_history:
+            return None
+        return history_mask(batch["full_history"], self.num_items, keep=batch["target"]).to(device)
+
     def record_valid_scores(self, scores: torch.Tensor, batch) -> None:
-        exclude = history_mask(batch["full_history"], self.num_items, keep=batch["target"]) if self.eval_mask_history else None
-        self._valid_ranks.append(target_ranks(scores, batch["target"], exclude.to(scores.device) if exclude is not None else None))
+        self._valid_ranks.append(target_ranks(scores, batch["target"], self.valid_exclude(batch, scores.device)))
         if "candidates" in batch:
             self._valid_hits.append(candidate_hits_at_1(scores, batch["candidates"]).float())
 

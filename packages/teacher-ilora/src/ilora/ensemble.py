@@ -26,9 +26,9 @@ def own_and_student_scores(teacher, history: torch.Tensor) -> tuple[torch.Tensor
     return teacher.scores_from_state(state, u, student_mix=0.0)[:, 0], item_scores(u[:, 0], teacher.student.item_table())
 
 
-def metrics_by_mix(own, student, target, exclude, ks, grid=MIX_GRID) -> dict[float, dict[str, float]]:
-    """{w: ranking metrics of own + w * student} over ``grid``."""
-    return {w: ranking_metrics(target_ranks(own + w * student, target, exclude), ks) for w in grid}
+def ranks_by_mix(own, student, target, exclude, grid=MIX_GRID) -> dict[float, torch.Tensor]:
+    """{w: the target's rank under own + w * student} over ``grid``."""
+    return {w: target_ranks(own + w * student, target, exclude) for w in grid}
 
 
 @torch.no_grad()
@@ -44,8 +44,8 @@ def valid_metric_by_mix(teacher, loader, num_items: int, *, metric: str, ks, mas
         targets.append(batch["target"])
         excluded.append(history_mask(batch["full_history"], num_items, keep=batch["target"]) if mask_history else None)
     exclude = torch.cat(excluded) if mask_history else None
-    by_mix = metrics_by_mix(torch.cat(own), torch.cat(student), torch.cat(targets), exclude, ks, grid)
-    return {w: m[metric] for w, m in by_mix.items()}
+    ranks = ranks_by_mix(torch.cat(own), torch.cat(student), torch.cat(targets), exclude, grid)
+    return {w: ranking_metrics(r, ks)[metric] for w, r in ranks.items()}
 
 
 def choose_student_mix(teacher, loader, num_items: int, *, metric: str, ks, mask_history: bool, device,

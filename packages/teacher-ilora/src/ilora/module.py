@@ -7,12 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from ilora.checkpoint import KIND, load_trained, teacher_payload
-from ilora.ensemble import own_and_student_scores
+from ilora.ensemble import own_and_student_scores, ranks_by_mix
 from ilora.model import ILoRATeacher
 from ilora.regularization import DecaySchedule, imitation_loss
-from recdata.batching import history_mask
 from recdata.errors import UserError
-from recdata.metrics import ranking_metrics, target_ranks
+from recdata.metrics import ranking_metrics
 from sasrec.recipe import seed_training_step
 from sasrec.validation import RankingValidationMixin
 
@@ -77,9 +76,7 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
             return super().validation_step(batch, batch_idx)
         own, student = own_and_student_scores(self.teacher, batch["history"])
         self.record_valid_scores(own, batch)  # model selection: the teacher alone
-        exclude = history_mask(batch["full_history"], self.num_items, keep=batch["target"]) if self.eval_mask_history else None
-        exclude = exclude.to(own.device) if exclude is not None else None
-        self._mix_ranks.append({w: target_ranks(own + w * student, batch["target"], exclude) for w in self.mix_grid})
+        self._mix_ranks.append(ranks_by_mix(own, student, batch["target"], self.valid_exclude(batch, own.device), self.mix_grid))
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
