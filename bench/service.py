@@ -9,6 +9,10 @@ BentoML service, and the service's latency under concurrent single-history clien
     `--requests` calls per level shared by its clients (or, with `--duration S`, as many calls as
     each client makes in S seconds), errors, /readyz probes during the level, and the mean model
     batch the adaptive batcher formed (from the service's /metrics);
+(a') with `--all-prefixes`, instead of (a)-(c): soft labels for every training prefix
+    (`distill.soft_label_samples=all`), in-process by precompute-soft-labels' own units and
+    batches (windows in sequence mode) vs `fetch_soft_labels` through the service at the same
+    batch size: seconds, prefixes/s, their ratio and whether the labels are bitwise equal;
 (c) with `--restart`: the soft-label fetch of (a) again, with the server killed (SIGKILL) after
     a third of its calls and restarted on the same port: seconds until the port is free, seconds
     until the fetch resumed, samples lost and whether the labels equal the uninterrupted fetch.
@@ -19,6 +23,7 @@ port) and stopped at the end.
     uv run python bench/service.py [--checkpoint result/<run>/checkpoints/best] [--data data/processed/ml-100k]
                                    [--samples 32] [--batch-size 8] [--requests 32] [--levels 1,4,16]
                                    [--duration 60] [--restart]
+    uv run python bench/service.py --all-prefixes [--batch-size 16] [--checkpoint ...]
 """
 
 from __future__ import annotations
@@ -73,6 +78,43 @@ def in_process(teacher, dataset, n: int, batch_size: int, k: int):
         top_items, top_scores = topk_with_history_masked(s, batch["full_history"], k)
         items.append(top_items), scores.append(top_scores)
     return time.perf_counter() - start, torch.cat(items), torch.cat(scores)
+
+
+def label_all(checkpoint: Path, data: Path, batch_size: int, k: int) -> None:
+    """(a'): every training prefix, in-process (precompute's units and batches) vs the service."""
+    import pyarrow as pa
+
+    from distill.precompute import labelling_units, score_shard, shard_ranges, training_keys
+    from distill.soft_labels import SoftLabels, table_columns
+    from distill.teacher_client import fetch_soft_labels
+    from ilora.checkpoint import load_teacher, teacher_window
+    from recdata.checkpoint import read_card
+    from recdata.datamodule import SequentialDataModule
+    from teacher.testing import ServiceProcess
+
+    config, window = teacher_window(read_card(checkpoint), checkpoint)
+    sequence_mode = config.prompt_mode == "sequence"
+    dm = SequentialDataModule(data, max_seq_len=window, train_mode="windows" if sequence_mode else "prefix",
+                              window_stride=config.sequence_window_stride)  # fmt: skip
+    dm.setup()
+    keys = training_keys(dm, "all")
+    teacher, _ = load_teacher(checkpoint, dm.dataset)
+    units = labelling_units(dm, keys, sequence_mode)
+    t0 = time.perf_counter()
+    tables = [score_shard(teacher, units, lo, hi, k, True, batch_size, "cpu") for _, lo, hi in shard_ranges(len(units))]
+    local_s = time.perf_counter() - t0
+    local = SoftLabels(*table_columns(pa.concat_tables(tables), k), torch.zeros(1), {}).aligned_to(keys)
+    print(f"in-process (precompute) {len(keys) / local_s:7.1f} prefixes/s  ({len(keys)} prefixes in {len(units)} "
+          f"{'windows' if sequence_mode else 'prompts'}, batch {batch_size}, {local_s:.0f} s)")  # fmt: skip
+    del teacher
+    log = Path(tempfile.mkdtemp(prefix="bench-service-")) / "serve.log"
+    with ServiceProcess(checkpoint, data, log_file=log, startup_timeout=600) as service:
+        t0 = time.perf_counter()
+        served = fetch_soft_labels(service.url, dm, keys, k=k, batch_size=batch_size, timeout=1800)
+        served_s = time.perf_counter() - t0
+    same = torch.equal(served.topk_items, local.topk_items) and torch.equal(served.topk_scores, local.topk_scores)
+    print(f"through the service     {len(keys) / served_s:7.1f} prefixes/s  ({served_s:.0f} s incl. info + item "
+          f"embeddings; x{served_s / local_s:.2f} the in-process time; labels bitwise equal: {same})")  # fmt: skip
 
 
 def latency_level(url: str, histories: list[list[int]], clients: int, total: int, k: int,
@@ -176,6 +218,8 @@ def main() -> None:
     parser.add_argument("--restart", action="store_true", help="(c): kill -9 and restart the service mid-fetch")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--all-prefixes", action="store_true",
+                        help="(a'): label every training prefix in-process and through the service, nothing else")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -190,6 +234,8 @@ def main() -> None:
 
     checkpoint = args.checkpoint or find_newest_checkpoint(Path("result"), ("ilora-teacher",))
     print(f"teacher checkpoint      {checkpoint}")
+    if args.all_prefixes:
+        return label_all(checkpoint, args.data, args.batch_size, args.k)
     t0 = time.perf_counter()
     teacher, ckpt = load_teacher(checkpoint, load_prepared(args.data))
     print(

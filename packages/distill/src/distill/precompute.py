@@ -71,6 +71,14 @@ def shard_ranges(units: int, shard_size: int | None = None) -> list[tuple[int, i
     return [(i, lo, min(lo + size, units)) for i, lo in enumerate(range(0, units, size))]
 
 
+def labelling_units(dm, keys: SampleKeys, sequence_mode: bool):
+    """What one teacher batch row is when labelling ``keys``: a window that reads out several of
+    them (sequence mode, longest first so a batch pads little) or one prefix prompt."""
+    if sequence_mode:
+        return WindowTrainDataset(dm.store, dm.window_dataset(keys).plan.longest_first(), keys)
+    return SplitDataset(dm.store, keys, dm.max_seq_len, with_full_history=True)
+
+
 def score_shard(teacher, dataset, lo: int, hi: int, k: int, mask_history: bool, batch_size: int, device) -> pa.Table:
     """Top-K rows of units lo..hi of ``dataset``: prefixes (SplitDataset) or windows."""
     score = _score_windows if isinstance(dataset, WindowTrainDataset) else _score_prefixes
@@ -140,11 +148,7 @@ def precompute(cfg: DictConfig) -> Path:
     out = soft_labels_dir(cfg, teacher_path)
     device = resolve_device(cfg.trainer.accelerator)
     teacher, ckpt = load_teacher(teacher_path, dm.dataset, device=device, cache_dir=Path(cfg.paths.cache_dir))
-    if sequence_mode:  # windows that read out the selected keys, longest first
-        windows = dm.window_dataset(keys)
-        dataset = WindowTrainDataset(dm.store, windows.plan.longest_first(), keys)
-    else:
-        dataset = SplitDataset(dm.store, keys, dm.max_seq_len, with_full_history=True)
+    dataset = labelling_units(dm, keys, sequence_mode)
     shard_dir = out.with_name(out.name + ".shards")
     shard_dir.mkdir(parents=True, exist_ok=True)
     rank, world = _rank_world()
