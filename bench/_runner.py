@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -34,3 +35,19 @@ def read_metrics(run_dir: str) -> dict:
 
 def best_card(run_dir: str) -> dict:
     return json.loads((Path(run_dir) / "checkpoints" / "best" / "card.json").read_text())
+
+
+def child_env(parallel: int) -> dict:
+    """Split the cores between parallel children (oversubscribed threads make both slower).
+    Results do not depend on the thread count: the runs are deterministic per seed."""
+    threads = str(max(1, (os.cpu_count() or 1) // parallel))
+    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+def run_all(jobs: list[tuple[str, str, list[str]]], child, parallel: int) -> dict:
+    """Run (job name, command, overrides) children, `parallel` at a time -> {name: child's result}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = {name: pool.submit(child, name, command, *extra) for name, command, extra in jobs}
+        return {name: future.result() for name, future in futures.items()}

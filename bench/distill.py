@@ -31,7 +31,7 @@ from pathlib import Path
 # packages, so `import distill` finds the package and `_runner` is still found here.
 BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH] + [str(BENCH)]
-from _runner import read_metrics, run_measured  # noqa: E402
+from _runner import child_env, read_metrics, run_all, run_measured  # noqa: E402
 
 TARGET_RATIO = 1.05
 ABLATIONS = [  # (row name, distill overrides); "full" is the main distilled run
@@ -162,26 +162,6 @@ def plan_runs(ablations: bool) -> list[tuple[str, str, list[str]]]:
     if ablations:
         rows += [(name, "distill", extra) for name, extra in ABLATIONS]
     return rows
-
-
-def run_all(
-    jobs: list[tuple[str, str, list[str]]], child, parallel: int
-) -> dict[str, tuple[float, str]]:
-    """Run (job name, command, overrides) children, `parallel` at a time -> {name: (s, run_dir)}."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = {name: pool.submit(child, name, command, *extra) for name, command, extra in jobs}
-        return {name: future.result() for name, future in futures.items()}
-
-
-def child_env(parallel: int) -> dict:
-    """Split the cores between parallel children (oversubscribed threads make both slower).
-    Results do not depend on the thread count: the runs are deterministic per seed."""
-    import os
-
-    threads = str(max(1, (os.cpu_count() or 1) // parallel))
-    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
 def main() -> None:
