@@ -4,8 +4,9 @@ Prompt modes (``--section modes``, ML-100K shapes): training positions per secon
 scored per second of the sequence-mode teacher (one causal pass per user window reads out every
 prefix) against the prefix-mode teacher (one pass per prefix), in one process on the same LLM:
 targets sequence / prefix >= 50x with one token per item, >= 5x with titles
-(``teacher.sequence_titles=true``). Windows are real ML-100K user windows drawn at random, the
-prefix prompts their last 10 items, as the demo's teacher sees them.
+(``teacher.sequence_titles=true``). The batches are real ML-100K training batches drawn at random
+from the sequence teacher's train loader (windows grouped by length, as it trains); the prefix
+prompts show their windows' last 10 items, as the demo's teacher sees them.
 
 Adapters (``--section adapters``, batch 8 x 96 tokens):
 (a) training step (forward + backward + AdamW over the adapters, gate and a small item head) of
@@ -18,6 +19,7 @@ Uses the embedded SmolLM2-135M-Instruct when its converted copy is cached, else 
 initialised Llama with the same config. Medians of interleaved repeats after warm-up.
 
     uv run python bench/teacher.py [--section modes|adapters|all] [--repeats 5] [--threads 2]
+                                   [--windows 8] [--batches 2]
 
 Labelling all 97,171 ML-100K training prefixes is measured by the real command (its log prints
 the wall time): ``uv run precompute-soft-labels distill.soft_label_samples=all``.
@@ -136,18 +138,21 @@ def loadavg() -> str:
         return "n/a"
 
 
-def ml100k_windows(count: int, seed: int = 0):
-    """`count` random real ML-100K training windows (the sequence teacher's batches) and the
-    whole item vocabulary's titles."""
+def ml100k_batches(batch_size: int, count: int, seed: int = 0):
+    """`count` of the sequence teacher's real training batches of ML-100K, drawn at random from
+    its train loader (windows of 200 items, grouped by length as the trainer groups them: a
+    random draw of windows would pad every row to the longest and time padding the trainer never
+    pays), and the whole item vocabulary's titles."""
     from recdata.datamodule import SequentialDataModule
     from recdata.prepare import ensure_prepared
 
     processed = ensure_prepared("ml-100k", Path("data/ml-100k"), Path("data/processed/ml-100k"), default_cache())
-    dm = SequentialDataModule(processed, max_seq_len=200, train_mode="windows", num_candidates=0)
+    dm = SequentialDataModule(processed, max_seq_len=200, train_mode="windows", num_candidates=0,
+                              batch_size=batch_size, seed=seed)  # fmt: skip
     dm.setup()
-    dataset = dm.train_dataset()
-    index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].tolist()
-    return dataset.__getitems__(index), dm.dataset.titles
+    batches = list(dm.train_dataloader())
+    pick = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    return [batches[i] for i in pick], dm.dataset.titles
 
 
 def default_cache() -> Path:
@@ -189,24 +194,30 @@ def time_mode(teacher, history: torch.Tensor, targets: torch.Tensor, repeats: in
 
 
 def compare_modes(args) -> None:
-    """Training positions/s and prefixes scored/s, sequence vs prefix mode, same LLM and batches."""
+    """Training positions/s and prefixes scored/s, sequence vs prefix mode, same LLM and batches:
+    per mode, the sum over the batches of the positions over the sum of the (median) times."""
     from ilora.llm import load_llm
 
-    batch, titles = ml100k_windows(args.windows)
-    history, targets = batch["history"], batch["targets"]
-    positions = int((targets > 0).sum())
-    print(f"\nprompt modes: {len(history)} ML-100K windows, {positions} training positions "
-          f"(mean window {float((history > 0).sum(1).float().mean()):.0f} items), fp32, {torch.get_num_threads()} threads")
+    batches, titles = ml100k_batches(args.windows, args.batches)
+    positions = [int((b["targets"] > 0).sum()) for b in batches]
+    real = sum(int((b["history"] > 0).sum()) for b in batches)
+    padded = sum(b["history"].numel() for b in batches)
+    print(f"\nprompt modes: {len(batches)} length-grouped ML-100K training batches of {args.windows} windows, "
+          f"{sum(positions)} training positions, {real} items ({real / padded:.0%} of the padded columns), "
+          f"fp32, {torch.get_num_threads()} threads")  # fmt: skip
     rows = {}
     for name, mode, with_titles in (("prefix", "prefix", False), ("sequence", "sequence", False),
                                     ("sequence + titles", "sequence", True)):  # fmt: skip
         model, tokenizer, _ = load_llm("embedded:smollm2-135m", cache_dir=args.cache_dir or default_cache())
         teacher = mode_teacher(model, tokenizer, titles, mode, with_titles)
-        step, fwd = time_mode(teacher, history, targets, args.repeats)
-        per_batch = len(history) if mode == "prefix" else positions
-        rows[name] = (per_batch / step, per_batch / fwd)
-        print(f"    {name:18s}: train {step:6.2f} s/step = {per_batch / step:8.1f} positions/s;"
-              f"  score {fwd:6.2f} s/batch = {per_batch / fwd:8.1f} prefixes/s")
+        step = fwd = 0.0
+        for batch in batches:
+            batch_step, batch_fwd = time_mode(teacher, batch["history"], batch["targets"], args.repeats)
+            step, fwd = step + batch_step, fwd + batch_fwd
+        done = len(batches) * args.windows if mode == "prefix" else sum(positions)
+        rows[name] = (done / step, done / fwd)
+        print(f"    {name:18s}: train {step:7.2f} s = {done / step:8.1f} positions/s;"
+              f"  score {fwd:7.2f} s = {done / fwd:8.1f} prefixes/s  ({done} {'prompts' if mode == 'prefix' else 'positions'})")  # fmt: skip
     base_train, base_score = rows["prefix"][:2]
     for name, target in (("sequence", 50), ("sequence + titles", 5)):
         train_rate, score_rate = rows[name][:2]
@@ -219,7 +230,8 @@ def compare_modes(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--section", choices=("modes", "adapters", "all"), default="all")
-    ap.add_argument("--windows", type=int, default=8, help="ML-100K windows per batch (modes section)")
+    ap.add_argument("--windows", type=int, default=8, help="windows per batch (modes section; the trainer's: 8)")
+    ap.add_argument("--batches", type=int, default=2, help="training batches drawn (modes section)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=None)
