@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 import torch
 from recdata_testkit import write_random_prepared
+from torch.utils.data import DataLoader
 
 from recdata.batching import SequenceStore
 from recdata.contract import load_prepared
@@ -112,6 +113,19 @@ def test_length_grouped_batches_are_a_seeded_permutation_of_similar_lengths():
     assert sum(spread) * 5 < sum(random_spread)  # padding mostly gone
     fixed = list(LengthGroupedSampler(lengths, batch_size=8, shuffle=False))
     assert [int(lengths[i]) for i in fixed] == sorted(lengths.tolist(), reverse=True)
+
+
+def test_length_grouped_loader_batches_stay_similar_when_the_count_is_not_a_multiple_of_the_batch():
+    """1,003 windows end in a short batch; the DataLoader's runs of 8 must still be the sampler's
+    batches, not straddle a long one and a short one (ML-100K's 1,164 windows did, and 22% of the
+    teacher's padded columns were padding)."""
+    lengths = torch.randint(1, 200, (1003,), generator=torch.Generator().manual_seed(0))
+    for epoch in range(3):
+        sampler = LengthGroupedSampler(lengths, batch_size=8, seed=3)
+        sampler.set_epoch(epoch)
+        loader = DataLoader(range(1003), batch_size=8, sampler=sampler)
+        spreads = [int(lengths[b].max() - lengths[b].min()) for b in loader]
+        assert len(spreads) == 126 and max(spreads) <= 30, sorted(spreads)[-3:]
 
 
 def test_evaluation_output_is_in_key_order_whatever_the_loader_order(long_prepared):

@@ -71,8 +71,13 @@ class LengthGroupedSampler(Sampler[int]):
         span = self.batch_size * self.group
         groups = [g[torch.argsort(self.lengths[g], descending=True, stable=True)] for g in order.split(span)]
         batches = torch.cat(groups).split(self.batch_size) if groups else []
-        shuffled = torch.randperm(len(batches), generator=generator).tolist()
-        return iter(torch.cat([batches[b] for b in shuffled]).tolist() if batches else [])
+        # The DataLoader cuts this order into consecutive runs of batch_size: a short batch in
+        # the middle would shift every later run across two of these batches (long and short
+        # windows together), so the one short batch (the last group's tail) stays last.
+        full = [b for b in batches if len(b) == self.batch_size]
+        order = [full[b] for b in torch.randperm(len(full), generator=generator).tolist()]
+        order += [b for b in batches if len(b) < self.batch_size]
+        return iter(torch.cat(order).tolist() if order else [])
 
 
 def _trim_padding_columns(batch: dict[str, torch.Tensor], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
