@@ -4,9 +4,10 @@ Prompt modes (``--section modes``, ML-100K shapes): training positions per secon
 scored per second of the sequence-mode teacher (one causal pass per user window reads out every
 prefix) against the prefix-mode teacher (one pass per prefix), in one process on the same LLM:
 targets sequence / prefix >= 50x with one token per item, >= 5x with titles
-(``teacher.sequence_titles=true``). The batches are real ML-100K training batches drawn at random
-from the sequence teacher's train loader (windows grouped by length, as it trains); the prefix
-prompts show their windows' last 10 items, as the demo's teacher sees them.
+(``teacher.sequence_titles=true``). The batches are real ML-100K training batches of the sequence
+teacher's train loader (windows grouped by length, as it trains), one from each length stratum of
+the epoch's batches; the prefix prompts show their windows' last 10 items, as the demo's teacher
+sees them.
 
 Adapters (``--section adapters``, batch 8 x 96 tokens):
 (a) training step (forward + backward + AdamW over the adapters, gate and a small item head) of
@@ -139,10 +140,12 @@ def loadavg() -> str:
 
 
 def ml100k_batches(batch_size: int, count: int, seed: int = 0):
-    """`count` of the sequence teacher's real training batches of ML-100K, drawn at random from
-    its train loader (windows of 200 items, grouped by length as the trainer groups them: a
-    random draw of windows would pad every row to the longest and time padding the trainer never
-    pays), and the whole item vocabulary's titles."""
+    """`count` of the sequence teacher's real training batches of ML-100K from its train loader
+    (windows of 200 items, grouped by length as the trainer groups them: a random draw of windows
+    would pad every row to the longest and time padding the trainer never pays), and the whole
+    item vocabulary's titles. Stratified by length: the epoch's batches sorted by their items, the
+    middle batch of each of `count` equal strata, so the sum over the picks is the epoch's mix of
+    short windows (the instruction weighs more) and long ones (overlapping windows re-read context)."""
     from recdata.datamodule import SequentialDataModule
     from recdata.prepare import ensure_prepared
 
@@ -150,8 +153,9 @@ def ml100k_batches(batch_size: int, count: int, seed: int = 0):
     dm = SequentialDataModule(processed, max_seq_len=200, train_mode="windows", num_candidates=0,
                               batch_size=batch_size, seed=seed)  # fmt: skip
     dm.setup()
-    batches = list(dm.train_dataloader())
-    pick = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    batches = sorted(dm.train_dataloader(), key=lambda b: int((b["history"] > 0).sum()))
+    strata = torch.linspace(0, len(batches), count + 1)
+    pick = ((strata[:-1] + strata[1:]) / 2).long().clamp(max=len(batches) - 1).tolist()
     return [batches[i] for i in pick], dm.dataset.titles
 
 
@@ -202,7 +206,8 @@ def compare_modes(args) -> None:
     positions = [int((b["targets"] > 0).sum()) for b in batches]
     real = sum(int((b["history"] > 0).sum()) for b in batches)
     padded = sum(b["history"].numel() for b in batches)
-    print(f"\nprompt modes: {len(batches)} length-grouped ML-100K training batches of {args.windows} windows, "
+    print(f"\nprompt modes: {len(batches)} length-grouped ML-100K training batches of {args.windows} windows "
+          f"(one per {1 / len(batches):.0%} of the epoch's batches by length), "
           f"{sum(positions)} training positions, {real} items ({real / padded:.0%} of the padded columns), "
           f"fp32, {torch.get_num_threads()} threads")  # fmt: skip
     rows = {}
@@ -231,7 +236,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--section", choices=("modes", "adapters", "all"), default="all")
     ap.add_argument("--windows", type=int, default=8, help="windows per batch (modes section; the trainer's: 8)")
-    ap.add_argument("--batches", type=int, default=2, help="training batches drawn (modes section)")
+    ap.add_argument("--batches", type=int, default=4, help="training batches, one per length stratum (modes section)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=None)
