@@ -144,7 +144,7 @@ def ml100k_batches(batch_size: int, count: int, seed: int = 0):
     (windows of 200 items, grouped by length as the trainer groups them: a random draw of windows
     would pad every row to the longest and time padding the trainer never pays), and the whole
     item vocabulary's titles. Stratified by length: the epoch's batches sorted by their items, the
-    middle batch of each of `count` equal strata, so the sum over the picks is the epoch's mix of
+    middle batch of each of `count` equal strata (ties by training positions), so the sum over the picks is the epoch's mix of
     short windows (the instruction weighs more) and long ones (overlapping windows re-read context)."""
     from recdata.datamodule import SequentialDataModule
     from recdata.prepare import ensure_prepared
@@ -153,10 +153,11 @@ def ml100k_batches(batch_size: int, count: int, seed: int = 0):
     dm = SequentialDataModule(processed, max_seq_len=200, train_mode="windows", num_candidates=0,
                               batch_size=batch_size, seed=seed)  # fmt: skip
     dm.setup()
-    batches = sorted(dm.train_dataloader(), key=lambda b: int((b["history"] > 0).sum()))
+    batches = sorted(dm.train_dataloader(), key=lambda b: (int((b["history"] > 0).sum()), int((b["targets"] > 0).sum())))
     strata = torch.linspace(0, len(batches), count + 1)
     pick = ((strata[:-1] + strata[1:]) / 2).long().clamp(max=len(batches) - 1).tolist()
-    return [batches[i] for i in pick], dm.dataset.titles
+    epoch_share = sum(int((b["targets"] > 0).sum()) for b in batches) / sum(int((b["history"] > 0).sum()) for b in batches)
+    return [batches[i] for i in pick], dm.dataset.titles, epoch_share
 
 
 def default_cache() -> Path:
@@ -202,13 +203,14 @@ def compare_modes(args) -> None:
     per mode, the sum over the batches of the positions over the sum of the (median) times."""
     from ilora.llm import load_llm
 
-    batches, titles = ml100k_batches(args.windows, args.batches)
+    batches, titles, epoch_share = ml100k_batches(args.windows, args.batches)
     positions = [int((b["targets"] > 0).sum()) for b in batches]
     real = sum(int((b["history"] > 0).sum()) for b in batches)
     padded = sum(b["history"].numel() for b in batches)
     print(f"\nprompt modes: {len(batches)} length-grouped ML-100K training batches of {args.windows} windows "
           f"(one per {1 / len(batches):.0%} of the epoch's batches by length), "
-          f"{sum(positions)} training positions, {real} items ({real / padded:.0%} of the padded columns), "
+          f"{sum(positions)} training positions in {real} items ({sum(positions) / real:.0%}; the whole epoch: "
+          f"{epoch_share:.0%}; the rest is overlapping windows' context), {real / padded:.0%} of the padded columns real, "
           f"fp32, {torch.get_num_threads()} threads")  # fmt: skip
     rows = {}
     for name, mode, with_titles in (("prefix", "prefix", False), ("sequence", "sequence", False),
