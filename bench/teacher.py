@@ -20,7 +20,7 @@ Uses the embedded SmolLM2-135M-Instruct when its converted copy is cached, else 
 initialised Llama with the same config. Medians of interleaved repeats after warm-up.
 
     uv run python bench/teacher.py [--section modes|adapters|all] [--repeats 5] [--threads 2]
-                                   [--windows 8] [--batches 2]
+                                   [--windows 8] [--batches 4]
 
 Labelling all 97,171 ML-100K training prefixes is measured by the real command (its log prints
 the wall time): ``uv run precompute-soft-labels distill.soft_label_samples=all``.
@@ -139,13 +139,19 @@ def loadavg() -> str:
         return "n/a"
 
 
+def items_and_positions(batch: dict) -> tuple[int, int]:
+    """(real window items, training positions) of a window batch."""
+    return int((batch["history"] > 0).sum()), int((batch["targets"] > 0).sum())
+
+
 def ml100k_batches(batch_size: int, count: int, seed: int = 0):
     """`count` of the sequence teacher's real training batches of ML-100K from its train loader
     (windows of 200 items, grouped by length as the trainer groups them: a random draw of windows
     would pad every row to the longest and time padding the trainer never pays), and the whole
     item vocabulary's titles. Stratified by length: the epoch's batches sorted by their items, the
-    middle batch of each of `count` equal strata (ties by training positions), so the sum over the picks is the epoch's mix of
-    short windows (the instruction weighs more) and long ones (overlapping windows re-read context)."""
+    middle batch of each of `count` equal strata (ties by training positions), so the sum over the
+    picks is the epoch's mix of short windows (the instruction weighs more) and long ones
+    (overlapping windows re-read context). Also returns the epoch's positions per item."""
     from recdata.datamodule import SequentialDataModule
     from recdata.prepare import ensure_prepared
 
@@ -153,11 +159,11 @@ def ml100k_batches(batch_size: int, count: int, seed: int = 0):
     dm = SequentialDataModule(processed, max_seq_len=200, train_mode="windows", num_candidates=0,
                               batch_size=batch_size, seed=seed)  # fmt: skip
     dm.setup()
-    batches = sorted(dm.train_dataloader(), key=lambda b: (int((b["history"] > 0).sum()), int((b["targets"] > 0).sum())))
+    batches = sorted(dm.train_dataloader(), key=items_and_positions)
     strata = torch.linspace(0, len(batches), count + 1)
     pick = ((strata[:-1] + strata[1:]) / 2).long().clamp(max=len(batches) - 1).tolist()
-    epoch_share = sum(int((b["targets"] > 0).sum()) for b in batches) / sum(int((b["history"] > 0).sum()) for b in batches)
-    return [batches[i] for i in pick], dm.dataset.titles, epoch_share
+    items, positions = (sum(c) for c in zip(*map(items_and_positions, batches), strict=True))
+    return [batches[i] for i in pick], dm.dataset.titles, positions / items
 
 
 def default_cache() -> Path:
@@ -204,12 +210,11 @@ def compare_modes(args) -> None:
     from ilora.llm import load_llm
 
     batches, titles, epoch_share = ml100k_batches(args.windows, args.batches)
-    positions = [int((b["targets"] > 0).sum()) for b in batches]
-    real = sum(int((b["history"] > 0).sum()) for b in batches)
+    real, positions = (sum(c) for c in zip(*map(items_and_positions, batches), strict=True))
     padded = sum(b["history"].numel() for b in batches)
     print(f"\nprompt modes: {len(batches)} length-grouped ML-100K training batches of {args.windows} windows "
           f"(one per {1 / len(batches):.0%} of the epoch's batches by length), "
-          f"{sum(positions)} training positions in {real} items ({sum(positions) / real:.0%}; the whole epoch: "
+          f"{positions} training positions in {real} items ({positions / real:.0%}; the whole epoch: "
           f"{epoch_share:.0%}; the rest is overlapping windows' context), {real / padded:.0%} of the padded columns real, "
           f"fp32, {torch.get_num_threads()} threads")  # fmt: skip
     rows = {}
@@ -221,7 +226,7 @@ def compare_modes(args) -> None:
         for batch in batches:
             batch_step, batch_fwd = time_mode(teacher, batch["history"], batch["targets"], args.repeats)
             step, fwd = step + batch_step, fwd + batch_fwd
-        done = len(batches) * args.windows if mode == "prefix" else sum(positions)
+        done = len(batches) * args.windows if mode == "prefix" else positions
         rows[name] = (done / step, done / fwd)
         print(f"    {name:18s}: train {step:7.2f} s = {done / step:8.1f} positions/s;"
               f"  score {fwd:7.2f} s = {done / fwd:8.1f} prefixes/s  ({done} {'prompts' if mode == 'prefix' else 'positions'})")  # fmt: skip

@@ -77,17 +77,12 @@ def learning_curve(run_dir: Path, tag: str = "valid/ndcg@10") -> list[tuple[int,
     return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
 
 
-def per_user(run_dir: Path, metric: str):
-    from recdata.stats import per_sample, read_predictions
-
-    return per_sample(read_predictions(run_dir), metric)
-
-
 def compare(student_runs: list[Path], run_dirs: list[Path]) -> dict:
     """{metric: paired difference to the students}, pooled over seeds when there are several."""
-    from recdata.stats import paired_difference
+    from recdata.stats import paired_difference, per_sample, read_predictions
 
-    return {m: paired_difference([per_user(s, m) for s in student_runs], [per_user(r, m) for r in run_dirs])
+    students, teachers = [read_predictions(s) for s in student_runs], [read_predictions(r) for r in run_dirs]
+    return {m: paired_difference([per_sample(s, m) for s in students], [per_sample(t, m) for t in teachers])
             for m in ("ndcg@10", "hr@10")}  # fmt: skip
 
 
