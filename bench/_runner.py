@@ -28,7 +28,7 @@ def run_measured(
 
 
 def read_metrics(run_dir: str) -> dict:
-    from recdata.evaluation import read_metrics as read_metrics_file
+    from runkit.evaluation import read_metrics as read_metrics_file
 
     return read_metrics_file(Path(run_dir) / "test_metrics.json")
 

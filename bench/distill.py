@@ -151,7 +151,7 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 def per_user(run_dir: str, metric: str = "ndcg@10"):
     """Per-user test metric (key order) from the run's test_predictions.parquet."""
-    from recdata.stats import per_sample, read_predictions
+    from compare.stats import per_sample, read_predictions
 
     return per_sample(read_predictions(Path(run_dir)), metric)
 
@@ -166,7 +166,7 @@ def plan_runs(ablations: bool) -> list[tuple[str, str, list[str]]]:
 
 def main() -> None:
     args, overrides = parse_args()
-    from recdata.runs import find_newest_checkpoint
+    from runkit.runs import find_newest_checkpoint
 
     teacher = (
         args.teacher or find_newest_checkpoint(args.result_dir, ("ilora-teacher",))
@@ -225,7 +225,7 @@ def report(teacher, soft, soft_card, soft_note, out, args, overrides, runs) -> N
           f"overrides {overrides or 'none'})")  # fmt: skip
     base_ndcg = [m["ndcg@10"] for m in masked["baseline student"]]
     base_mean = mean_sd(base_ndcg)[0]
-    from recdata.stats import paired_difference
+    from compare.stats import paired_difference
 
     base_users = [per_user(run_dir) for _, run_dir in runs["baseline student"]]
     print()

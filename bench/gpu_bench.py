@@ -114,7 +114,7 @@ def save_random_llm(directory: Path, sizes: Sizes) -> Path:
 
 def build_mode_teacher(llm_dir: Path, processed: Path, mode: str, sizes: Sizes):
     from ilora.checkpoint import build_teacher
-    from ilora.model import TeacherConfig
+    from ilora.config import TeacherConfig
     from recdata.contract import load_prepared
     from sasrec.model import SASRec, SASRecConfig
 

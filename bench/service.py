@@ -84,12 +84,14 @@ def label_all(checkpoint: Path, data: Path, batch_size: int, k: int) -> None:
     """(a'): every training prefix, in-process (precompute's units and batches) vs the service."""
     import pyarrow as pa
 
-    from distill.precompute import labelling_units, score_shard, shard_ranges, training_keys
+    from distill.labelling import labelling_units
+    from distill.precompute import score_shard, training_keys
+    from distill.shards import shard_ranges
     from distill.soft_labels import SoftLabels, table_columns
     from distill.teacher_client import fetch_soft_labels
     from ilora.checkpoint import load_teacher, teacher_window
-    from recdata.checkpoint import read_card
     from recdata.datamodule import SequentialDataModule
+    from runkit.checkpoint import read_card
     from teacher.testing import ServiceProcess
 
     config, window = teacher_window(read_card(checkpoint), checkpoint)
@@ -228,8 +230,8 @@ def main() -> None:
     from ilora.checkpoint import load_teacher
     from recdata.contract import load_prepared
     from recdata.datamodule import SequentialDataModule, SplitDataset
-    from recdata.runs import find_newest_checkpoint
     from recdata.splits import SampleKeys
+    from runkit.runs import find_newest_checkpoint
     from teacher.testing import ServiceProcess
 
     checkpoint = args.checkpoint or find_newest_checkpoint(Path("result"), ("ilora-teacher",))
@@ -242,7 +244,7 @@ def main() -> None:
         f"in-process load         {time.perf_counter() - t0:.1f} s  ({ckpt.hparams['teacher']['llm_model_name']})"
     )
     dm = SequentialDataModule(
-        args.data, max_seq_len=teacher.student.config.max_seq_len, train_mode="prefix"
+        args.data, max_seq_len=teacher.student.config.max_seq_len, train_mode="prefixes"
     )
     dm.setup()
     keys = training_keys(dm, "last_n_per_user=1")

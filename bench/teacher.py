@@ -173,7 +173,8 @@ def default_cache() -> Path:
 
 
 def mode_teacher(model, tokenizer, titles, mode: str, sequence_titles: bool = False):
-    from ilora.model import ILoRATeacher, TeacherConfig
+    from ilora.config import TeacherConfig
+    from ilora.model import ILoRATeacher
     from sasrec.model import SASRec, SASRecConfig
 
     torch.manual_seed(0)

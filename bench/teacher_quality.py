@@ -79,7 +79,7 @@ def learning_curve(run_dir: Path, tag: str = "valid/ndcg@10") -> list[tuple[int,
 
 def compare(student_runs: list[Path], run_dirs: list[Path]) -> dict:
     """{metric: paired difference to the students}, pooled over seeds when there are several."""
-    from recdata.stats import paired_difference, per_sample, read_predictions
+    from compare.stats import paired_difference, per_sample, read_predictions
 
     students, teachers = [read_predictions(s) for s in student_runs], [read_predictions(r) for r in run_dirs]
     return {m: paired_difference([per_sample(s, m) for s in students], [per_sample(t, m) for t in teachers])

@@ -1,14 +1,12 @@
 """The shared config tree: what each command's presets resolve to."""
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from recdata.runs import config_dir
+from runkit.entry import compose
 
 
 def composed(command: str, *overrides: str):
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name=f"run_{command}", overrides=list(overrides))
+    return compose(f"run_{command}", overrides)
 
 
 def test_the_gpu_teacher_validates_several_times_a_run_so_model_selection_has_candidates():

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import torch
 
-from distill import eval_all, precompute
+from compare import eval_all
+from distill import precompute
 from distill import train as distill_train
 from recdata.datamodule import SequentialDataModule
-from recdata.runs import find_newest_checkpoint
-from recdata.testing import run_cli, tiny_run_overrides
+from runkit.runs import find_newest_checkpoint
+from runkit.testing import run_cli, tiny_run_overrides
 from sasrec.module import load_sasrec
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from ilora import train as teacher_train
 from ilora.testing import tiny_teacher_overrides
-from recdata.testing import run_cli, tiny_run_overrides
+from runkit.testing import run_cli, tiny_run_overrides
 
 
 def _truncate(best):

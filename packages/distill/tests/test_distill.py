@@ -17,7 +17,7 @@ from distill.losses import DLLM2RecLoss
 from distill.module import DistillModule
 from distill.soft_labels import SoftLabels, read_soft_labels, write_soft_labels
 from recdata.datamodule import SequentialDataModule
-from recdata.testing import kill_after_first_epoch, run_cli, tiny_run_overrides
+from runkit.testing import kill_after_first_epoch, run_cli, tiny_run_overrides
 from sasrec import train as student_train
 from sasrec.model import SASRecConfig
 from sasrec.module import load_sasrec
@@ -219,13 +219,13 @@ def test_each_ablation_switch_runs_and_changes_the_model(
 @pytest.mark.parametrize(("override", "message"), [
     ("distill.teacher_source=nope", "error: distill.teacher_source must be one of precomputed, service, got 'nope'"),
     ("distill.ranking_loss=nope", "error: distill.ranking_loss must be one of pointwise, listwise, got 'nope'"),
-    ("distill.gamma_confidence=-1", "error: distill.gamma_confidence must be a number >= 0, got -1"),
+    ("distill.gamma_confidence=-1", "error: distill.gamma_confidence must be a number >= 0, got -1.0"),
     ("distill.rank_loss_average=batch", "error: distill.rank_loss_average must be one of labeled, all, got 'batch'"),
     ("distill.consistency_weight=sum", "error: distill.consistency_weight must be one of normalised, original, got 'sum'"),
-    ("distill.retry_budget=-1", "error: distill.retry_budget must be a number >= 0, got -1"),
+    ("distill.retry_budget=-1", "error: distill.retry_budget must be a number >= 0, got -1.0"),
     ("distill.max_retries=3", "error: distill.max_retries=3 is no longer used: service requests are retried for "
-                              "distill.retry_budget seconds (now 120); set that instead (distill.max_retries=null "
-                              "clears it, e.g. in the saved config of an older run)"),
+                              "distill.retry_budget seconds; set that instead (distill.max_retries=null clears it, "
+                              "e.g. in an older run's config)"),
 ])  # fmt: skip
 def test_bad_config_exits_2_with_one_line(
     tiny_pipeline, soft_dir, tmp_path, capsys, override, message

@@ -17,7 +17,7 @@ from ilora.checkpoint import load_item_embeddings, load_teacher
 from ilora.inference import teacher_digest, topk_with_history_masked
 from recdata.contract import load_prepared
 from recdata.splits import SampleKeys
-from recdata.testing import run_cli, tiny_run_overrides
+from runkit.testing import run_cli, tiny_run_overrides
 
 K = 10  # distill.candidate_topk default
 MAX_SEQ_LEN = 16  # student.max_seq_len of tiny_run_overrides
@@ -137,22 +137,22 @@ def test_unmasked_top_k_is_the_plain_teacher_ranking(tiny_pipeline, tmp_path):
 
 
 class CountingScorer:
-    """Wraps score_shard: records each shard's first row; raises on call number `crash_on`."""
+    """Wraps label_shard: records each shard's first unit; raises on call number `crash_on`."""
 
     def __init__(self, crash_on: int | None = None):
-        self.real, self.crash_on, self.starts = precompute.score_shard, crash_on, []
+        self.real, self.crash_on, self.starts = precompute.label_shard, crash_on, []
 
-    def __call__(self, teacher, dataset, lo, hi, *args):
+    def __call__(self, path, lo, hi, *args):
         self.starts.append(lo)
         if len(self.starts) == self.crash_on:
             raise RuntimeError("simulated crash while scoring a shard")
-        return self.real(teacher, dataset, lo, hi, *args)
+        return self.real(path, lo, hi, *args)
 
 
 def crash_after_first_shard(pipeline, out, monkeypatch):
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # let the exception through instead of exit(1)
     monkeypatch.setattr(precompute, "SHARD_SIZE", 3)  # 10 user windows -> 4 shards
-    monkeypatch.setattr(precompute, "score_shard", CountingScorer(crash_on=2))
+    monkeypatch.setattr(precompute, "label_shard", CountingScorer(crash_on=2))
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_precompute(pipeline, out)
     shard_dir = out.with_name(out.name + ".shards")
@@ -181,7 +181,7 @@ def test_crash_leaves_only_shards_and_a_rerun_keeps_finished_ones_merged_by_key(
     pq.write_table(marked.replace_schema_metadata(table.schema.metadata), path)
 
     scorer = CountingScorer()
-    monkeypatch.setattr(precompute, "score_shard", scorer)
+    monkeypatch.setattr(precompute, "label_shard", scorer)
     run_precompute(tiny_pipeline, out)
     assert scorer.starts == [3, 6, 9]  # shard 0 was kept
     assert not shard_dir.exists()  # merged and cleaned up
@@ -202,7 +202,7 @@ def test_shards_of_another_job_are_recomputed_not_merged(
     out = tmp_path / "soft"
     crash_after_first_shard(tiny_pipeline, out, monkeypatch)  # a finished shard for K=10
     scorer = CountingScorer()
-    monkeypatch.setattr(precompute, "score_shard", scorer)
+    monkeypatch.setattr(precompute, "label_shard", scorer)
     run_precompute(tiny_pipeline, out, "distill.candidate_topk=5")
     assert scorer.starts == [0, 3, 6, 9]  # the K=10 shard does not count as done for K=5
     labels = read_soft_labels(out, fingerprint=reference["fingerprint"])
@@ -226,7 +226,8 @@ def test_each_key_is_scored_as_its_prefix_alone_with_the_context_it_was_read_wit
     shorter than the histories reads each key out of one of several overlapping windows, with
     that window's context (at least width - stride + 1 = 4 items): the top-K equals the teacher
     run on exactly that context alone, and every training key appears once."""
-    from recdata.splits import plan_windows, split_keys
+    from recdata.splits import split_keys
+    from recdata.windows import plan_windows
 
     pipeline = _tiny_teacher(tiny_pipeline, tmp_path / "teacher", *teacher_args)
     out = run_precompute(pipeline, tmp_path / "soft")

@@ -22,7 +22,8 @@ from distill.soft_labels import SoftLabelError, read_soft_labels
 from distill.teacher_client import TeacherClient, TeacherServiceError, fetch_soft_labels
 from ilora.inference import DIGEST_HEADER, teacher_digest
 from recdata.datamodule import SequentialDataModule
-from recdata.testing import cyclic_sequences, make_prepared, run_cli, tiny_run_overrides
+from recdata.testing import cyclic_sequences, make_prepared
+from runkit.testing import run_cli, tiny_run_overrides
 from teacher.testing import free_port
 
 K, BATCH, MAX_SEQ_LEN = 10, 2, 16  # MAX_SEQ_LEN: student.max_seq_len of tiny_run_overrides
@@ -49,7 +50,7 @@ def precomputed(tiny_pipeline, tmp_path_factory):
 
 
 def datamodule(data) -> SequentialDataModule:
-    dm = SequentialDataModule(data, max_seq_len=MAX_SEQ_LEN, train_mode="prefix")
+    dm = SequentialDataModule(data, max_seq_len=MAX_SEQ_LEN, train_mode="prefixes")
     dm.setup()
     return dm
 

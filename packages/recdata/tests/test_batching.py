@@ -10,7 +10,7 @@ from recdata_testkit import SEQUENCES, write_random_prepared
 
 from recdata.batching import SequenceStore, history_mask
 from recdata.contract import load_prepared
-from recdata.datamodule import SequenceTrainDataset
+from recdata.datamodule import UserSequenceDataset
 from recdata.splits import split_keys
 
 
@@ -92,7 +92,7 @@ def test_sequence_rows_cover_exactly_the_train_prefix_samples(tmp_path, max_seq_
     store = SequenceStore(ds)
     keys = split_keys(ds.lengths, "train", limit)
     expected = brute_force_pairs(ds, keys)
-    dataset = SequenceTrainDataset(store, keys, max_seq_len)
+    dataset = UserSequenceDataset(store, keys, max_seq_len)
     batch = dataset.__getitems__(list(range(len(dataset))))
     assert set(batch) == {"user_id", "history", "targets", "target_positions"}
     inputs, targets = batch["history"], batch["targets"]
@@ -123,7 +123,7 @@ def test_sequence_rows_cover_exactly_the_train_prefix_samples(tmp_path, max_seq_
 
 def test_sequence_rows_on_the_small_dataset(small_prepared):
     keys = split_keys(small_prepared.lengths, "train")
-    dataset = SequenceTrainDataset(SequenceStore(small_prepared), keys, 4)
+    dataset = UserSequenceDataset(SequenceStore(small_prepared), keys, 4)
     batch = dataset.__getitems__([0, 1, 2])
     assert batch["user_id"].tolist() == [1, 2, 3]
     # user 1: train targets at position 1 only; users 2/3: positions 1 and 2

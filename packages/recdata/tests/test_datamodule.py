@@ -82,7 +82,7 @@ def test_train_batches_in_both_modes(random_prepared):
     assert len(with_train) < ds.num_users
     assert sorted(batch["user_id"].tolist()) == with_train
 
-    prefix_dm = make_dm(ds.path, batch_size=64, train_mode="prefix")
+    prefix_dm = make_dm(ds.path, batch_size=64, train_mode="prefixes")
     batch, batches = collect(prefix_dm.train_dataloader())
     assert set(batches[0]) == {"user_id", "position", "history", "target"}
     keys = split_keys(ds.lengths, "train")
@@ -95,7 +95,7 @@ def test_train_batches_in_both_modes(random_prepared):
 
 
 def test_limit_data_rows_applies_to_every_split_and_the_candidates(random_prepared):
-    dm = make_dm(random_prepared.path, limit_data_rows=5, train_mode="prefix")
+    dm = make_dm(random_prepared.path, limit_data_rows=5, train_mode="prefixes")
     full = make_dm(random_prepared.path)
     for split in ("train", "valid", "test"):
         ds = dm.split_dataset(split)
@@ -134,7 +134,7 @@ def test_train_loader_order_is_reproducible_per_epoch(random_prepared):
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"train_mode": "pairs"}, "train_mode must be one of sequence, prefix"),
+        ({"train_mode": "pairs"}, "train_mode must be one of user_sequences, prefixes, windows"),
         ({"max_seq_len": 0}, "max_seq_len must be positive"),
         ({"limit_data_rows": 0}, "limit_data_rows must be -1"),
         ({"limit_data_rows": -3}, "limit_data_rows must be -1"),

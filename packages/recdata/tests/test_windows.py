@@ -15,8 +15,9 @@ from recdata.batching import SequenceStore
 from recdata.contract import load_prepared
 from recdata.datamodule import LengthGroupedSampler, SequentialDataModule, WindowTrainDataset
 from recdata.errors import UserError
-from recdata.evaluation import evaluate
-from recdata.splits import plan_windows, select_samples, split_keys
+from recdata.splits import select_samples, split_keys
+from recdata.windows import plan_windows
+from runkit.evaluation import evaluate
 
 
 @pytest.fixture

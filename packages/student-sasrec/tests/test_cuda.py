@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from recdata.datamodule import SequentialDataModule
-from recdata.testing import run_cli, tiny_run_overrides
-from sasrec import recipe
+from runkit import recipe
+from runkit.testing import run_cli, tiny_run_overrides
 from sasrec.model import SASRecConfig
 from sasrec.module import SASRecModule
 from sasrec.train import main

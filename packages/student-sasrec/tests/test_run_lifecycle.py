@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from recdata.checkpoint import load_checkpoint
-from recdata.runs import COMPLETE_FILE
-from recdata.testing import fork_cli, run_cli, tiny_run_overrides
+from runkit.checkpoint import load_checkpoint
+from runkit.runs import COMPLETE_FILE
+from runkit.testing import fork_cli, run_cli, tiny_run_overrides
 from sasrec.train import main
 
 RUN_NAME = re.compile(r"^(result|multirun)_\d{8}_\d{6}_\d+$")
@@ -93,7 +93,7 @@ def test_runs_started_at_once_get_own_dirs_and_a_killed_one_resumes_to_the_same_
 
 
 def test_resume_file_is_written_every_epoch_by_rename_and_an_early_stop_survives_resume(cyclic_data, tmp_path, monkeypatch):
-    from sasrec import recipe
+    from runkit import recipe
 
     saved, real_save = [], torch.save
 

@@ -9,11 +9,10 @@ import pytest
 import torch
 import yaml
 
-from recdata.checkpoint import load_checkpoint
 from recdata.datamodule import SequentialDataModule
-from recdata.errors import CheckpointError
-from recdata.metrics import ranking_metrics
-from recdata.testing import run_cli, tiny_run_overrides
+from runkit.checkpoint import CheckpointError, load_checkpoint
+from runkit.metrics import ranking_metrics
+from runkit.testing import run_cli, tiny_run_overrides
 from sasrec.module import load_sasrec
 from sasrec.train import main
 

@@ -13,13 +13,15 @@ from safetensors.torch import load_file
 
 from ilora import train as teacher_train
 from ilora.checkpoint import ITEM_EMBEDDINGS_FILE, build_teacher
+from ilora.config import TeacherConfig
 from ilora.llm import flash_attn_available, load_llm, select_dtype
-from ilora.model import ILoRATeacher, TeacherConfig
+from ilora.model import ILoRATeacher
 from ilora.module import TeacherModule
 from ilora.moe_lora import moe_lora_layers
 from ilora.testing import save_tiny_llm, tiny_teacher_overrides
-from recdata.testing import cyclic_sequences, make_prepared, run_cli, tiny_run_overrides
-from sasrec import recipe
+from recdata.testing import cyclic_sequences, make_prepared
+from runkit import recipe
+from runkit.testing import run_cli, tiny_run_overrides
 from sasrec import train as student_train
 from sasrec.model import SASRec, SASRecConfig
 
@@ -54,7 +56,7 @@ def test_flash_attention_2_is_used_when_installed(tiny, tmp_path):
 def gpu_teacher(tiny, mode: str, precision: str = "auto") -> ILoRATeacher:
     torch.manual_seed(0)
     student = SASRec(SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16))
-    config = TeacherConfig(llm_model_name=str(tiny["llm"]), target_modules=["q_proj", "v_proj"], hidden_size=16,
+    config = TeacherConfig(residual_student_state=True, llm_model_name=str(tiny["llm"]), target_modules=["q_proj", "v_proj"], hidden_size=16,
                            gate_hidden_size=8, max_history=5, prompt_mode=mode)  # fmt: skip
     teacher, _ = build_teacher(config, student, TITLES, device="cuda", precision=precision, cache_dir=tiny["root"])
     with torch.no_grad():  # non-zero adapters and head, so the LLM path shows in the scores

@@ -4,7 +4,7 @@ title states computed at build time depend on it): each DDP rank loads onto its 
 import pytest
 import torch
 
-from ilora.train import resolve_device
+from runkit.device import resolve_device
 
 
 def test_cpu_unless_a_gpu_is_asked_for_or_auto_finds_one(monkeypatch):

@@ -11,8 +11,8 @@ from ilora.ensemble import MIX_GRID
 from ilora.testing import tiny_teacher_overrides
 from recdata.contract import load_prepared
 from recdata.datamodule import SequentialDataModule
-from recdata.metrics import target_ranks
-from recdata.testing import run_cli, tiny_run_overrides
+from runkit.metrics import target_ranks
+from runkit.testing import run_cli, tiny_run_overrides
 
 
 def _train(pipeline, run, *extra):

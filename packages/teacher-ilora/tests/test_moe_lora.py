@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ilora.config import LLAMA_TARGETS
 from ilora.moe_lora import (
-    LLAMA_TARGETS,
     GateNetwork,
     MoELoRAConfig,
     MoELoRALinear,

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from ilora.checkpoint import load_teacher
-from ilora.model import ILoRATeacher, TeacherConfig, mean_title_states, standardise_rows
+from ilora.config import TeacherConfig
+from ilora.model import ILoRATeacher, mean_title_states
 from ilora.moe_lora import moe_lora_layers
 from ilora.testing import build_tiny_llama, build_tiny_tokenizer, tiny_teacher_overrides
 from recdata.contract import load_prepared
-from recdata.testing import run_cli, tiny_run_overrides
+from runkit.testing import run_cli, tiny_run_overrides
+from runkit.vectors import standardise_rows
 from sasrec.model import SASRec, SASRecConfig
 
 TITLES = [""] + [f"the movie {'long ' * (i % 4)}{i}" for i in range(1, 41)]
@@ -22,7 +24,7 @@ ATOL = 1e-4  # fp32
 def make_teacher(*, titles_in_prompt=False, window=12, constant_gate=False, **overrides):
     torch.manual_seed(0)
     student = SASRec(SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16))
-    config = TeacherConfig(target_modules=["q_proj", "v_proj", "down_proj"], hidden_size=16, gate_hidden_size=8,
+    config = TeacherConfig(residual_student_state=True, target_modules=["q_proj", "v_proj", "down_proj"], hidden_size=16, gate_hidden_size=8,
                            prompt_mode="sequence", sequence_titles=titles_in_prompt, max_sequence_items=window,
                            **overrides)  # fmt: skip
     teacher = ILoRATeacher(build_tiny_llama(), build_tiny_tokenizer(), student, TITLES, config)
@@ -155,7 +157,7 @@ def _train(tiny_pipeline, run, *extra):
 
 def _ranks_of(teacher, data):
     from recdata.datamodule import SequentialDataModule
-    from recdata.metrics import target_ranks
+    from runkit.metrics import target_ranks
 
     batch = next(iter(SequentialDataModule(data, max_seq_len=16, num_candidates=0).loader("test")))
     with torch.no_grad():

@@ -11,11 +11,13 @@ import torch.nn.functional as F
 
 from ilora import train as teacher_train
 from ilora.checkpoint import ITEM_EMBEDDINGS_FILE, load_item_embeddings, load_teacher
-from ilora.model import ILoRATeacher, TeacherConfig
+from ilora.config import TeacherConfig
+from ilora.model import ILoRATeacher
 from ilora.testing import build_tiny_llama, build_tiny_tokenizer, tiny_teacher_overrides
 from recdata.contract import load_prepared
-from recdata.metrics import target_ranks
-from recdata.testing import cyclic_sequences, make_prepared, run_cli, tiny_run_overrides
+from recdata.testing import cyclic_sequences, make_prepared
+from runkit.metrics import target_ranks
+from runkit.testing import run_cli, tiny_run_overrides
 from sasrec.model import SASRec, SASRecConfig
 
 
@@ -24,7 +26,7 @@ def teacher(request):
     torch.manual_seed(0)
     student = SASRec(SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16))
     titles = [""] + [f"the movie {'long ' * (i % 4)}{i}" for i in range(1, 41)]
-    config = TeacherConfig(target_modules=["q_proj", "v_proj"], hidden_size=16, gate_hidden_size=8, max_history=5,
+    config = TeacherConfig(residual_student_state=True, target_modules=["q_proj", "v_proj"], hidden_size=16, gate_hidden_size=8, max_history=5,
                            prompt_mode=request.param)  # fmt: skip
     model = ILoRATeacher(build_tiny_llama(), build_tiny_tokenizer(), student, titles, config)
     with torch.no_grad():  # non-zero adapters and head, so the gate and the LLM path matter
@@ -73,14 +75,14 @@ def test_only_adapters_gate_projector_and_head_are_trained(teacher):
 
 def test_teacher_starts_as_its_student(teacher):
     fresh = ILoRATeacher(build_tiny_llama(), build_tiny_tokenizer(), teacher.student, [""] + ["movie"] * 40,
-                         TeacherConfig(target_modules=["q_proj"], hidden_size=8, gate_hidden_size=4,
+                         TeacherConfig(residual_student_state=True, target_modules=["q_proj"], hidden_size=8, gate_hidden_size=4,
                                        prompt_mode=teacher.config.prompt_mode)).eval()  # fmt: skip
     history = left_pad([[1, 2, 3], [9, 8]])
     torch.testing.assert_close(fresh(history)[:, 1:], teacher.student.score(history)[:, 1:], rtol=0, atol=1e-5)
 
 
 def test_linear_head_variant_scores_all_items(teacher):
-    config = TeacherConfig(target_modules=["q_proj"], hidden_size=8, gate_hidden_size=4, use_item_embeddings_head=False,
+    config = TeacherConfig(residual_student_state=True, target_modules=["q_proj"], hidden_size=8, gate_hidden_size=4, use_item_embeddings_head=False,
                            prompt_mode=teacher.config.prompt_mode)  # fmt: skip
     model = ILoRATeacher(build_tiny_llama(), build_tiny_tokenizer(), teacher.student, [""] + ["movie"] * 40, config)
     assert model.item_table is None and model.head.out_features == 41
@@ -188,7 +190,7 @@ def test_negative_item_table_lr_scale_is_refused(tiny_pipeline, tmp_path, capsys
                 "train.item_table_lr_scale=-1"))  # fmt: skip
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: train.item_table_lr_scale must be a number >= 0, got -1"
+        "error: train.item_table_lr_scale must be a number >= 0, got -1.0"
     ]
 
 

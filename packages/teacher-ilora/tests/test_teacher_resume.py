@@ -8,8 +8,8 @@ import torch
 
 from ilora import train
 from ilora.testing import tiny_teacher_overrides
-from recdata.checkpoint import load_checkpoint
-from recdata.testing import kill_after_first_epoch, run_cli, tiny_run_overrides
+from runkit.checkpoint import load_checkpoint
+from runkit.testing import kill_after_first_epoch, run_cli, tiny_run_overrides
 
 
 def test_killed_teacher_resumes_to_the_uninterrupted_result(tiny_pipeline, tmp_path, one_thread):

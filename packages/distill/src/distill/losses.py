@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ilora.model import standardise_rows
+from runkit.vectors import standardise_rows
 
 RANK_FORMS = ("pointwise", "listwise")
 # What the ranking loss is averaged over when only some samples have a teacher list:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill.kind import KIND
 from distill.losses import CollaborativeEmbeddingDistillation, DLLM2RecLoss, sample_negatives
 from distill.soft_labels import SoftLabels
 from recdata.batching import SequenceStore
 from sasrec.model import SASRecConfig, item_scores
 from sasrec.module import SASRecModule
-
-KIND = "sasrec-distilled"
 
 
 class SoftLabelLookup:
@@ -34,7 +33,7 @@ class SoftLabelLookup:
 
 
 class DistillModule(SASRecModule):
-    checkpoint_kind = KIND
+    checkpoint_kind = KIND.name
 
     def __init__(self, config: SASRecConfig, *, labels: SoftLabels, store: SequenceStore, loss: DLLM2RecLoss,
                  ed_weight: float = 0.3, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 42,

@@ -15,36 +15,36 @@ import re
 import shutil
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from distill.soft_labels import SoftLabels, table_columns, write_soft_labels
-from ilora.checkpoint import load_item_embeddings, load_teacher, teacher_window
-from ilora.inference import (
-    teacher_digest,
-    topk_excluding_history,
-    topk_with_history_masked,
-    window_scores,
+from distill.labelling import labelling_units
+from distill.shards import (
+    SHARD_SIZE,
+    label_shard,
+    merge_shards,
+    shard_is_done,
+    shard_path,
+    shard_ranges,
 )
-from ilora.train import resolve_device
-from recdata.atomic import atomic_file
-from recdata.checkpoint import read_card
-from recdata.datamodule import SplitDataset, WindowTrainDataset
+from distill.soft_labels import SoftLabels, write_soft_labels
+from ilora.checkpoint import load_item_embeddings, load_teacher, teacher_window
+from ilora.inference import teacher_digest
+from ilora.kind import KIND as TEACHER_KIND
 from recdata.errors import UserError
-from recdata.runs import checkpoint_or_newest, hydra_entry
 from recdata.splits import SampleKeys, select_samples, split_keys
-from sasrec.recipe import build_datamodule, seed_run
+from runkit.checkpoint import read_card
+from runkit.device import resolve_device
+from runkit.entry import hydra_entry
+from runkit.recipe import build_datamodule, seed_run
+from runkit.runs import checkpoint_or_newest
 
 log = logging.getLogger(__name__)
-SHARD_SIZE = 256  # prefixes (prefix mode) or user windows (sequence mode) per shard
-SHARD_TAG = b"ilora.soft_label_shard"  # parquet schema metadata: what a shard was computed for
 
 
 def resolve_teacher_path(cfg: DictConfig) -> Path:
-    return checkpoint_or_newest(cfg, "distill.teacher_checkpoint_path", "ilora-teacher")
+    return checkpoint_or_newest(cfg, "distill.teacher_checkpoint_path", TEACHER_KIND.name)
 
 
 def soft_labels_dir(cfg: DictConfig, teacher_path: Path) -> Path:
@@ -63,92 +63,33 @@ def _rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def shard_ranges(units: int, shard_size: int | None = None) -> list[tuple[int, int, int]]:
-    """(index, lo, hi) of each shard of `units` prefixes or windows (SHARD_SIZE each by default);
-    each shard is cut into teacher batches from its start, by precompute-soft-labels and by the
-    teacher service's client alike, so both run the same batches."""
-    size = shard_size or SHARD_SIZE
-    return [(i, lo, min(lo + size, units)) for i, lo in enumerate(range(0, units, size))]
+def scorer(units, teacher, k: int, mask_history: bool, device):
+    """Label units lo..hi with the loaded teacher, refusing a K the masked history leaves no room for."""
 
+    def label(lo: int, hi: int):
+        users, positions, items, scores = units.score(teacher, lo, hi, k, mask_history, device)
+        if not bool(torch.isfinite(scores).all()):
+            row = int((~torch.isfinite(scores)).any(1).nonzero()[0])
+            raise UserError(f"distill.candidate_topk={k} exceeds the items the teacher can rank for sample "
+                            f"(user_id, position) = ({int(users[row])}, {int(positions[row])}) once its history "
+                            "is masked; lower distill.candidate_topk")  # fmt: skip
+        return users, positions, items, scores
 
-def labelling_units(dm, keys: SampleKeys, sequence_mode: bool):
-    """What one teacher batch row is when labelling ``keys``: a window that reads out several of
-    them (sequence mode, longest first so a batch pads little) or one prefix prompt."""
-    if sequence_mode:
-        return WindowTrainDataset(dm.store, dm.window_dataset(keys).plan.longest_first(), keys)
-    return SplitDataset(dm.store, keys, dm.max_seq_len, with_full_history=True)
-
-
-def score_shard(teacher, dataset, lo: int, hi: int, k: int, mask_history: bool, batch_size: int, device) -> pa.Table:
-    """Top-K rows of units lo..hi of ``dataset``: prefixes (SplitDataset) or windows."""
-    score = _score_windows if isinstance(dataset, WindowTrainDataset) else _score_prefixes
-    users, positions, items, scores = [], [], [], []
-    for start in range(lo, hi, batch_size):  # batches restart at each shard: see shard_ranges
-        batch = dataset.__getitems__(list(range(start, min(start + batch_size, hi))))
-        u, p, top_items, top_scores = score(teacher, dataset, batch, k, mask_history, device)
-        if not bool(torch.isfinite(top_scores).all()):
-            row = int((~torch.isfinite(top_scores)).any(1).nonzero()[0])
-            raise UserError(f"distill.candidate_topk={k} exceeds the items the teacher can rank for sample (user_id, position) = ({int(u[row])}, {int(p[row])}) once its history is masked; lower distill.candidate_topk")
-        users.append(u), positions.append(p), items.append(top_items), scores.append(top_scores)
-    return pa.table({
-        "user_id": pa.array(torch.cat(users).numpy()), "position": pa.array(torch.cat(positions).numpy()),
-        "topk_items": pa.array(list(torch.cat(items).numpy()), pa.list_(pa.int64())),
-        "topk_scores": pa.array(list(torch.cat(scores).numpy()), pa.list_(pa.float32())),
-    })  # fmt: skip
-
-
-def _score_prefixes(teacher, dataset, batch, k, mask_history, device):
-    with torch.no_grad():
-        s = teacher(batch["history"].to(device)).cpu()
-    top_items, top_scores = topk_with_history_masked(s, batch["full_history"] if mask_history else None, k)
-    return batch["user_id"], batch["position"], top_items, top_scores
-
-
-def _score_windows(teacher, dataset, batch, k, mask_history, device):
-    read = batch["targets"] > 0
-    scores = window_scores(teacher, batch["history"], read, device)
-    rows, positions = read.nonzero()[:, 0], batch["target_positions"][read]
-    full = None
-    if mask_history:  # each window's whole prefix: a key's history may start before its window
-        ends = batch["target_positions"].amax(1)
-        full = dataset.store.window(batch["user_id"], ends, max(int(ends.max()), 1))
-    top_items, top_scores = topk_excluding_history(scores, rows, positions, full, k)
-    return batch["user_id"][rows], positions, top_items, top_scores
-
-
-def shard_path(shard_dir: Path, index: int) -> Path:
-    return shard_dir / f"shard_{index:06d}.parquet"
-
-
-def shard_is_done(path: Path, tag: bytes) -> bool:
-    """A shard counts as finished only if it was computed for exactly this job (same teacher,
-    data, samples, K, masking and shard layout); shards of another job are recomputed."""
-    if not path.is_file():
-        return False
-    try:
-        return (pq.read_schema(path).metadata or {}).get(SHARD_TAG) == tag
-    except (OSError, pa.ArrowInvalid):
-        return False
-
-
-def merge_shards(paths: list[Path], k: int) -> tuple[torch.Tensor, ...]:
-    return table_columns(pa.concat_tables([pq.read_table(p) for p in paths]), k)
+    return label
 
 
 def precompute(cfg: DictConfig) -> Path:
     d = cfg.distill
-    if not isinstance(d.candidate_topk, int) or isinstance(d.candidate_topk, bool) or d.candidate_topk < 1:
-        raise UserError(f"distill.candidate_topk must be an integer >= 1, got {d.candidate_topk!r}")
     teacher_path = resolve_teacher_path(cfg)
     config, window = teacher_window(read_card(teacher_path), teacher_path)
     sequence_mode = config.prompt_mode == "sequence"
-    dm = build_datamodule(cfg, max_seq_len=window, train_mode="windows" if sequence_mode else "prefix",
-                          window_stride=config.sequence_window_stride)  # fmt: skip
+    dm = build_datamodule(cfg, max_seq_len=window)
     keys = training_keys(dm, d.soft_label_samples)  # a bad selection fails before the teacher loads
     out = soft_labels_dir(cfg, teacher_path)
     device = resolve_device(cfg.trainer.accelerator)
     teacher, ckpt = load_teacher(teacher_path, dm.dataset, device=device, cache_dir=Path(cfg.paths.cache_dir))
-    dataset = labelling_units(dm, keys, sequence_mode)
+    units = labelling_units(dm.store, dm.keys["train"], keys, sequence_mode=sequence_mode, width=window,
+                            stride=config.sequence_window_stride)  # fmt: skip
     shard_dir = out.with_name(out.name + ".shards")
     shard_dir.mkdir(parents=True, exist_ok=True)
     rank, world = _rank_world()
@@ -156,15 +97,14 @@ def precompute(cfg: DictConfig) -> Path:
     tag = json.dumps({"teacher_digest": digest, "data_fingerprint": dm.fingerprint, "samples": str(d.soft_label_samples),
                       "num_samples": len(keys), "k": int(d.candidate_topk), "history_masked": bool(d.mask_history_in_topk),
                       "max_seq_len": dm.max_seq_len, "shard_size": SHARD_SIZE, "prompt_mode": config.prompt_mode,
-                      "units": len(dataset)}, sort_keys=True).encode()  # fmt: skip
-    shards = shard_ranges(len(dataset))
+                      "units": len(units)}, sort_keys=True).encode()  # fmt: skip
+    shards = shard_ranges(len(units), SHARD_SIZE)
     todo = [s for s in shards if s[0] % world == rank and not shard_is_done(shard_path(shard_dir, s[0]), tag)]
     log.info("soft labels: %d samples (%s) in %d %s, %d shards, %d to do on rank %d/%d", len(keys), d.soft_label_samples,
-             len(dataset), "windows" if sequence_mode else "prompts", len(shards), len(todo), rank, world)  # fmt: skip
+             len(units), units.name, len(shards), len(todo), rank, world)  # fmt: skip
+    label = scorer(units, teacher, d.candidate_topk, d.mask_history_in_topk, device)
     for index, lo, hi in tqdm(todo, desc="teacher top-K", unit="shard", disable=not cfg.trainer.enable_progress_bar):
-        table = score_shard(teacher, dataset, lo, hi, d.candidate_topk, d.mask_history_in_topk, d.teacher_batch_size, device)
-        with atomic_file(shard_path(shard_dir, index)) as tmp:
-            pq.write_table(table.replace_schema_metadata({SHARD_TAG: tag}), tmp)
+        label_shard(shard_path(shard_dir, index), lo, hi, d.teacher_batch_size, label, tag)
     if world > 1:
         _barrier()
         if rank != 0:

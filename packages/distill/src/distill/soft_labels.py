@@ -1,4 +1,4 @@
-"""The teacher-output contract (DESIGN §3.3): soft_labels.parquet + item_embeddings.safetensors
+"""The teacher-output contract: soft_labels.parquet + item_embeddings.safetensors
 + card.json, keyed by (user_id, position) — never by loader order.
 
 Produced by `precompute-soft-labels` (from a teacher checkpoint) or fetched from the teacher
@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import save_file
 
 from recdata.atomic import atomic_directory, write_json
-from recdata.checkpoint import read_tensors
 from recdata.errors import UserError
 from recdata.splits import SampleKeys
+from runkit.checkpoint import read_tensors
 
 SOFT_LABELS_FILE, EMBEDDINGS_FILE, CARD_FILE = "soft_labels.parquet", "item_embeddings.safetensors", "card.json"
 
@@ -78,16 +78,22 @@ class SoftLabels:
                           self.item_embeddings, self.card)  # fmt: skip
 
 
+def label_table(user_ids: torch.Tensor, positions: torch.Tensor, items: torch.Tensor, scores: torch.Tensor) -> pa.Table:
+    """The soft-label table (one schema for the contract file and the shards of a job):
+    ``user_id``, ``position`` int32, ``topk_items`` list<int32>, ``topk_scores`` list<float32>."""
+    rows, k = items.shape
+    offsets = pa.array(np.arange(0, (rows + 1) * k, k, dtype=np.int32))
+    return pa.table({
+        "user_id": pa.array(user_ids.numpy().astype(np.int32)),
+        "position": pa.array(positions.numpy().astype(np.int32)),
+        "topk_items": pa.ListArray.from_arrays(offsets, pa.array(items.numpy().astype(np.int32).ravel())),
+        "topk_scores": pa.ListArray.from_arrays(offsets, pa.array(scores.numpy().astype(np.float32).ravel())),
+    })  # fmt: skip
+
+
 def write_soft_labels(directory: Path, labels: SoftLabels) -> Path:
     """Write the contract atomically: readers see the old directory or the complete new one."""
-    table = pa.table(
-        {
-            "user_id": pa.array(labels.user_ids.numpy().astype(np.int32)),
-            "position": pa.array(labels.positions.numpy().astype(np.int32)),
-            "topk_items": pa.array(list(labels.topk_items.numpy().astype(np.int32)), pa.list_(pa.int32())),
-            "topk_scores": pa.array(list(labels.topk_scores.numpy().astype(np.float32)), pa.list_(pa.float32())),
-        }
-    )
+    table = label_table(labels.user_ids, labels.positions, labels.topk_items, labels.topk_scores)
     with atomic_directory(Path(directory)) as tmp:
         pq.write_table(table, tmp / SOFT_LABELS_FILE)
         save_file({"item_embeddings": labels.item_embeddings.float().contiguous()}, tmp / EMBEDDINGS_FILE)

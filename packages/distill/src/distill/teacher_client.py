@@ -1,4 +1,4 @@
-"""Soft labels from the running teacher service (`teacher.service`, DESIGN §3.3) instead of a
+"""Soft labels from the running teacher service (`teacher.service`) instead of a
 precomputed `soft_labels.parquet`.
 
 The client sends exactly what `precompute-soft-labels` scores, in its order and batches, one call
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -33,17 +34,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from distill.precompute import SHARD_TAG, merge_shards, shard_is_done, shard_path, shard_ranges
+from distill.labelling import labelling_units
+from distill.shards import label_shard, merge_shards, shard_is_done, shard_path, shard_ranges
 from distill.soft_labels import SoftLabelError, SoftLabels
 from ilora.inference import DIGEST_HEADER
-from recdata.atomic import atomic_file
-from recdata.datamodule import SplitDataset
 from recdata.errors import UserError
-from recdata.splits import SampleKeys, plan_windows
+from recdata.splits import SampleKeys
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -185,17 +183,6 @@ class TeacherClient:
         return items, scores
 
 
-def prefixes(dataset: SplitDataset, indices: list[int]) -> list[list[int]]:
-    """The full history items[:position] of each sample, oldest first (what precompute scores)."""
-    full = dataset.__getitems__(indices)["full_history"]
-    histories = [row[row > 0].tolist() for row in full]
-    if any(not h for h in histories):
-        raise UserError(
-            "a sample has an empty history; the teacher service needs at least one item"
-        )
-    return histories
-
-
 def check_info(info: dict, dm, k: int, batch_size: int, expected_digest: str | None = None,
                expected_from: str = "") -> None:  # fmt: skip
     """Refuse a service that serves another teacher or other data, or cannot answer these calls."""
@@ -264,8 +251,10 @@ def fetch_soft_labels(url: str, dm, keys: SampleKeys, *, k: int, batch_size: int
             raise TeacherServiceError(
                 f"teacher service sent {embeddings.shape[0]} item embeddings, expected {dm.num_items + 1}"
             )
-        source = WindowSource if info.get("prompt_mode") == "sequence" else PrefixSource
-        units = source(client, dm, keys, info, k, mask_history)
+        sequence_mode = info.get("prompt_mode") == "sequence"
+        units = labelling_units(dm.store, dm.keys["train"], keys, sequence_mode=sequence_mode,
+                                width=int(info["window"]) if sequence_mode else dm.max_seq_len,
+                                stride=info.get("window_stride"))  # fmt: skip
         tag = shard_tag(info, dm, keys, k, mask_history, len(units), shard_size)
         shard_dir = Path(cache_dir or scratch) / hashlib.sha256(tag).hexdigest()[:16]
         shard_dir.mkdir(parents=True, exist_ok=True)
@@ -273,11 +262,10 @@ def fetch_soft_labels(url: str, dm, keys: SampleKeys, *, k: int, batch_size: int
         todo = [s for s in shards if not shard_is_done(shard_path(shard_dir, s[0]), tag)]
         log.info("teacher service %s: %d samples in %d %s, %d shards, %d cached in %s", url, len(keys), len(units),
                  units.name, len(shards), len(shards) - len(todo), shard_dir)  # fmt: skip
+        label = functools.partial(units.fetch, client, k=k, mask_history=mask_history)
         started = time.perf_counter()
         for n, (index, lo, hi) in enumerate(todo, start=1):
-            rows = [units.fetch(start, min(start + batch_size, hi)) for start in range(lo, hi, batch_size)]
-            with atomic_file(shard_path(shard_dir, index)) as tmp:
-                pq.write_table(shard_table(rows).replace_schema_metadata({SHARD_TAG: tag}), tmp)
+            label_shard(shard_path(shard_dir, index), lo, hi, batch_size, label, tag)
             if n % 10 == 0 or n == len(todo):
                 done = sum(hi - lo for _, lo, hi in todo[:n])
                 log.info("teacher service: %d/%d shards fetched (%.1f %s/s)", n, len(todo),
@@ -292,61 +280,3 @@ def fetch_soft_labels(url: str, dm, keys: SampleKeys, *, k: int, batch_size: int
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
     return SoftLabels(user_ids, positions, items, scores, embeddings, card).aligned_to(keys)
-
-
-def shard_table(rows: list[tuple[torch.Tensor, ...]]) -> pa.Table:
-    """The (user_id, position, topk_items, topk_scores) rows of a shard's batches, as the
-    precompute writes a shard."""
-    users, positions, items, scores = (torch.cat(column) for column in zip(*rows, strict=True))
-    return pa.table({
-        "user_id": pa.array(users.numpy()), "position": pa.array(positions.numpy()),
-        "topk_items": pa.array(list(items.numpy()), pa.list_(pa.int64())),
-        "topk_scores": pa.array(list(scores.numpy()), pa.list_(pa.float32())),
-    })  # fmt: skip
-
-
-class PrefixSource:
-    """Prefix-mode teacher: one unit per sample key, in key order, scored by /topk."""
-
-    name = "samples"
-
-    def __init__(self, client: TeacherClient, dm, keys: SampleKeys, info: dict, k: int, mask_history: bool):
-        self.client, self.keys, self.k, self.mask_history = client, keys, k, mask_history
-        self.dataset = SplitDataset(dm.store, keys, dm.max_seq_len, with_full_history=True)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def fetch(self, lo: int, hi: int) -> tuple[torch.Tensor, ...]:
-        items, scores = self.client.topk(prefixes(self.dataset, list(range(lo, hi))), self.k, self.mask_history)
-        return self.keys.user_ids[lo:hi], self.keys.positions[lo:hi], items, scores
-
-
-class WindowSource:
-    """Sequence-mode teacher: the windows precompute-soft-labels reads, in its order (longest
-    first), scored by /topk_windows; only the keys of ``keys`` are kept."""
-
-    name = "windows"
-
-    def __init__(self, client: TeacherClient, dm, keys: SampleKeys, info: dict, k: int, mask_history: bool):
-        self.client, self.store, self.k, self.mask_history = client, dm.store, k, mask_history
-        plan = plan_windows(dm.keys["train"], int(info["window"]), info.get("window_stride"))
-        self.plan = plan.holding(keys, dm.store.starts, len(dm.store.items)).longest_first()
-        self.wanted = keys.flat_mask(dm.store.starts, len(dm.store.items))
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def fetch(self, lo: int, hi: int) -> tuple[torch.Tensor, ...]:
-        window_users, ends = self.plan.user_ids[lo:hi], self.plan.ends[lo:hi]
-        full = self.store.window(window_users, ends, int(ends.max()))
-        answers = self.client.topk_windows([row[row > 0].tolist() for row in full],
-                                           self.plan.first_positions[lo:hi].tolist(), self.k, self.mask_history)  # fmt: skip
-        users, positions, items, scores = [], [], [], []
-        for user, answer in zip(window_users.tolist(), answers, strict=True):
-            p = torch.tensor(answer["positions"], dtype=torch.int64)
-            keep = self.wanted[self.store.starts[user] + p]
-            users.append(torch.full((int(keep.sum()),), user, dtype=torch.int64)), positions.append(p[keep])
-            items.append(torch.tensor(answer["topk_items"], dtype=torch.int64).reshape(-1, self.k)[keep])
-            scores.append(torch.tensor(answer["topk_scores"], dtype=torch.float64).float().reshape(-1, self.k)[keep])
-        return torch.cat(users), torch.cat(positions), torch.cat(items), torch.cat(scores)

@@ -1,4 +1,4 @@
-"""`distill`: train a fresh SASRec with the DLLM2Rec objective (seed guide §3.3)."""
+"""`distill`: train a fresh SASRec with the DLLM2Rec objective."""
 
 from __future__ import annotations
 
@@ -7,51 +7,22 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from distill.losses import CONSISTENCY_FORMS, RANK_AVERAGES, RANK_FORMS, DLLM2RecLoss
+from distill.losses import DLLM2RecLoss
 from distill.module import DistillModule
 from distill.precompute import resolve_teacher_path, soft_labels_dir, training_keys
 from distill.soft_labels import SoftLabels, read_soft_labels
 from ilora.inference import teacher_digest
-from recdata.checkpoint import WEIGHTS_FILE
-from recdata.errors import CheckpointError, UserError
-from recdata.runs import hydra_entry
-from sasrec.recipe import build_datamodule, run_training, seed_run
+from recdata.errors import UserError
+from runkit.checkpoint import WEIGHTS_FILE, CheckpointError
+from runkit.entry import hydra_entry
+from runkit.recipe import build_datamodule, run_training, seed_run
 from sasrec.train import student_config
 
 log = logging.getLogger(__name__)
-SOURCES = ("precomputed", "service")
-
-
-def check_distill_config(cfg: DictConfig) -> None:
-    """Refuse a bad distill.* setting with a one-line UserError before any data or model loads."""
-    d = cfg.distill
-    if d.teacher_source not in SOURCES:
-        raise UserError(f"distill.teacher_source must be one of {', '.join(SOURCES)}, got {d.teacher_source!r}")
-    if d.ranking_loss not in RANK_FORMS:
-        raise UserError(f"distill.ranking_loss must be one of {', '.join(RANK_FORMS)}, got {d.ranking_loss!r}")
-    if d.consistency_weight not in CONSISTENCY_FORMS:
-        raise UserError(f"distill.consistency_weight must be one of {', '.join(CONSISTENCY_FORMS)}, got {d.consistency_weight!r}")
-    if not isinstance(d.consistency_masks_history, bool):
-        raise UserError(f"distill.consistency_masks_history must be true or false, got {d.consistency_masks_history!r}")
-    if d.rank_loss_average not in RANK_AVERAGES:
-        raise UserError(f"distill.rank_loss_average must be one of {', '.join(RANK_AVERAGES)}, got {d.rank_loss_average!r}")
-    if d.get("max_retries") is not None:
-        raise UserError(f"distill.max_retries={d.max_retries} is no longer used: service requests are retried for "
-                        f"distill.retry_budget seconds (now {d.retry_budget}); set that instead (distill.max_retries=null "
-                        "clears it, e.g. in the saved config of an older run)")  # fmt: skip
-    for name, low, strict in (("lam", 0, False), ("ed_weight", 0, False), ("gamma_position", 0, False),
-                              ("gamma_confidence", 0, False), ("gamma_consistency", 0, False),
-                              ("lambda_position", 0, True), ("candidate_topk", 1, False),
-                              ("retry_budget", 0, False), ("request_timeout", 0, True)):  # fmt: skip
-        value = d[name]
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and (value > low if strict else value >= low)
-        if not ok:
-            raise UserError(f"distill.{name} must be a number {'>' if strict else '>='} {low}, got {value!r}")
 
 
 def load_labels(cfg: DictConfig, dm) -> SoftLabels:
     d = cfg.distill
-    check_distill_config(cfg)
     keys = training_keys(dm, d.soft_label_samples)
     if d.teacher_source == "service":
         from distill.teacher_client import fetch_soft_labels
@@ -97,12 +68,9 @@ def service_cache_dir(cfg: DictConfig) -> Path:
 
 def build_module(cfg: DictConfig, dm, labels: SoftLabels) -> DistillModule:
     d = cfg.distill
-    try:
-        loss = DLLM2RecLoss(lam=d.lam, gamma_position=d.gamma_position, gamma_confidence=d.gamma_confidence,
-                            gamma_consistency=d.gamma_consistency, lambda_position=d.lambda_position, form=d.ranking_loss,
-                            average=d.rank_loss_average, consistency=d.consistency_weight)  # fmt: skip
-    except ValueError as error:  # e.g. an unknown ranking_loss form: a config error, not a crash
-        raise UserError(f"distill: {error}") from None
+    loss = DLLM2RecLoss(lam=d.lam, gamma_position=d.gamma_position, gamma_confidence=d.gamma_confidence,
+                        gamma_consistency=d.gamma_consistency, lambda_position=d.lambda_position, form=d.ranking_loss,
+                        average=d.rank_loss_average, consistency=d.consistency_weight)  # fmt: skip
     return DistillModule(student_config(cfg, dm.num_items), labels=labels, store=dm.store, loss=loss,
                          ed_weight=d.ed_weight, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, seed=cfg.seed,
                          provenance={k: v for k, v in labels.card.items() if k != "created_at"},
@@ -111,9 +79,8 @@ def build_module(cfg: DictConfig, dm, labels: SoftLabels) -> DistillModule:
 
 @hydra_entry("run_distill")
 def main(cfg: DictConfig) -> None:
-    check_distill_config(cfg)
     seed_run(cfg)
-    dm = build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len, train_mode="sequence")
+    dm = build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len)
     labels = load_labels(cfg, dm)
     log.info("distilling %d teacher top-%d lists (%s)", len(labels.user_ids), labels.k, labels.card.get("source"))
     seed_run(cfg)  # the student's initial weights match the baseline's for the same seed

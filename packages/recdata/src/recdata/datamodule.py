@@ -12,16 +12,18 @@ from recdata.batching import SequenceStore
 from recdata.candidates import load_or_draw_candidates
 from recdata.contract import PreparedDataset, load_prepared
 from recdata.errors import UserError
-from recdata.splits import (
-    SampleKeys,
+from recdata.splits import SampleKeys, check_limit, select_samples, split_keys
+from recdata.windows import (
     WindowPlan,
-    check_limit,
     plan_windows,
-    select_samples,
-    split_keys,
+    readout_mask,
+    readout_positions,
+    trim_padding_columns,
 )
 
-TRAIN_MODES = ("sequence", "prefix", "windows")
+# What one training row is: a user's whole sequence with a target at every position (SASRec),
+# one training prefix, or one window of a WindowPlan that reads out several keys (the LLM teacher).
+TRAIN_MODES = ("user_sequences", "prefixes", "windows")
 EVAL_ORDERS = ("key", "length")
 
 
@@ -80,13 +82,6 @@ class LengthGroupedSampler(Sampler[int]):
         return iter(torch.cat(order).tolist() if order else [])
 
 
-def _trim_padding_columns(batch: dict[str, torch.Tensor], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Drop the leading columns that are padding in every row (left-padded ``history``)."""
-    real = (batch["history"] > 0).any(0).nonzero()
-    start = int(real[0]) if len(real) else batch["history"].shape[1] - 1
-    return {k: v[:, start:] if k in keys else v for k, v in batch.items()}
-
-
 class SplitDataset(Dataset):
     """Samples of one split; `__getitems__` builds a whole batch with tensor ops."""
 
@@ -121,7 +116,7 @@ class SplitDataset(Dataset):
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
 
-class SequenceTrainDataset(Dataset):
+class UserSequenceDataset(Dataset):
     """One row per user: inputs items[:e] and next-item targets at every position, where e is
     the user's last train position + 1 — the same (prefix, target) pairs as the prefix samples,
     scored in one causal pass."""
@@ -173,16 +168,15 @@ class WindowTrainDataset(Dataset):
         users, ends, first = self.plan.user_ids[idx], self.plan.ends[idx], self.plan.first_positions[idx]
         width = self.plan.width
         history = self.store.window(users, ends, width)
-        # column c holds item ends - width + c; its readout predicts the key at position + 1
-        positions = ends.unsqueeze(1) - width + 1 + torch.arange(width)
-        read = (positions >= first.unsqueeze(1)) & (history > 0)
+        positions = readout_positions(ends, width)
+        read = readout_mask(positions, first, history)
         if self.selected is not None:
             flat = (self.store.starts[users].unsqueeze(1) + positions).clamp(min=0)
             read &= self.selected[flat]
         targets = torch.where(read, self.store.items[(self.store.starts[users].unsqueeze(1) + positions).clamp(min=0)], 0)
         batch = {"user_id": users, "history": history, "targets": targets,
                  "target_positions": torch.where(read, positions, 0)}  # fmt: skip
-        return _trim_padding_columns(batch, ("history", "targets", "target_positions"))
+        return trim_padding_columns(batch, ("history", "targets", "target_positions"))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
@@ -196,7 +190,7 @@ class SequentialDataModule(L.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 256,
         limit_data_rows: int = -1,
-        train_mode: str = "sequence",
+        train_mode: str = "user_sequences",
         num_workers: int = 0,
         num_candidates: int = 20,
         candidate_seed: int = 2024,
@@ -272,8 +266,8 @@ class SequentialDataModule(L.LightningDataModule):
 
     def train_dataset(self) -> Dataset:
         self.setup()
-        if self.train_mode == "sequence":
-            return SequenceTrainDataset(self.store, self.keys["train"], self.max_seq_len)
+        if self.train_mode == "user_sequences":
+            return UserSequenceDataset(self.store, self.keys["train"], self.max_seq_len)
         if self.train_mode == "windows":
             return self.window_dataset(self.train_keys())
         return self.split_dataset("train")

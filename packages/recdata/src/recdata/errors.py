@@ -20,10 +20,6 @@ class DataError(UserError):
     """The data files are missing, malformed or inconsistent."""
 
 
-class CheckpointError(UserError):
-    """A checkpoint is missing, of the wrong kind, or built on other data."""
-
-
 def report_and_exit(error: UserError) -> None:
     print(f"error: {error}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USER_ERROR)

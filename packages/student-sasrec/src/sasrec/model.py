@@ -1,6 +1,6 @@
 """SASRec (Kang & McAuley, 2018): causal self-attention over a user's item history.
 
-Conventions (DESIGN §5): histories are LEFT-padded with item 0, so the newest item is always at
+Conventions: histories are LEFT-padded with item 0, so the newest item is always at
 column -1; positions count from a sequence's first real item, which makes a sequence's outputs
 independent of how much padding precedes it and equal for a prefix whether it is scored alone
 or inside a longer training sequence. Scores are tied to the item table (padding column 0 is
@@ -16,15 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sasrec.config import StudentConfig
 
-@dataclass
-class SASRecConfig:
+
+@dataclass(kw_only=True)
+class SASRecConfig(StudentConfig):
+    """The `student` config group's architecture for a catalogue of `num_items` items."""
+
     num_items: int
-    hidden_size: int = 64
-    num_blocks: int = 2
-    num_heads: int = 2
-    dropout: float = 0.2
-    max_seq_len: int = 200
 
     def to_dict(self) -> dict:
         return asdict(self)

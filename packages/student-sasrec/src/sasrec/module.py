@@ -7,16 +7,15 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from recdata.checkpoint import load_checkpoint, load_state_strict
+from runkit.checkpoint import load_checkpoint, load_state_strict
+from runkit.recipe import seed_training_step
+from runkit.validation import RankingValidationMixin
+from sasrec.kind import KIND
 from sasrec.model import SASRec, SASRecConfig, next_item_cross_entropy
-from sasrec.recipe import seed_training_step
-from sasrec.validation import RankingValidationMixin
-
-KIND = "sasrec"
 
 
 class SASRecModule(RankingValidationMixin, L.LightningModule):
-    checkpoint_kind = KIND
+    checkpoint_kind = KIND.name
 
     def __init__(self, config: SASRecConfig, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 42):
         super().__init__()
@@ -52,7 +51,7 @@ class SASRecModule(RankingValidationMixin, L.LightningModule):
 
 
 def load_sasrec(path: Path, *, fingerprint: str | None = None, num_items: int | None = None,
-                kinds: tuple[str, ...] = (KIND,)) -> tuple[SASRec, dict]:  # fmt: skip
+                kinds: tuple[str, ...] = (KIND.name,)) -> tuple[SASRec, dict]:  # fmt: skip
     """Rebuild a plain SASRec from a checkpoint directory (validated before any work)."""
     ckpt = load_checkpoint(path, kinds=kinds, fingerprint=fingerprint, num_items=num_items)
     model = SASRec(SASRecConfig(**ckpt.hparams["model"]))

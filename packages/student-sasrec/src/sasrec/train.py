@@ -1,19 +1,17 @@
-"""`train-student`: train and evaluate the SASRec baseline (seed guide §3.1)."""
+"""`train-student`: train and evaluate the SASRec baseline."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from recdata.runs import hydra_entry
+from runkit.entry import hydra_entry
+from runkit.recipe import build_datamodule, run_training, seed_run
 from sasrec.model import SASRecConfig
 from sasrec.module import SASRecModule
-from sasrec.recipe import build_datamodule, run_training, seed_run
 
 
 def student_config(cfg: DictConfig, num_items: int) -> SASRecConfig:
-    s = cfg.student
-    return SASRecConfig(num_items=num_items, hidden_size=s.hidden_size, num_blocks=s.num_blocks,
-                        num_heads=s.num_heads, dropout=s.dropout, max_seq_len=s.max_seq_len)  # fmt: skip
+    return SASRecConfig(num_items=num_items, **OmegaConf.to_container(cfg.student, resolve=True))
 
 
 def build_student(cfg: DictConfig, num_items: int) -> SASRecModule:
@@ -23,7 +21,7 @@ def build_student(cfg: DictConfig, num_items: int) -> SASRecModule:
 @hydra_entry("run_student")
 def main(cfg: DictConfig) -> None:
     seed_run(cfg)
-    dm = build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len, train_mode="sequence")
+    dm = build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len)
     run_training(cfg, build_student(cfg, dm.num_items), dm)
 
 

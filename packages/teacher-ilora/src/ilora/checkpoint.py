@@ -1,4 +1,4 @@
-"""Building the teacher from config, and the teacher's checkpoint contract (DESIGN §3.2).
+"""Building the teacher from config, and the teacher's checkpoint contract.
 
 A teacher checkpoint holds only what it trained and names its base LLM (with a digest) and the
 student checkpoint it was built on (with the digest of its weights). Loading rebuilds the
@@ -12,17 +12,23 @@ from pathlib import Path
 
 import torch
 
+from ilora.config import PROMPT_MODES, TeacherConfig
+from ilora.kind import KIND
 from ilora.llm import load_llm
-from ilora.model import PROMPT_MODES, ILoRATeacher, TeacherConfig
+from ilora.model import ILoRATeacher
 from recdata.atomic import sha256_file
-from recdata.checkpoint import WEIGHTS_FILE, Checkpoint, load_checkpoint, read_tensors
 from recdata.contract import PreparedDataset
-from recdata.errors import CheckpointError
+from runkit.checkpoint import (
+    WEIGHTS_FILE,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    read_tensors,
+)
 from sasrec.model import SASRec
 from sasrec.module import load_sasrec
 
 log = logging.getLogger(__name__)
-KIND = "ilora-teacher"
 ITEM_EMBEDDINGS_FILE = "item_embeddings.safetensors"
 
 
@@ -33,7 +39,7 @@ def student_reference(path: Path, card: dict) -> dict:
 
 # Architecture fields added after the first teacher checkpoints, with the value that rebuilds
 # what those checkpoints trained (a card without them predates the field).
-LEGACY_DEFAULTS = {"prompt_mode": "prefix", "normalize_state": False}
+LEGACY_DEFAULTS = {"prompt_mode": "prefix", "normalize_state": False, "residual_student_state": True}
 
 
 def build_teacher(config: TeacherConfig, student: SASRec, titles: list[str], *, device: str = "cpu",
@@ -88,7 +94,7 @@ def load_teacher(path: Path, dataset: PreparedDataset, *, device: str = "cpu", p
                  cache_dir: Path | None = None) -> tuple[ILoRATeacher, Checkpoint]:  # fmt: skip
     """Rebuild a trained teacher for inference, validating data, student and base LLM first."""
     # the card's student_checkpoint and base_llm entries are required by its kind (read_card)
-    ckpt = load_checkpoint(path, kinds=KIND, fingerprint=dataset.fingerprint, num_items=dataset.num_items)
+    ckpt = load_checkpoint(path, kinds=KIND.name, fingerprint=dataset.fingerprint, num_items=dataset.num_items)
     ref = ckpt.card["student_checkpoint"]
     student_dir = Path(ref["path"])
     if not (student_dir / WEIGHTS_FILE).is_file():

@@ -13,7 +13,7 @@ import logging
 import torch
 
 from recdata.batching import history_mask
-from recdata.metrics import ranking_metrics, target_ranks
+from runkit.metrics import ranking_metrics, target_ranks
 from sasrec.model import item_scores
 
 log = logging.getLogger(__name__)

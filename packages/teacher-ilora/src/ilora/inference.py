@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from recdata.atomic import sha256_file
-from recdata.checkpoint import WEIGHTS_FILE, read_card
+from recdata.windows import readout_mask, readout_positions, trim_padding_columns
+from runkit.checkpoint import WEIGHTS_FILE, read_card
 
 DIGEST_HEADER = "x-teacher-digest"  # the teacher service names its teacher_digest in every response
 
@@ -77,11 +78,11 @@ def window_batch(histories: list[list[int]], first_positions: list[int], width: 
     left-padded, all-padding columns dropped), ``read`` (B, L) bool and ``positions`` (B, L) (the
     key position each column's readout predicts), and ``full_history`` (the prefixes, left-padded)."""
     ends = torch.tensor([len(h) for h in histories])
-    full = torch.zeros(len(histories), max(int(ends.max()), 1), dtype=torch.long)
+    full = torch.zeros(len(histories), max(int(ends.max()), width), dtype=torch.long)
     for r, h in enumerate(histories):
         full[r, full.shape[1] - len(h) :] = torch.tensor(h, dtype=torch.long)
-    windows = full[:, -width:] if full.shape[1] >= width else torch.nn.functional.pad(full, (width - full.shape[1], 0))
-    positions = ends.unsqueeze(1) - width + 1 + torch.arange(width)
-    read = (positions >= torch.tensor(first_positions).unsqueeze(1)) & (windows > 0)
-    keep = int((windows > 0).any(0).nonzero()[0])
-    return {"history": windows[:, keep:], "read": read[:, keep:], "positions": positions[:, keep:], "full_history": full}
+    windows = full[:, -width:]
+    positions = readout_positions(ends, width)
+    read = readout_mask(positions, torch.tensor(first_positions), windows)
+    batch = {"history": windows, "read": read, "positions": positions, "full_history": full[:, -max(int(ends.max()), 1) :]}
+    return trim_padding_columns(batch, ("history", "read", "positions"))

@@ -1,4 +1,4 @@
-"""The iLoRA teacher (DESIGN §5): a frozen causal LLM with instance-wise MoE-LoRA, in two modes.
+"""The iLoRA teacher: a frozen causal LLM with instance-wise MoE-LoRA, in two modes.
 
 prefix (iLoRA's prompt): history -> frozen SASRec -> u -> gate g (one per example, shared by every
 layer and token); history -> prompt (instruction, `title [ItemEmb]` x <= max_history, answer cue)
@@ -18,78 +18,15 @@ student's item table (trainable, pulled toward its initial copy) or a linear hea
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ilora.moe_lora import LLAMA_TARGETS, GateNetwork, MoELoRAConfig, inject_moe_lora, set_gate
+from ilora.config import TeacherConfig
+from ilora.moe_lora import GateNetwork, MoELoRAConfig, inject_moe_lora, set_gate
 from ilora.prompt import PromptBuilder, SequencePromptBuilder, ensure_item_token
-from recdata.errors import UserError
+from runkit.vectors import standardise_rows
 from sasrec.model import SASRec, item_scores
-
-PROMPT_MODES = ("prefix", "sequence")
-
-
-@dataclass
-class TeacherConfig:
-    """Architecture knobs (seed-guide names). Optimisation knobs live in train/teacher.yaml."""
-
-    llm_model_name: str = "embedded:smollm2-135m"
-    llm_random_init: bool = False  # control: the LLM's architecture with random (seeded) weights
-    llm_num_layers: int | None = None  # keep the LLM's first N decoder layers; None = all
-    hidden_size: int = 256  # projector MLP width (SASRec d -> hidden_size -> LLM hidden)
-    num_lora_experts: int = 4
-    lora_r: int = 8
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: list(LLAMA_TARGETS))
-    gate_hidden_size: int = 64
-    max_history: int = 10  # prefix mode: items shown in the prompt
-    max_title_tokens: int = 12
-    use_item_embeddings_head: bool = True
-    residual_student_state: bool = True
-    student_mix: float = 0.0  # scores += student_mix x the student's scores (an ensemble; not with the residual)
-    student_dropout_in_training: bool = False  # u from the frozen student with its dropout on while the teacher trains
-    normalize_state: bool = True  # LayerNorm on the LLM state before the head
-    prompt_mode: str = "sequence"  # prefix | sequence
-    sequence_titles: bool = False  # sequence mode: `title [ItemEmb]` per item instead of `[ItemEmb]`
-    use_title_projector: bool = True  # sequence mode: item token += title_projector(title state)
-    max_sequence_items: int | None = None  # sequence mode window; None = the student's max_seq_len
-    sequence_window_stride: int | None = None  # how far consecutive windows move; None = window // 2
-
-    def __post_init__(self) -> None:
-        if self.prompt_mode not in PROMPT_MODES:
-            raise UserError(f"teacher.prompt_mode must be one of {', '.join(PROMPT_MODES)}, got {self.prompt_mode!r}")
-        mix = self.student_mix
-        if isinstance(mix, bool) or not isinstance(mix, int | float) or mix < 0:
-            raise UserError(f"teacher.student_mix must be a number >= 0 or auto, got {mix!r}")
-        if mix > 0 and self.residual_student_state:
-            raise UserError("teacher.student_mix mixes the student's scores into a teacher with its own query: "
-                            "set teacher.residual_student_state=false (the residual head already adds the student)")
-        for name in ("max_sequence_items", "sequence_window_stride"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise UserError(f"teacher.{name} must be null or an integer >= 1, got {value!r}")
-
-    def moe_config(self) -> MoELoRAConfig:
-        return MoELoRAConfig(r=self.lora_r, num_experts=self.num_lora_experts, alpha=self.lora_alpha,
-                             dropout=self.lora_dropout, target_modules=list(self.target_modules))  # fmt: skip
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def standardise_rows(table: torch.Tensor) -> torch.Tensor:
-    """Centre item vectors (row 0, padding, excluded and kept at zero) and scale them to unit mean
-    norm. LLM title states share one dominant direction (mean cosine ~0.8 on SmolLM2); only the
-    differences between items carry information."""
-    table = table.detach().float().clone()
-    centred = table[1:] - table[1:].mean(0, keepdim=True)
-    table[1:] = centred / centred.norm(dim=1).mean().clamp(min=1e-8)
-    table[0] = 0
-    return table
 
 
 @torch.no_grad()
@@ -150,7 +87,8 @@ class ILoRATeacher(nn.Module):
                 title_states = standardise_rows(mean_title_states(llm, self.prompts))
             self.register_buffer("title_states", title_states.float().clone())
             self.title_projector = _mlp(width, config.hidden_size, width)
-        inject_moe_lora(llm, config.moe_config())  # freezes the base LLM
+        inject_moe_lora(llm, MoELoRAConfig(r=config.lora_r, num_experts=config.num_lora_experts, alpha=config.lora_alpha,
+                                           dropout=config.lora_dropout, target_modules=list(config.target_modules)))  # fmt: skip
         self.llm = llm
         self.projector = _mlp(d, config.hidden_size, width)
         self.gate = GateNetwork(d, config.num_lora_experts, hidden=config.gate_hidden_size)

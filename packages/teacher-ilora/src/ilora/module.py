@@ -6,23 +6,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from ilora.checkpoint import KIND, load_trained, teacher_payload
+from ilora.checkpoint import load_trained, teacher_payload
 from ilora.ensemble import own_and_student_scores, ranks_by_mix
+from ilora.imitation import DecaySchedule, imitation_loss
+from ilora.kind import KIND
 from ilora.model import ILoRATeacher
-from ilora.regularization import DecaySchedule, imitation_loss
-from recdata.errors import UserError
-from recdata.metrics import ranking_metrics
-from sasrec.recipe import seed_training_step
-from sasrec.validation import RankingValidationMixin
-
-LR_SCHEDULES = ("cosine", "constant")
-
-
-def check_lr_schedule(kind: str, warmup_ratio: float) -> None:
-    if kind not in LR_SCHEDULES:
-        raise UserError(f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {kind!r}")
-    if isinstance(warmup_ratio, bool) or not isinstance(warmup_ratio, int | float) or not 0 <= warmup_ratio < 1:
-        raise UserError(f"train.warmup_ratio must be a number in [0, 1), got {warmup_ratio!r}")
+from runkit.metrics import ranking_metrics
+from runkit.recipe import seed_training_step
+from runkit.validation import RankingValidationMixin
 
 
 def lr_scheduler_config(optimizer, kind: str, warmup_ratio: float, total_steps: float) -> dict:
@@ -38,19 +29,16 @@ def lr_scheduler_config(optimizer, kind: str, warmup_ratio: float, total_steps: 
 
 
 class TeacherModule(RankingValidationMixin, L.LightningModule):
-    checkpoint_kind = KIND
+    checkpoint_kind = KIND.name
 
     def __init__(self, teacher: ILoRATeacher, *, llm_info, student_ref: dict, lr: float = 5e-4,
                  weight_decay: float = 0.0, schedule: DecaySchedule, loss_type: str = "mse",
                  contrastive_temperature: float = 0.1, seed: int = 42, item_table_lr_scale: float = 1.0,
                  lr_schedule: str = "cosine", warmup_ratio: float = 0.05):  # fmt: skip
         super().__init__()
-        if item_table_lr_scale < 0:
-            raise ValueError(f"item_table_lr_scale must be >= 0, got {item_table_lr_scale}")
         self.teacher, self.llm_info, self.student_ref = teacher, llm_info, student_ref
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
         self.item_table_lr_scale = item_table_lr_scale
-        check_lr_schedule(lr_schedule, warmup_ratio)
         self.lr_schedule, self.warmup_ratio = lr_schedule, warmup_ratio
         self.schedule, self.loss_type, self.temperature = schedule, loss_type, contrastive_temperature
         self.strict_loading = False  # Lightning's last.ckpt holds only the trained tensors
@@ -88,7 +76,7 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
         }
 
     def on_fit_start(self) -> None:
-        # null distill_decay_steps = the run's real number of optimizer steps
+        # null teacher.imitation_decay_steps = the run's real number of optimizer steps
         self.schedule = self.schedule.resolve(self.trainer.estimated_stepping_batches)
 
     def on_train_start(self) -> None:

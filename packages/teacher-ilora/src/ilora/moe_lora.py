@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recdata.errors import CheckpointError, UserError
-
-LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-OPT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+from ilora.config import LLAMA_TARGETS
+from recdata.errors import UserError
+from runkit.checkpoint import CheckpointError
 
 
 @dataclass

@@ -89,7 +89,8 @@ def train_tiny_pipeline(root) -> dict:
     from pathlib import Path
 
     from ilora import train as teacher_train
-    from recdata.testing import cyclic_sequences, make_prepared, run_cli, tiny_run_overrides
+    from recdata.testing import cyclic_sequences, make_prepared
+    from runkit.testing import run_cli, tiny_run_overrides
     from sasrec import train as student_train
 
     root = Path(root)

@@ -1,51 +1,27 @@
-"""`train-teacher`: train the iLoRA teacher on a trained SASRec (seed guide §3.2)."""
+"""`train-teacher`: train the iLoRA teacher on a trained SASRec."""
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ilora.checkpoint import ITEM_EMBEDDINGS_FILE, build_teacher, student_reference
+from ilora.config import TeacherConfig
 from ilora.ensemble import MIX_GRID, choose_student_mix
-from ilora.model import TeacherConfig
+from ilora.imitation import DecaySchedule
 from ilora.module import TeacherModule
-from ilora.regularization import DecaySchedule
 from recdata.atomic import write_json
-from recdata.checkpoint import CARD_FILE, add_weights_file, read_card
-from recdata.errors import UserError
-from recdata.runs import checkpoint_or_newest, hydra_entry
+from runkit.checkpoint import CARD_FILE, add_weights_file, read_card
+from runkit.device import resolve_device
+from runkit.entry import hydra_entry
+from runkit.recipe import build_datamodule, run_training, seed_run
+from runkit.runs import checkpoint_or_newest
 from sasrec.module import load_sasrec
-from sasrec.recipe import build_datamodule, run_training, seed_run
 
 log = logging.getLogger(__name__)
-ARCH_KEYS = set(TeacherConfig.__dataclass_fields__)
-
-
-def resolve_device(accelerator: str, devices="auto", local_rank: int | None = None) -> str:
-    """The device this process will run on, known before the LLM is loaded (its dtype and the
-    title states computed at build time depend on it). Each DDP process is one rank (LOCAL_RANK,
-    set by Lightning's launcher and by torchrun): loading every rank's LLM on cuda:0 first would
-    put one copy per rank on that GPU."""
-    if not (accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())):
-        return "cpu"
-    rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
-    ids = _device_ids(devices)
-    return f"cuda:{ids[rank] if ids else rank}"
-
-
-def _device_ids(devices) -> list[int] | None:
-    """Explicit GPU ids of Lightning's `devices` ([2, 3] or "2,3"); None for a count or "auto",
-    which Lightning maps to the first GPUs in rank order."""
-    if isinstance(devices, str) and "," in devices:
-        return [int(d) for d in devices.split(",") if d.strip()]
-    if isinstance(devices, int | str):
-        return None
-    return [int(d) for d in devices]
 
 
 def resolve_student_path(cfg: DictConfig) -> Path:
@@ -57,13 +33,10 @@ def mix_is_auto(cfg: DictConfig) -> bool:
 
 
 def teacher_config(cfg: DictConfig) -> TeacherConfig:
+    """The architecture to train; with student_mix=auto it trains alone (the weight is chosen on
+    valid afterwards)."""
     values = OmegaConf.to_container(cfg.teacher, resolve=True)
-    if mix_is_auto(cfg):  # trained alone, the weight is chosen on valid afterwards
-        if values.get("residual_student_state"):
-            raise UserError("teacher.student_mix=auto ensembles a teacher with its own query and its student: "
-                            "set teacher.residual_student_state=false")
-        values["student_mix"] = 0.0
-    return TeacherConfig(**{k: v for k, v in values.items() if k in ARCH_KEYS})
+    return TeacherConfig.from_settings(values, 0.0 if mix_is_auto(cfg) else values["student_mix"])
 
 
 def finalize_teacher(module: TeacherModule, best_dir: Path, *, cfg: DictConfig, dm) -> None:
@@ -93,7 +66,7 @@ def teacher_datamodule(cfg: DictConfig, config: TeacherConfig, student_path: Pat
     length (its student's max_seq_len unless set) that read out every training key once, and
     evaluation batches grouped by history length (padding costs a full LLM pass per token)."""
     if config.prompt_mode == "prefix":
-        return build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len, train_mode="prefix",
+        return build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len, train_mode="prefixes",
                                 train_samples=cfg.teacher.train_samples)  # fmt: skip
     window = config.max_sequence_items or read_card(student_path)["hparams"]["model"]["max_seq_len"]
     return build_datamodule(cfg, max_seq_len=window, train_mode="windows", train_samples=cfg.teacher.train_samples,
@@ -108,19 +81,16 @@ def build_module(cfg: DictConfig, dm, config: TeacherConfig, student_path: Path)
         precision=t.precision, use_flash_attention=t.use_flash_attention,
         gradient_checkpointing=t.gradient_checkpointing, cache_dir=Path(cfg.paths.cache_dir),
     )  # fmt: skip
-    schedule = DecaySchedule(t.distill_lambda, t.distill_min_lambda, t.distill_decay_type, t.distill_decay_steps)
+    schedule = DecaySchedule(t.imitation_lambda, t.imitation_min_lambda, t.imitation_decay_type, t.imitation_decay_steps)
     return TeacherModule(teacher, llm_info=info, student_ref=student_reference(student_path, student_card),
                          lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, schedule=schedule,
-                         loss_type=t.distill_loss_type, contrastive_temperature=t.contrastive_temperature,
+                         loss_type=t.imitation_loss_type, contrastive_temperature=t.contrastive_temperature,
                          seed=cfg.seed, item_table_lr_scale=cfg.train.item_table_lr_scale,
                          lr_schedule=cfg.train.lr_schedule, warmup_ratio=cfg.train.warmup_ratio)  # fmt: skip
 
 
 @hydra_entry("run_teacher")
 def main(cfg: DictConfig) -> None:
-    scale = cfg.train.item_table_lr_scale
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or scale < 0:
-        raise UserError(f"train.item_table_lr_scale must be a number >= 0, got {scale!r}")
     config = teacher_config(cfg)
     seed_run(cfg)
     student_path = resolve_student_path(cfg)

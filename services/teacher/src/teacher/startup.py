@@ -47,9 +47,9 @@ def settings() -> dict[str, str | None]:
 def check_settings(checkpoint: str | None, data: str) -> None:
     """Cheap checks (no model load) so a misconfigured `bentoml serve` fails before it spawns
     workers: the checkpoint is an intact ilora-teacher built on this dataset."""
-    from recdata.checkpoint import read_card
     from recdata.contract import load_prepared
     from recdata.errors import UserError
+    from runkit.checkpoint import read_card
 
     if not checkpoint:
         raise ServiceStartupError("TEACHER_CHECKPOINT is not set: point it at a teacher checkpoint directory, e.g. "
@@ -84,7 +84,7 @@ def check_weights(path: Path, card: dict) -> None:
     from safetensors import SafetensorError, safe_open
 
     from recdata.atomic import sha256_file
-    from recdata.checkpoint import WEIGHTS_FILE
+    from runkit.checkpoint import WEIGHTS_FILE
 
     for file in sorted({path / WEIGHTS_FILE, *path.glob("*.safetensors")}):
         try:

@@ -1,0 +1,1 @@
+"""compare: evaluation and reporting -- eval-all, summarize, paired statistics, tables, plots."""

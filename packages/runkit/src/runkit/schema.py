@@ -1,0 +1,113 @@
+"""The config groups runkit owns: the root (paths, seed), `dataset`, `eval`, `train` and `trainer`.
+The model packages register their own groups (student, teacher, distill, eval_all) the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from runkit.config import (
+    BOOLEAN,
+    FRACTION_OR_COUNT,
+    POSITIVE_INT_LIST,
+    Schema,
+    checked,
+    integer,
+    number,
+)
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "data"
+    result_dir: str = "result"
+    # fetched wheels, downloads and converted LLMs; reused by every run
+    cache_dir: str = "${oc.env:ILORA_CACHE,${oc.env:HOME}/.cache/ilora-dllm2rec}"
+
+
+@dataclass
+class RunConfig:
+    """The root: every command composes all groups, so each run's config.yaml is complete."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = checked(42, integer(0))
+    dataset: Any = MISSING
+    student: Any = MISSING
+    teacher: Any = MISSING
+    distill: Any = MISSING
+    eval: Any = MISSING
+    train: Any = MISSING
+    trainer: Any = MISSING
+    eval_all: Any = None  # eval-all's own settings, composed by eval-all only
+
+
+@dataclass
+class DatasetConfig:
+    """A prepared dataset: `recdata prepare <name>` writes it to processed_dir."""
+
+    name: str = "ml-100k"
+    data_dir: str = "${paths.data_dir}/${dataset.name}"  # raw files
+    processed_dir: str = "${paths.data_dir}/processed/${dataset.name}"
+    # leave-one-out needs a train, a valid and a test item
+    min_user_interactions: int = checked(3, integer(3))
+    limit_data_rows: int = checked(-1, integer(1, also=(-1,)))  # cap each split to its first N samples; -1 = all
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation protocol shared by every trainer and eval-all."""
+
+    mask_history: bool = checked(True, BOOLEAN)  # history items are not ranked; unmasked figures are written too
+    ks: list[int] = checked([5, 10, 20], POSITIVE_INT_LIST)
+    num_candidates: int = checked(20, integer(2, also=(0,)))  # target + 19 unseen items, drawn once; 0 = off
+    candidate_seed: int = checked(2024, integer(0))
+    # eval-all: checkpoints to compare; null = the newest complete run of that kind
+    baseline_checkpoint_path: str | None = None
+    distilled_checkpoint_path: str | None = None
+    teacher_checkpoint_path: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of one command; presets: train=student | teacher | distill."""
+
+    batch_size: int = checked(128, integer(1))
+    eval_batch_size: int = checked(256, integer(1))
+    lr: float = checked(1e-3, number(0, strict_low=True))
+    weight_decay: float = checked(0.0, number(0))
+    max_epochs: int = checked(50, integer(1, also=(-1,)))
+    max_steps: int = checked(-1, integer(1, also=(-1,)))
+    patience: int = checked(5, integer(0))  # early stopping on valid/<monitor>
+    monitor: str = "ndcg@10"
+    val_check_interval: Any = checked(1.0, FRACTION_OR_COUNT)
+    limit_val_batches: Any = checked(1.0, FRACTION_OR_COUNT)  # a fraction or a count of valid batches
+    num_workers: int = checked(0, integer(0))
+    accumulate_grad_batches: int = checked(1, integer(1))  # optimizer step every N batches
+    validate_at_start: bool = checked(False, BOOLEAN)  # validate (and export) the untrained model first
+    resume: str | None = None  # a run_dir: continue it from its checkpoints/last.ckpt
+
+
+@dataclass
+class TrainerConfig:
+    """Passed to lightning.Trainer. DDP on CPU: trainer.devices=2 trainer.strategy=ddp."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = checked(1, integer(1))
+    strategy: str = "auto"
+    precision: str = "32-true"  # fp32 on CPU; e.g. bf16-mixed on a GPU
+    log_every_n_steps: int = checked(5, integer(1))
+    enable_progress_bar: bool = True
+    gradient_clip_val: float | None = checked(None, number(0, nullable=True))
+    deterministic: bool = False
+
+
+SCHEMAS = [
+    Schema("", "run", RunConfig),
+    Schema("dataset", "dataset", DatasetConfig),
+    Schema("eval", "eval", EvalConfig),
+    Schema("train", "train", TrainConfig),
+    Schema("trainer", "trainer", TrainerConfig),
+]
