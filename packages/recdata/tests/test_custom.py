@@ -26,7 +26,6 @@ from custom_testkit import (
 from recdata.contract import ITEMS_SCHEMA, SEQUENCES_SCHEMA, SPLIT_RULE, load_prepared
 from recdata.custom import CustomSource, build_custom_contract, encode_ids, item_text
 from recdata.errors import DataError, UserError
-from recdata.filters import Filters
 from recdata.prepare import ensure_prepared
 
 CSV_OPTIONS = {"user_col": "user", "item_col": "item", "time_col": "ts"}
@@ -228,3 +227,17 @@ def test_fingerprint_tracks_text(tmp_path):
     ds = load_prepared(tmp_path / "b")
     assert ds.titles == ["", "Red Shoes", "Blue Hat", "", "Green, Scarf"]
     np.testing.assert_array_equal(ds.offsets, [0, 3, 6, 9])
+
+
+def test_format_option_spaces_around_numbers_and_int_parquet_ids(tmp_path):
+    path = tmp_path / "log.txt"  # an extension that says nothing: --format names the format
+    path.write_text("user_id\titem_id\trating\ttimestamp\n" + "".join(
+        f"{u}\t{i}\t {r} \t{t} \n" for u, i, r, t in ROWS))  # fmt: skip
+    build_custom_contract("log", CustomSource(path, format="tsv"), tmp_path / "out")
+    _check_sequences(_tables(tmp_path / "out")[1])
+    pq.write_table(pa.table({"user_id": [7, 7, 7, 10, 10, 10], "item_id": [3, 1, 2, 2, 30, 3]}), tmp_path / "i.parquet")
+    build_custom_contract("ints", CustomSource(tmp_path / "i.parquet"), tmp_path / "ints")
+    items, seqs = _tables(tmp_path / "ints")
+    assert items.column("raw_id").to_pylist() == ["1", "2", "3", "30"]
+    assert seqs.column("raw_user_id").to_pylist() == ["7", "10"]
+    assert seqs.column("item_ids").to_pylist() == [[3, 1, 2], [2, 4, 3]]

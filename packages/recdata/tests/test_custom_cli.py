@@ -230,6 +230,10 @@ def test_bad_parquet_input_names_the_row(tmp_path, capsys):
     code, _, err = run_cli(["prepare", "shop", "--from", str(src / "r.parquet"), "--user-col", "user",
                             "--item-col", "item", *roots(tmp_path)], capsys)  # fmt: skip
     assert (code, err) == (2, f"error: {src}/r.parquet: row 3: column 'user': empty user id\n")
+    pq.write_table(pa.table({"user_id": [1.0, 2.0], "item_id": ["x", "y"]}), src / "f.parquet")
+    code, _, err = run_cli(["prepare", "shop", "--from", str(src / "f.parquet"), *roots(tmp_path)], capsys)
+    assert (code, err) == (2, f"error: {src}/f.parquet: column 'user_id' holds double values; user ids must be "
+                              "integers or strings\n")  # fmt: skip
     (src / "bad.parquet").write_text("not parquet")
     code, _, err = run_cli(["prepare", "shop", "--from", str(src / "bad.parquet"), *roots(tmp_path)], capsys)
     assert code == 2 and err.startswith(f"error: {src}/bad.parquet: not a Parquet file (")

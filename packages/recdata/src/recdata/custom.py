@@ -189,29 +189,27 @@ class Interactions:
 def read_interactions(file: TableFile, source: CustomSource) -> Interactions:
     file.check_exists("interactions")
     fields = Fields.of(file)
-    explicit_time, explicit_rating = source.time_col is not None, source.rating_col is not None
-    chosen = {
-        "user": (source.user_col, fields.pick(source.user_col, "--user-col", required=True, types=("token",))),
-        "item": (source.item_col, fields.pick(source.item_col, "--item-col", required=True, types=("token",))),
-        "time": (source.time_col or "timestamp", fields.pick(source.time_col or "timestamp", "--time-col",
-                                                             required=explicit_time, types=("float",))),
-        "rating": (source.rating_col or "rating", fields.pick(source.rating_col or "rating", "--rating-col",
-                                                              required=explicit_rating, types=("float",))),
+    if source.user_col == source.item_col:
+        raise UserError(f"--user-col and --item-col both name {source.user_col!r}")
+    names = {"user": source.user_col, "item": source.item_col,
+             "time": source.time_col or "timestamp", "rating": source.rating_col or "rating"}  # fmt: skip
+    # time and rating are optional unless named; RecBole types them float, ids token
+    found = {
+        "user": fields.pick(names["user"], "--user-col", required=True, types=("token",)),
+        "item": fields.pick(names["item"], "--item-col", required=True, types=("token",)),
+        "time": fields.pick(names["time"], "--time-col", required=source.time_col is not None, types=("float",)),
+        "rating": fields.pick(names["rating"], "--rating-col", required=source.rating_col is not None,
+                              types=("float",)),
     }  # fmt: skip
-    wanted = {name: column for name, (_, column) in chosen.items() if column is not None}
-    table = _read(fields, wanted)
-    show = {key: name for key, (name, column) in chosen.items() if column is not None}
-
-    def named(key: str) -> pa.Table:  # error messages name the user's column
-        return pa.table({show[key]: table.column(key)})
-
+    used = {key: names[key] if column else None for key, column in found.items()}
+    table = _read(fields, {used[key]: column for key, column in found.items() if column})  # by field name
     return Interactions(
         file=file,
-        users=tables.ids(file, named("user"), show["user"], "user"),
-        items=tables.ids(file, named("item"), show["item"], "item"),
-        times=tables.times(file, named("time"), show["time"]) if "time" in show else None,
-        ratings=tables.numbers(file, named("rating"), show["rating"]).astype(np.float32) if "rating" in show else None,
-        columns={key: show.get(key) for key in chosen},
+        users=tables.ids(file, table, used["user"], "user"),
+        items=tables.ids(file, table, used["item"], "item"),
+        times=tables.times(file, table, used["time"]) if used["time"] else None,
+        ratings=tables.numbers(file, table, used["rating"]).astype(np.float32) if used["rating"] else None,
+        columns=used,
     )
 
 

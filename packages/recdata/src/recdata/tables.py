@@ -213,7 +213,7 @@ def numbers(file: TableFile, table: pa.Table, name: str) -> np.ndarray:
     """A numeric column as float64 (text is parsed; NaN and infinities are refused)."""
     values = column(table, name)
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        values = _cast_or_name(file, values, name, pa.float64(), "a number")
+        values = _cast_or_name(file, pc.utf8_trim_whitespace(values), name, pa.float64(), "a number")
     elif not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
         raise DataError(f"{file.path}: column {name!r} holds {values.type} values, expected numbers")
     _refuse_nulls(file, values, name)
@@ -254,7 +254,7 @@ def times(file: TableFile, table: pa.Table, name: str) -> np.ndarray:
     values = column(table, name)
     kind = values.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        values = _parse_times(file, values, name)
+        values = _parse_times(file, pc.utf8_trim_whitespace(values), name)
         kind = values.type
     _refuse_nulls(file, values, name)
     if pa.types.is_timestamp(kind):
