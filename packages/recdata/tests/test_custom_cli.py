@@ -259,3 +259,14 @@ def test_usage_errors_for_ones_own_data(tmp_path, capsys, args, message):
     code, _, err = run_cli([*args, *roots(tmp_path)], capsys)
     assert code == 2 and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "data").exists()
+
+
+def test_prepare_never_imports_torch():
+    """`recdata prepare` stays torch-free (~5 s and ~600 MiB saved), generic readers included."""
+    import subprocess
+    import sys
+
+    code = ("import sys, recdata.cli, recdata.custom, recdata.synthetic; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning')))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
