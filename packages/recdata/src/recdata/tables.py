@@ -213,7 +213,10 @@ def numbers(file: TableFile, table: pa.Table, name: str) -> np.ndarray:
     """A numeric column as float64 (text is parsed; NaN and infinities are refused)."""
     values = column(table, name)
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        values = _cast_or_name(file, pc.utf8_trim_whitespace(values), name, pa.float64(), "a number")
+        try:
+            values = values.cast(pa.float64())
+        except pa.ArrowInvalid:  # spaces around a number are common after a comma: try again without
+            values = _cast_or_name(file, pc.utf8_trim_whitespace(values), name, pa.float64(), "a number")
     elif not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
         raise DataError(f"{file.path}: column {name!r} holds {values.type} values, expected numbers")
     _refuse_nulls(file, values, name)
@@ -254,7 +257,7 @@ def times(file: TableFile, table: pa.Table, name: str) -> np.ndarray:
     values = column(table, name)
     kind = values.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        values = _parse_times(file, pc.utf8_trim_whitespace(values), name)
+        values = _parse_times(file, values, name)
         kind = values.type
     _refuse_nulls(file, values, name)
     if pa.types.is_timestamp(kind):
@@ -275,11 +278,14 @@ def times(file: TableFile, table: pa.Table, name: str) -> np.ndarray:
 
 
 def _parse_times(file: TableFile, values: pa.Array, name: str) -> pa.Array:
-    for _, to in _TIME_KINDS:
-        try:
-            return values.cast(to)
-        except pa.ArrowInvalid:
-            continue
+    for attempt in range(2):
+        if attempt:  # spaces around a value are common after a comma: try again without
+            values = pc.utf8_trim_whitespace(values)
+        for _, to in _TIME_KINDS:
+            try:
+                return values.cast(to)
+            except pa.ArrowInvalid:
+                continue
     # No kind fits every value: name the first value that is not of the first value's kind
     # (integers are located as numbers, so a decimal after integers is not the culprit).
     first = values[0].as_py()
