@@ -1,4 +1,4 @@
-"""`precompute-soft-labels`: the teacher-output contract (DESIGN §3.3), equality with a direct
+"""`precompute-soft-labels`: the teacher-output contract, equality with a direct
 teacher computation, resumable shards merged by key, atomic output, and refusing soft labels
 that belong to other data, another teacher or a smaller K."""
 

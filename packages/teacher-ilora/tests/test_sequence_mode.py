@@ -1,5 +1,5 @@
 """The sequence-mode teacher: one causal pass per window reads out every prefix, exactly as the
-prefix would read out alone (DESIGN §5), and its checkpoints load, in both modes."""
+prefix would read out alone, and its checkpoints load, in both modes."""
 
 import json
 import shutil

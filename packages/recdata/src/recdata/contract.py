@@ -1,4 +1,4 @@
-"""The prepared-dataset contract (DESIGN §3.1): items.parquet, sequences.parquet, meta.json."""
+"""The prepared-dataset contract: items.parquet, sequences.parquet, meta.json."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ Each package registers the schemas of its groups under the entry-point group
 ``ilora_dllm2rec.config_schemas`` (a list of :class:`Schema`), so every command composes the whole
 tree without importing the packages above it. A field is declared with :func:`checked` (its range,
 checked before any work: one ``error:`` line and exit code 2), :func:`alias_of` (an earlier name
-still accepted, e.g. the seed guide's ``teacher.distill_lambda``) or :func:`retired` (a key that
+still accepted, e.g. the earlier guide's ``teacher.distill_lambda``) or :func:`retired` (a key that
 is gone, refused with a message saying what replaced it). Cross-field rules are a group's
 ``check_group(values, prefix)`` classmethod.
 """

@@ -1,4 +1,4 @@
-"""The iLoRA teacher as a BentoML service (DESIGN §3.3, §7): top-K soft labels and item embeddings.
+"""The iLoRA teacher as a BentoML service: top-K soft labels and item embeddings.
 
     TEACHER_CHECKPOINT=result/<run>/checkpoints/best uv run bentoml serve teacher.service:TeacherService --port 3000
     TEACHER_CHECKPOINT=result/<run>/checkpoints/best uv run bentoml serve teacher --port 3000   # same service
@@ -14,7 +14,7 @@ or a corrupt checkpoint stops `bentoml serve` with one message, see `teacher.sta
 * ``TEACHER_DEVICE`` (default ``cpu``), ``TEACHER_CACHE_DIR`` (converted base LLMs; default
   ``$ILORA_CACHE`` or ``~/.cache/ilora-dllm2rec``).
 * ``TEACHER_MAX_BATCH_SIZE`` (32) / ``TEACHER_MAX_LATENCY_MS`` (600000): adaptive batching, and
-  ``TEACHER_WORKERS`` (1): worker processes, each with its own teacher (DESIGN §7); read at import.
+  ``TEACHER_WORKERS`` (1): worker processes, each with its own teacher; read at import.
   Workers exit with the server, even when it is killed with SIGKILL.
 
 Endpoints (POST, JSON):
