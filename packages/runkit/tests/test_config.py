@@ -66,3 +66,51 @@ def test_nan_learning_rate_is_refused():
 def test_hidden_size_must_split_into_heads():
     with pytest.raises(UserError, match=r"^student.hidden_size=64 must be divisible by student.num_heads=3$"):
         check_config(config_with("student.num_heads", 3))
+
+
+# -- the typed config tree -----------------------------------------------------------------------
+def test_every_default_is_within_its_own_range_and_every_command_composes_and_passes():
+    from runkit.config import check_instance, registered_schemas
+    from runkit.entry import compose
+
+    for schema in registered_schemas():
+        if schema.group:  # the root's groups are MISSING until composed
+            check_instance(schema.node(), f"{schema.group}.")
+    for command in ("student", "teacher", "precompute", "distill", "eval_all"):
+        check_config(compose(f"run_{command}", ["experiment=cpu_demo"]))
+
+
+def test_an_earlier_key_name_is_moved_to_its_field_and_dropped():
+    from runkit.config import canonical_config
+    from runkit.entry import compose
+
+    cfg = canonical_config(compose("run_teacher", ["teacher.distill_loss_type=cosine", "teacher.distill_lambda=0.5"]))
+    assert cfg.teacher.imitation_loss_type == "cosine" and cfg.teacher.imitation_lambda == 0.5
+    assert not any(key.startswith("distill_") for key in cfg.teacher)
+
+
+def test_an_older_runs_saved_config_reads_its_earlier_names():
+    from runkit.config import canonical_config
+
+    saved = OmegaConf.create({"teacher": {"distill_decay_type": "cosine", "distill_min_lambda": 0.1, "lora_r": 8}})
+    cfg = canonical_config(saved)
+    assert OmegaConf.to_container(cfg.teacher) == {"imitation_decay_type": "cosine", "imitation_min_lambda": 0.1, "lora_r": 8}
+
+
+def test_a_retired_key_says_what_replaced_it():
+    with pytest.raises(UserError, match=r"^distill.max_retries=3 is no longer used: .*distill.retry_budget"):
+        check_config(OmegaConf.create({"distill": {"max_retries": 3}}))
+
+
+def test_cross_field_rules_of_a_group():
+    with pytest.raises(UserError, match=r"^teacher.student_mix=auto ensembles .* set teacher.residual_student_state=false$"):
+        check_config(OmegaConf.create({"teacher": {"student_mix": "auto", "residual_student_state": True}}))
+    with pytest.raises(UserError, match=r"^teacher.lora_r=6 must be a multiple of teacher.num_lora_experts=4"):
+        check_config(OmegaConf.create({"teacher": {"lora_r": 6, "num_lora_experts": 4}}))
+
+
+def test_a_dataclass_built_in_code_gets_the_same_checks():
+    from ilora.config import TeacherConfig
+
+    with pytest.raises(UserError, match=r"^teacher.prompt_mode must be one of prefix, sequence, got 'chat'$"):
+        TeacherConfig(prompt_mode="chat")
