@@ -20,7 +20,9 @@ def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
     if os.environ.get(REQUIRE_CUDA) == "1":
-        raise pytest.UsageError(f"{REQUIRE_CUDA}=1 but torch {torch.__version__} sees no CUDA device")
+        raise pytest.UsageError(
+            f"{REQUIRE_CUDA}=1 but torch {torch.__version__} sees no CUDA device"
+        )
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in cuda_items:
         item.add_marker(skip)

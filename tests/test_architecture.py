@@ -18,9 +18,18 @@ LAYERS = {
     "ilora": (ROOT / "packages/teacher-ilora/src/ilora", {"recdata", "runkit", "sasrec"}),
     "distill": (ROOT / "packages/distill/src/distill", {"recdata", "runkit", "sasrec", "ilora"}),
     "teacher": (ROOT / "services/teacher/src/teacher", {"recdata", "runkit", "sasrec", "ilora"}),
-    "compare": (ROOT / "packages/compare/src/compare", {"recdata", "runkit", "sasrec", "ilora", "distill"}),
+    "compare": (
+        ROOT / "packages/compare/src/compare",
+        {"recdata", "runkit", "sasrec", "ilora", "distill"},
+    ),
 }
-ORDER = ["recdata", "runkit", "sasrec", "ilora", "distill"]  # a kind's package and everything below it
+ORDER = [
+    "recdata",
+    "runkit",
+    "sasrec",
+    "ilora",
+    "distill",
+]  # a kind's package and everything below it
 
 
 def trees(package: str):
@@ -41,8 +50,11 @@ def first_party_imports(tree: ast.AST) -> set[str]:
 @pytest.mark.parametrize("package", list(LAYERS))
 def test_imports_point_one_way(package):
     allowed = LAYERS[package][1] | {package}
-    upward = {f"{path.relative_to(ROOT)} imports {sorted(first_party_imports(tree) - allowed)}"
-              for path, tree in trees(package) if first_party_imports(tree) - allowed}  # fmt: skip
+    upward = {
+        f"{path.relative_to(ROOT)} imports {sorted(first_party_imports(tree) - allowed)}"
+        for path, tree in trees(package)
+        if first_party_imports(tree) - allowed
+    }
     assert not upward
 
 
@@ -50,13 +62,24 @@ def test_the_layers_are_what_the_pyprojects_declare():
     """A package's pyproject lists what it imports (so installing one package is enough)."""
     import tomllib
 
-    distributions = {"recdata": "recdata", "runkit": "runkit", "sasrec": "student-sasrec",
-                     "ilora": "teacher-ilora", "distill": "distill", "teacher": "teacher-service",
-                     "compare": "compare"}  # fmt: skip
+    distributions = {
+        "recdata": "recdata",
+        "runkit": "runkit",
+        "sasrec": "student-sasrec",
+        "ilora": "teacher-ilora",
+        "distill": "distill",
+        "teacher": "teacher-service",
+        "compare": "compare",
+    }
     for package, (src, _) in LAYERS.items():
         pyproject = tomllib.loads((src.parents[1] / "pyproject.toml").read_text())
-        declared = {d.split(">")[0].split("=")[0].split("[")[0].strip() for d in pyproject["project"]["dependencies"]}
-        imported = set().union(*(first_party_imports(tree) for _, tree in trees(package))) - {package}
+        declared = {
+            d.split(">")[0].split("=")[0].split("[")[0].strip()
+            for d in pyproject["project"]["dependencies"]
+        }
+        imported = set().union(*(first_party_imports(tree) for _, tree in trees(package))) - {
+            package
+        }
         assert {distributions[p] for p in imported} <= declared, package
 
 
@@ -67,7 +90,11 @@ def kinds_by_package() -> dict[str, str]:
 
 
 def test_every_kind_is_registered_by_a_model_package():
-    assert kinds_by_package() == {"sasrec": "sasrec", "sasrec-distilled": "distill", "ilora-teacher": "ilora"}
+    assert kinds_by_package() == {
+        "sasrec": "sasrec",
+        "sasrec-distilled": "distill",
+        "ilora-teacher": "ilora",
+    }
 
 
 def test_no_package_names_a_kind_defined_above_it():

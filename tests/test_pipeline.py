@@ -20,24 +20,38 @@ def test_pipeline_chains_by_newest_run_and_compares_all_three(tiny_pipeline, tmp
     results = tiny_pipeline["teacher"].parents[2]  # the result dir holding both tiny runs
     common = ["distill.soft_label_samples=all", "distill.teacher_batch_size=8"]
     run_cli(precompute.main, tiny_run_overrides(data, results / "precompute", *common))
-    run_cli(distill_train.main, tiny_run_overrides(data, results / "distilled", "train.max_epochs=5", *common))
+    run_cli(
+        distill_train.main,
+        tiny_run_overrides(data, results / "distilled", "train.max_epochs=5", *common),
+    )
     run_cli(eval_all.main, tiny_run_overrides(data, results / "eval"))
 
     report = json.loads((results / "eval" / "all_evaluation_results.json").read_text())
-    assert {k: v["status"] for k, v in report.items() if k in ("baseline_student", "distilled_student", "teacher_model")} == {
-        "baseline_student": "ok", "distilled_student": "ok", "teacher_model": "ok"}
-    assert Path(report["teacher_model"]["checkpoint"]).resolve() == tiny_pipeline["teacher"].resolve()
+    assert {
+        k: v["status"]
+        for k, v in report.items()
+        if k in ("baseline_student", "distilled_student", "teacher_model")
+    } == {"baseline_student": "ok", "distilled_student": "ok", "teacher_model": "ok"}
+    assert (
+        Path(report["teacher_model"]["checkpoint"]).resolve() == tiny_pipeline["teacher"].resolve()
+    )
     for key in ("baseline_student", "distilled_student", "teacher_model"):
         run_dir = Path(report[key]["checkpoint"]).parents[1]
         own = json.loads((run_dir / "test_metrics.json").read_text())
-        assert report[key]["metrics"] == own["metrics"]  # one protocol: eval-all reproduces each run's figures
-    assert (results / "eval" / "all_evaluation_results.md").is_file() and (results / "eval" / "all_evaluation_results.png").is_file()
+        assert (
+            report[key]["metrics"] == own["metrics"]
+        )  # one protocol: eval-all reproduces each run's figures
+    assert (results / "eval" / "all_evaluation_results.md").is_file() and (
+        results / "eval" / "all_evaluation_results.png"
+    ).is_file()
 
     # the distilled student serves as a plain SASRec
     best = find_newest_checkpoint(results, ("sasrec-distilled",))
     dm = SequentialDataModule(data, max_seq_len=16, num_candidates=0)
     dm.setup()
-    model, card = load_sasrec(best, fingerprint=dm.fingerprint, num_items=dm.num_items, kinds=("sasrec-distilled",))
+    model, card = load_sasrec(
+        best, fingerprint=dm.fingerprint, num_items=dm.num_items, kinds=("sasrec-distilled",)
+    )
     assert card["distillation"]["source"] == "precomputed"
     scores = model.score(next(iter(dm.loader("test")))["history"])
     assert torch.isfinite(scores[:, 1:]).all()

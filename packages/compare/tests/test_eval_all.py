@@ -20,7 +20,10 @@ from sasrec.train import main as train_student
 # what a card of each kind must carry (stand-in values: these runs are students in disguise)
 STAND_IN = {
     "sasrec-distilled": {"distillation": {"teacher_digest": "stand-in"}},
-    "ilora-teacher": {"base_llm": {"digest": "stand-in"}, "student_checkpoint": {"weights_sha256": "stand-in"}},
+    "ilora-teacher": {
+        "base_llm": {"digest": "stand-in"},
+        "student_checkpoint": {"weights_sha256": "stand-in"},
+    },
 }
 
 
@@ -90,7 +93,9 @@ def test_students_match_their_own_runs_and_missing_teacher_is_an_error(runs, cap
     md = (run_dir / "all_evaluation_results.md").read_text()
     assert "| model | kind | HR@1 | NDCG@1 | HR@5 | NDCG@5 | HR@1 of 20 | source |" in md
     assert "| baseline_student | sasrec |" in md and "Distilled / baseline at K=5" in md
-    assert "history items not masked" in md and "- teacher_model: no complete ilora-teacher run" in md
+    assert (
+        "history items not masked" in md and "- teacher_model: no complete ilora-teacher run" in md
+    )
     assert (run_dir / "all_evaluation_results.png").read_bytes()[:4] == b"\x89PNG"
     stdout = capsys.readouterr().out.strip().splitlines()
     assert stdout[-1] == f"run_dir: {run_dir}"
@@ -107,17 +112,29 @@ def test_every_model_is_compared_to_the_baseline_with_its_uncertainty(runs):
     assert set(diffs) == {"ndcg@5", "hr@5"} and "vs_baseline" not in out["baseline_student"]
     for metric, d in diffs.items():
         per_user = per_sample(other, metric) - per_sample(base, metric)
-        assert d["mean"] == pytest.approx(per_user.mean()) == pytest.approx(
-            out["distilled_student"]["metrics"][metric] - out["baseline_student"]["metrics"][metric])
+        assert (
+            d["mean"]
+            == pytest.approx(per_user.mean())
+            == pytest.approx(
+                out["distilled_student"]["metrics"][metric]
+                - out["baseline_student"]["metrics"][metric]
+            )
+        )
         assert d["se"] == pytest.approx(per_user.std(ddof=1) / np.sqrt(len(per_user)))
-        assert d == paired_difference([per_sample(base, metric)], [per_sample(other, metric)]).to_dict()
+        assert (
+            d
+            == paired_difference([per_sample(base, metric)], [per_sample(other, metric)]).to_dict()
+        )
     for entry in (out["baseline_student"], out["distilled_student"]):
         assert set(entry["ci95"]) == set(entry["metrics"])
         assert all(lo <= entry["metrics"][m] <= hi for m, (lo, hi) in entry["ci95"].items())
     md = (run_dir / "all_evaluation_results.md").read_text()
     assert "paired per-user difference at K=5" in md
     d = diffs["ndcg@5"]
-    assert f"| distilled_student | {d['mean']:+.4f} ± {d['se']:.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] |" in md
+    assert (
+        f"| distilled_student | {d['mean']:+.4f} ± {d['se']:.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] |"
+        in md
+    )
 
 
 def test_teacher_predictions_are_reused_only_under_the_same_protocol(runs, capsys):
@@ -147,9 +164,14 @@ def test_a_card_edited_from_sasrec_to_distilled_is_refused(runs, tmp_path):
     _rewrite_kind(edited, "sasrec-distilled", provenance=False)  # what a user's edit does
     _, out = _eval_all(runs, "eval_edited", f"eval.distilled_checkpoint_path={edited}")
     card = edited / "checkpoints" / "best" / "card.json"
-    assert out["distilled_student"] == {**out["distilled_student"], "status": "error", "error": (
-        f"{card}: a sasrec-distilled card must record distillation.teacher_digest; this one does not "
-        "(was its kind edited by hand?)")}  # fmt: skip
+    assert out["distilled_student"] == {
+        **out["distilled_student"],
+        "status": "error",
+        "error": (
+            f"{card}: a sasrec-distilled card must record distillation.teacher_digest; this one does not "
+            "(was its kind edited by hand?)"
+        ),
+    }
     assert out["baseline_student"]["status"] == "ok"
 
 
@@ -181,8 +203,14 @@ PROTOCOL = {
 }
 METRICS = {"hr@5": 0.5, "ndcg@5": 0.3, "hr@10": 0.7, "ndcg@10": 0.4, "hr@1_of_20": 0.6}
 UNMASKED = {**METRICS, "hr@5": 0.4}
-STORED = {"model": "ilora-teacher", "split": "test", "metrics": METRICS, "metrics_unmasked": UNMASKED,
-          "metrics_masked": METRICS, "protocol": PROTOCOL}  # fmt: skip
+STORED = {
+    "model": "ilora-teacher",
+    "split": "test",
+    "metrics": METRICS,
+    "metrics_unmasked": UNMASKED,
+    "metrics_masked": METRICS,
+    "protocol": PROTOCOL,
+}
 
 
 def _changed(path: str, value):
@@ -196,7 +224,9 @@ def _changed(path: str, value):
 
 
 def test_identical_protocol_is_reusable():
-    assert protocol_mismatch(copy.deepcopy(STORED), copy.deepcopy(PROTOCOL), "ilora-teacher") is None
+    assert (
+        protocol_mismatch(copy.deepcopy(STORED), copy.deepcopy(PROTOCOL), "ilora-teacher") is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -224,11 +254,17 @@ def test_any_protocol_difference_prevents_reuse(path, value, named):
 def test_missing_or_extra_protocol_fields_and_metrics_prevent_reuse():
     no_candidates = copy.deepcopy(STORED)
     del no_candidates["protocol"]["candidates"]
-    assert "candidates.seed" in protocol_mismatch(no_candidates, copy.deepcopy(PROTOCOL), "ilora-teacher")
-    assert "no protocol" in protocol_mismatch({**STORED, "protocol": None}, PROTOCOL, "ilora-teacher")
+    assert "candidates.seed" in protocol_mismatch(
+        no_candidates, copy.deepcopy(PROTOCOL), "ilora-teacher"
+    )
+    assert "no protocol" in protocol_mismatch(
+        {**STORED, "protocol": None}, PROTOCOL, "ilora-teacher"
+    )
     fewer = _changed("metrics_unmasked", {k: v for k, v in UNMASKED.items() if k != "ndcg@10"})
     assert "metrics_unmasked" in protocol_mismatch(fewer, PROTOCOL, "ilora-teacher")
-    assert "mask_history" in protocol_mismatch(_changed("metrics", UNMASKED), PROTOCOL, "ilora-teacher")
+    assert "mask_history" in protocol_mismatch(
+        _changed("metrics", UNMASKED), PROTOCOL, "ilora-teacher"
+    )
     assert "not a JSON object" in protocol_mismatch([], PROTOCOL, "ilora-teacher")
 
 
@@ -247,16 +283,23 @@ def test_stored_files_must_belong_to_the_checkpoint_and_the_samples(runs, tmp_pa
 
     other_weights = copy.deepcopy(card)
     other_weights["metrics"]["test"]["hr@5"] += 0.1
-    assert "card.json metrics.test differs" in reuse_stored_result(best, other_weights, expected, keys)[1]
-    assert "not inside a run's checkpoints/" in reuse_stored_result(teacher, card, expected, keys)[1]
+    assert (
+        "card.json metrics.test differs"
+        in reuse_stored_result(best, other_weights, expected, keys)[1]
+    )
+    assert (
+        "not inside a run's checkpoints/" in reuse_stored_result(teacher, card, expected, keys)[1]
+    )
 
     table = pq.read_table(teacher / "test_predictions.parquet")
     pq.write_table(table.slice(1), teacher / "test_predictions.parquet")
     assert "other test samples" in reuse_stored_result(best, card, expected, keys)[1]
     ranks = table.column("rank").to_numpy()
     ranks = np.full_like(ranks, 1 if ranks.max() > 1 else 2)  # not the ranks the metrics came from
-    pq.write_table(table.set_column(table.column_names.index("rank"), "rank", pa.array(ranks)),
-                   teacher / "test_predictions.parquet")  # fmt: skip
+    pq.write_table(
+        table.set_column(table.column_names.index("rank"), "rank", pa.array(ranks)),
+        teacher / "test_predictions.parquet",
+    )
     assert "does not reproduce" in reuse_stored_result(best, card, expected, keys)[1]
     (teacher / "test_predictions.parquet").unlink()
     assert (

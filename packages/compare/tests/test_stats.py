@@ -40,7 +40,14 @@ def test_mismatched_samples_are_refused():
 
 
 def test_per_sample_metrics_follow_the_rank_in_key_order():
-    table = pa.table({"user_id": [2, 1, 3], "position": [5, 4, 9], "rank": [1, 3, 12], "hit@1_of_20": [True, False, True]})
+    table = pa.table(
+        {
+            "user_id": [2, 1, 3],
+            "position": [5, 4, 9],
+            "rank": [1, 3, 12],
+            "hit@1_of_20": [True, False, True],
+        }
+    )
     assert per_sample(table, "hr@10").tolist() == [1.0, 1.0, 0.0]  # users 1, 2, 3
     assert per_sample(table, "ndcg@10").tolist() == pytest.approx([0.5, 1.0, 0.0])
     assert per_sample(table, "hr@1_of_20").tolist() == [0.0, 1.0, 1.0]

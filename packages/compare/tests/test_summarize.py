@@ -42,8 +42,14 @@ def test_table_has_the_differing_key_only(tmp_path, capsys):
         metrics={"hr@10": 0.5, "ndcg@10": 0.25, "hr@5": 0.4},
     )
     # a multirun member: other paths, same experiment except the learning rate
-    _run(root / "multirun_20260102_000000" / "0", lr=0.01, metrics={"hr@10": 0.6, "ndcg@10": 0.3, "hr@5": 0.5},
-         dataset__processed_dir="/b/processed", train__resume="/x", paths__result_dir="other")  # fmt: skip
+    _run(
+        root / "multirun_20260102_000000" / "0",
+        lr=0.01,
+        metrics={"hr@10": 0.6, "ndcg@10": 0.3, "hr@5": 0.5},
+        dataset__processed_dir="/b/processed",
+        train__resume="/x",
+        paths__result_dir="other",
+    )
     _run(root / "result_20260103_000000", lr=0.001)  # still training
     (root / "eval_run").mkdir()
     (root / "eval_run" / "config.yaml").write_text(yaml.safe_dump(CONFIG))
@@ -79,7 +85,10 @@ def test_valid_split_reads_the_best_checkpoints_validation_metrics(tmp_path, cap
         run = root / "multirun_x" / str(n)
         _run(run, lr=lr, metrics={"ndcg@10": 0.9})  # test metrics exist but are not shown
         (run / "checkpoints" / "best").mkdir(parents=True)
-        card = {"kind": "sasrec-distilled", "metrics": {"epoch": 3, "valid": {"ndcg@10": valid, "hr@10": 2 * valid}}}
+        card = {
+            "kind": "sasrec-distilled",
+            "metrics": {"epoch": 3, "valid": {"ndcg@10": valid, "hr@10": 2 * valid}},
+        }
         (run / "checkpoints" / "best" / "card.json").write_text(json.dumps(card))
         if n == 1:
             (run / "run_complete.json").write_text("{}")  # run 0 is still training: its best so far
@@ -125,8 +134,14 @@ def _predictions(run_dir, ranks):
     import pyarrow.parquet as pq
 
     n = len(ranks)
-    table = pa.table({"user_id": list(range(n, 0, -1)), "position": [3] * n, "rank": ranks,
-                      "hit@1_of_20": [r == 1 for r in ranks]})  # fmt: skip
+    table = pa.table(
+        {
+            "user_id": list(range(n, 0, -1)),
+            "position": [3] * n,
+            "rank": ranks,
+            "hit@1_of_20": [r == 1 for r in ranks],
+        }
+    )
     pq.write_table(table, run_dir / "test_predictions.parquet")
 
 
@@ -145,7 +160,10 @@ def test_baseline_adds_each_runs_paired_difference_with_its_se(tmp_path, capsys)
     _predictions(base, base_ranks)
     _predictions(other, other_ranks)
     main([str(tmp_path / "result"), "--baseline", str(base)])
-    rows = {r["run"]: r for r in csv.DictReader((tmp_path / "result" / "summary.csv").read_text().splitlines())}
+    rows = {
+        r["run"]: r
+        for r in csv.DictReader((tmp_path / "result" / "summary.csv").read_text().splitlines())
+    }
 
     def ndcg(ranks):  # users in user_id order, as per_sample reads them
         r = np.array(ranks[::-1], dtype=float)
@@ -160,8 +178,10 @@ def test_baseline_adds_each_runs_paired_difference_with_its_se(tmp_path, capsys)
 
 def test_baseline_without_predictions_or_with_valid_split_is_one_line(tmp_path, capsys):
     _run(tmp_path / "result" / "a", lr=0.1, metrics={"hr@5": 0.1})
-    for argv in ([str(tmp_path / "result"), "--baseline", str(tmp_path / "nowhere")],
-                 [str(tmp_path / "result"), "--baseline", str(tmp_path), "--split", "valid"]):  # fmt: skip
+    for argv in (
+        [str(tmp_path / "result"), "--baseline", str(tmp_path / "nowhere")],
+        [str(tmp_path / "result"), "--baseline", str(tmp_path), "--split", "valid"],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2

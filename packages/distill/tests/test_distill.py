@@ -30,8 +30,15 @@ def fingerprint(data) -> str:
 
 
 def distill_overrides(pipeline, soft_dir, run_dir, *extra) -> list[str]:
-    return tiny_run_overrides(pipeline["data"], run_dir, f"distill.teacher_checkpoint_path={pipeline['teacher']}",
-                              f"distill.soft_labels_dir={soft_dir}", "distill.soft_label_samples=all", EPOCHS, *extra)  # fmt: skip
+    return tiny_run_overrides(
+        pipeline["data"],
+        run_dir,
+        f"distill.teacher_checkpoint_path={pipeline['teacher']}",
+        f"distill.soft_labels_dir={soft_dir}",
+        "distill.soft_label_samples=all",
+        EPOCHS,
+        *extra,
+    )
 
 
 def run_distill(pipeline, soft_dir, run_dir, *extra) -> str:
@@ -59,9 +66,16 @@ def assert_same_weights(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def soft_dir(tiny_pipeline, tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
-    run_cli(precompute.main, tiny_run_overrides(
-        tiny_pipeline["data"], root / "precompute", f"distill.teacher_checkpoint_path={tiny_pipeline['teacher']}",
-        f"distill.soft_labels_dir={root / 'soft'}", "distill.soft_label_samples=all"))  # fmt: skip
+    run_cli(
+        precompute.main,
+        tiny_run_overrides(
+            tiny_pipeline["data"],
+            root / "precompute",
+            f"distill.teacher_checkpoint_path={tiny_pipeline['teacher']}",
+            f"distill.soft_labels_dir={root / 'soft'}",
+            "distill.soft_label_samples=all",
+        ),
+    )
     return root / "soft"
 
 
@@ -71,14 +85,23 @@ def full_run(tiny_pipeline, soft_dir):
     return run_dir, run_distill(tiny_pipeline, soft_dir, run_dir)
 
 
-def test_killed_distillation_resumes_to_the_uninterrupted_result(tiny_pipeline, soft_dir, tmp_path, one_thread):
+def test_killed_distillation_resumes_to_the_uninterrupted_result(
+    tiny_pipeline, soft_dir, tmp_path, one_thread
+):
     killed, full = tmp_path / "killed", tmp_path / "full"  # both on one thread, like the child
-    kill_after_first_epoch(distill_train.main, distill_overrides(tiny_pipeline, soft_dir, killed), killed, tmp_path / "killed.out")
+    kill_after_first_epoch(
+        distill_train.main,
+        distill_overrides(tiny_pipeline, soft_dir, killed),
+        killed,
+        tmp_path / "killed.out",
+    )
     run_cli(distill_train.main, [f"train.resume={killed}", f"hydra.run.dir={tmp_path / 'again'}"])
     run_distill(tiny_pipeline, soft_dir, full)
     assert read_test_metrics(killed)["metrics"] == read_test_metrics(full)["metrics"]
     assert_same_weights(weights(killed), weights(full))
-    assert_same_weights(weights(killed, "unfolded.safetensors"), weights(full, "unfolded.safetensors"))
+    assert_same_weights(
+        weights(killed, "unfolded.safetensors"), weights(full, "unfolded.safetensors")
+    )
 
 
 def test_distill_writes_a_distilled_run(tiny_pipeline, soft_dir, full_run):
@@ -102,9 +125,17 @@ def test_soft_labels_are_aligned_by_key_not_by_row_order(
 ):
     labels = read_soft_labels(soft_dir, fingerprint=fingerprint(tiny_pipeline["data"]))
     perm = torch.randperm(len(labels.user_ids), generator=torch.Generator().manual_seed(1))
-    shuffled = write_soft_labels(tmp_path / "shuffled", SoftLabels(
-        labels.user_ids[perm], labels.positions[perm], labels.topk_items[perm], labels.topk_scores[perm],
-        labels.item_embeddings, labels.card))  # fmt: skip
+    shuffled = write_soft_labels(
+        tmp_path / "shuffled",
+        SoftLabels(
+            labels.user_ids[perm],
+            labels.positions[perm],
+            labels.topk_items[perm],
+            labels.topk_scores[perm],
+            labels.item_embeddings,
+            labels.card,
+        ),
+    )
     stored = read_soft_labels(shuffled, fingerprint=fingerprint(tiny_pipeline["data"]))
     assert torch.equal(stored.user_ids, labels.user_ids[perm])  # really stored in another order
     run_distill(tiny_pipeline, shuffled, tmp_path / "run")
@@ -125,8 +156,13 @@ def test_export_folds_the_embedding_distillation_into_a_plain_sasrec(
     dm.setup()
     # the distillation module as it trained: unfolded student table + teacher-embedding projection
     labels = read_soft_labels(soft_dir, fingerprint=dm.fingerprint)
-    module = DistillModule(SASRecConfig(**card["hparams"]["model"]), labels=labels, store=dm.store,
-                           loss=DLLM2RecLoss(), ed_weight=card["hparams"]["ed_weight"])  # fmt: skip
+    module = DistillModule(
+        SASRecConfig(**card["hparams"]["model"]),
+        labels=labels,
+        store=dm.store,
+        loss=DLLM2RecLoss(),
+        ed_weight=card["hparams"]["ed_weight"],
+    )
     unfolded = load_file(best / "unfolded.safetensors")
     for prefix, target in (
         ("model.", module.model),
@@ -168,26 +204,58 @@ def test_without_distillation_terms_the_run_equals_the_baseline_student(
         assert distilled[key] == baseline[key]
 
 
-ABLATIONS = ["distill.gamma_position=0", "distill.gamma_confidence=0", "distill.gamma_consistency=0",
-             "distill.ranking_loss=listwise", "distill.lam=0", "distill.ed_weight=0",
-             "distill.consistency_weight=original"]  # fmt: skip
+ABLATIONS = [
+    "distill.gamma_position=0",
+    "distill.gamma_confidence=0",
+    "distill.gamma_consistency=0",
+    "distill.ranking_loss=listwise",
+    "distill.lam=0",
+    "distill.ed_weight=0",
+    "distill.consistency_weight=original",
+]
 
 
 @pytest.mark.parametrize("masked", [True, False])
-def test_the_consistency_set_excludes_the_history_when_asked(tiny_pipeline, soft_dir, tmp_path, monkeypatch, masked):
+def test_the_consistency_set_excludes_the_history_when_asked(
+    tiny_pipeline, soft_dir, tmp_path, monkeypatch, masked
+):
     """distill.consistency_masks_history: the student's top-K that the consistency weight reads
     never holds an item of the sample's own prefix (the teacher's list never does)."""
     seen = []
     original = DLLM2RecLoss.__call__
 
-    def spy(self, ce, student_scores, items, scores, negatives=None, valid_mask=None, num_samples=None,
-            consistency_scores=None):  # fmt: skip
+    def spy(
+        self,
+        ce,
+        student_scores,
+        items,
+        scores,
+        negatives=None,
+        valid_mask=None,
+        num_samples=None,
+        consistency_scores=None,
+    ):
         seen.append((student_scores.detach(), consistency_scores))
-        return original(self, ce, student_scores, items, scores, negatives, valid_mask, num_samples, consistency_scores)
+        return original(
+            self,
+            ce,
+            student_scores,
+            items,
+            scores,
+            negatives,
+            valid_mask,
+            num_samples,
+            consistency_scores,
+        )
 
     monkeypatch.setattr(DLLM2RecLoss, "__call__", spy)
-    run_distill(tiny_pipeline, soft_dir, tmp_path / "run", "train.max_epochs=1",
-                f"distill.consistency_masks_history={str(masked).lower()}")  # fmt: skip
+    run_distill(
+        tiny_pipeline,
+        soft_dir,
+        tmp_path / "run",
+        "train.max_epochs=1",
+        f"distill.consistency_masks_history={str(masked).lower()}",
+    )
     assert seen
     for student, consistency in seen:
         if not masked:
@@ -206,7 +274,9 @@ def test_each_ablation_switch_runs_and_changes_the_model(
     card = json.loads((tmp_path / "run" / "checkpoints" / "best" / "card.json").read_text())
     name, value = switch.removeprefix("distill.").split("=")
     loss_key = {"ranking_loss": "form", "consistency_weight": "consistency"}.get(name, name)
-    recorded = card["hparams"]["ed_weight"] if name == "ed_weight" else card["hparams"]["loss"][loss_key]
+    recorded = (
+        card["hparams"]["ed_weight"] if name == "ed_weight" else card["hparams"]["loss"][loss_key]
+    )
     assert str(recorded) in (value, f"{value}.0")
     assert set(read_test_metrics(tmp_path / "run")["metrics"]) >= {"hr@5", "ndcg@5"}
     ablated, full = (
@@ -216,17 +286,38 @@ def test_each_ablation_switch_runs_and_changes_the_model(
     assert any(not torch.equal(ablated[k], full[k]) for k in full)  # the switch acts on training
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("distill.teacher_source=nope", "error: distill.teacher_source must be one of precomputed, service, got 'nope'"),
-    ("distill.ranking_loss=nope", "error: distill.ranking_loss must be one of pointwise, listwise, got 'nope'"),
-    ("distill.gamma_confidence=-1", "error: distill.gamma_confidence must be a number >= 0, got -1.0"),
-    ("distill.rank_loss_average=batch", "error: distill.rank_loss_average must be one of labeled, all, got 'batch'"),
-    ("distill.consistency_weight=sum", "error: distill.consistency_weight must be one of normalised, original, got 'sum'"),
-    ("distill.retry_budget=-1", "error: distill.retry_budget must be a number >= 0, got -1.0"),
-    ("distill.max_retries=3", "error: distill.max_retries=3 is no longer used: service requests are retried for "
-                              "distill.retry_budget seconds; set that instead (distill.max_retries=null clears it, "
-                              "e.g. in an older run's config)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "distill.teacher_source=nope",
+            "error: distill.teacher_source must be one of precomputed, service, got 'nope'",
+        ),
+        (
+            "distill.ranking_loss=nope",
+            "error: distill.ranking_loss must be one of pointwise, listwise, got 'nope'",
+        ),
+        (
+            "distill.gamma_confidence=-1",
+            "error: distill.gamma_confidence must be a number >= 0, got -1.0",
+        ),
+        (
+            "distill.rank_loss_average=batch",
+            "error: distill.rank_loss_average must be one of labeled, all, got 'batch'",
+        ),
+        (
+            "distill.consistency_weight=sum",
+            "error: distill.consistency_weight must be one of normalised, original, got 'sum'",
+        ),
+        ("distill.retry_budget=-1", "error: distill.retry_budget must be a number >= 0, got -1.0"),
+        (
+            "distill.max_retries=3",
+            "error: distill.max_retries=3 is no longer used: service requests are retried for "
+            "distill.retry_budget seconds; set that instead (distill.max_retries=null clears it, "
+            "e.g. in an older run's config)",
+        ),
+    ],
+)
 def test_bad_config_exits_2_with_one_line(
     tiny_pipeline, soft_dir, tmp_path, capsys, override, message
 ):
@@ -240,8 +331,17 @@ def test_bad_config_exits_2_with_one_line(
 def _out_of_range(directory, labels):
     items = labels.topk_items.clone()
     items[3, 2] = 41  # the tiny data has 40 items
-    write_soft_labels(directory, SoftLabels(labels.user_ids, labels.positions, items, labels.topk_scores,
-                                            labels.item_embeddings, labels.card))  # fmt: skip
+    write_soft_labels(
+        directory,
+        SoftLabels(
+            labels.user_ids,
+            labels.positions,
+            items,
+            labels.topk_scores,
+            labels.item_embeddings,
+            labels.card,
+        ),
+    )
 
 
 def _truncate(name):
@@ -252,13 +352,30 @@ def _truncate(name):
     return damage
 
 
-@pytest.mark.parametrize(("damage", "message"), [
-    (_out_of_range, "soft: the top-K list of sample (user_id, position) = ({u}, {p}) holds item 41, outside 1..40"),
-    (_truncate("soft_labels.parquet"), "soft/soft_labels.parquet: unreadable soft-label table ("),
-    (_truncate("item_embeddings.safetensors"), "soft/item_embeddings.safetensors: not a readable safetensors file ("),
-    (lambda d, _: (d / "card.json").write_text("[]"), "soft/card.json: not a soft-label card (a JSON object with an integer k)"),
-])  # fmt: skip
-def test_damaged_soft_labels_are_refused_at_load_in_one_line(tiny_pipeline, soft_dir, tmp_path, capsys, damage, message):
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            _out_of_range,
+            "soft: the top-K list of sample (user_id, position) = ({u}, {p}) holds item 41, outside 1..40",
+        ),
+        (
+            _truncate("soft_labels.parquet"),
+            "soft/soft_labels.parquet: unreadable soft-label table (",
+        ),
+        (
+            _truncate("item_embeddings.safetensors"),
+            "soft/item_embeddings.safetensors: not a readable safetensors file (",
+        ),
+        (
+            lambda d, _: (d / "card.json").write_text("[]"),
+            "soft/card.json: not a soft-label card (a JSON object with an integer k)",
+        ),
+    ],
+)
+def test_damaged_soft_labels_are_refused_at_load_in_one_line(
+    tiny_pipeline, soft_dir, tmp_path, capsys, damage, message
+):
     labels = read_soft_labels(soft_dir, fingerprint=fingerprint(tiny_pipeline["data"]))
     damaged = tmp_path / "soft"
     shutil.copytree(soft_dir, damaged)
@@ -267,34 +384,55 @@ def test_damaged_soft_labels_are_refused_at_load_in_one_line(tiny_pipeline, soft
         run_distill(tiny_pipeline, damaged, tmp_path / "run")
     assert exit_info.value.code == 2
     (err,) = capsys.readouterr().err.strip().splitlines()
-    assert err.startswith(f"error: {tmp_path}/" + message.format(u=int(labels.user_ids[3]), p=int(labels.positions[3]))), err
+    assert err.startswith(
+        f"error: {tmp_path}/"
+        + message.format(u=int(labels.user_ids[3]), p=int(labels.positions[3]))
+    ), err
     assert not (tmp_path / "run").exists()
 
 
 def service_overrides(service, tmp_path) -> list[str]:
-    return ["distill.teacher_source=service", f"distill.teacher_url={service.url}",
-            f"distill.service_cache_dir={tmp_path / 'service-cache'}"]  # fmt: skip
+    return [
+        "distill.teacher_source=service",
+        f"distill.teacher_url={service.url}",
+        f"distill.service_cache_dir={tmp_path / 'service-cache'}",
+    ]
 
 
-def test_service_mode_distills_exactly_like_precomputed(tiny_pipeline, soft_dir, full_run, teacher_service, tmp_path):
+def test_service_mode_distills_exactly_like_precomputed(
+    tiny_pipeline, soft_dir, full_run, teacher_service, tmp_path
+):
     """Same teacher, same batches: the labels fetched from the service are bitwise the
     precomputed ones, so the distilled student is the same model."""
-    run_distill(tiny_pipeline, soft_dir, tmp_path / "run", *service_overrides(teacher_service, tmp_path))
+    run_distill(
+        tiny_pipeline, soft_dir, tmp_path / "run", *service_overrides(teacher_service, tmp_path)
+    )
     card = json.loads((tmp_path / "run" / "checkpoints" / "best" / "card.json").read_text())
-    assert card["distillation"]["source"] == "service" and card["distillation"]["num_samples"] == 110
+    assert (
+        card["distillation"]["source"] == "service" and card["distillation"]["num_samples"] == 110
+    )
     for name in ("model.safetensors", "unfolded.safetensors"):
         assert_same_weights(weights(tmp_path / "run", name), weights(full_run[0], name))
-    assert read_test_metrics(tmp_path / "run")["metrics"] == read_test_metrics(full_run[0])["metrics"]
+    assert (
+        read_test_metrics(tmp_path / "run")["metrics"] == read_test_metrics(full_run[0])["metrics"]
+    )
 
 
-def test_service_mode_refuses_a_service_with_another_teacher(tiny_pipeline, soft_dir, teacher_service, tmp_path, capsys):
+def test_service_mode_refuses_a_service_with_another_teacher(
+    tiny_pipeline, soft_dir, teacher_service, tmp_path, capsys
+):
     other = shutil.copytree(tiny_pipeline["teacher"], tmp_path / "other-teacher")
     data = bytearray((other / "model.safetensors").read_bytes())
     data[-1] ^= 0xFF  # another teacher's weights: another digest
     (other / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(SystemExit) as exit_info:
-        run_distill(tiny_pipeline, soft_dir, tmp_path / "run", *service_overrides(teacher_service, tmp_path),
-                    f"distill.teacher_checkpoint_path={other}")  # fmt: skip
+        run_distill(
+            tiny_pipeline,
+            soft_dir,
+            tmp_path / "run",
+            *service_overrides(teacher_service, tmp_path),
+            f"distill.teacher_checkpoint_path={other}",
+        )
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "the teacher service serves teacher" in line and "not the expected" in line
@@ -307,8 +445,17 @@ def test_soft_labels_missing_a_training_sample_are_refused(
     labels = read_soft_labels(soft_dir, fingerprint=fingerprint(tiny_pipeline["data"]))
     keep = torch.arange(len(labels.user_ids)) != 12
     partial = tmp_path / "partial"
-    write_soft_labels(partial, SoftLabels(labels.user_ids[keep], labels.positions[keep], labels.topk_items[keep],
-                                          labels.topk_scores[keep], labels.item_embeddings, labels.card))  # fmt: skip
+    write_soft_labels(
+        partial,
+        SoftLabels(
+            labels.user_ids[keep],
+            labels.positions[keep],
+            labels.topk_items[keep],
+            labels.topk_scores[keep],
+            labels.item_embeddings,
+            labels.card,
+        ),
+    )
     with pytest.raises(SystemExit) as exit_info:
         run_distill(tiny_pipeline, partial, tmp_path / "run")
     assert exit_info.value.code == 2

@@ -70,7 +70,9 @@ def test_original_consistency_weight_is_one_per_agreeing_item_before_the_final_n
     overlap (here 2 items: 0.2 of 1.0 instead of 0.1 of 0.9)."""
     wp = _norm([1.0, math.exp(-1), math.exp(-2)])
     wc = _norm([math.exp(3.0), math.exp(1.0), math.exp(0.5)])
-    expected = [0.3 * p + 0.5 * c + 0.1 * s for p, c, s in zip(wp, wc, [1.0, 1.0, 0.0], strict=True)]
+    expected = [
+        0.3 * p + 0.5 * c + 0.1 * s for p, c, s in zip(wp, wc, [1.0, 1.0, 0.0], strict=True)
+    ]
     _close(_w(consistency="original"), [_norm(expected)])
     with pytest.raises(ValueError, match="consistency form"):
         _w(consistency="sum")
@@ -311,7 +313,9 @@ def test_embedding_distillation_hand_computed_and_padding_row():
     # teacher rows 1,2 = [1, 2], [-1, 0.5]; mean [0, 1.25]; centred [1, 0.75], [-1, -0.75], each of
     # norm 1.25 -> standardised [0.8, 0.6], [-0.8, -0.6].
     # W t + b: row 1 = [0.8 + 0.5, 1.2 - 0.5] = [1.3, 0.7]; row 2 = [-0.8 + 0.5, -1.2 - 0.5] = [-0.3, -1.7]
-    _close(out, [[0.0, 0.0], [0.1 + 0.3 * 1.3, 0.2 + 0.3 * 0.7], [0.3 - 0.3 * 0.3, -0.4 - 0.3 * 1.7]])
+    _close(
+        out, [[0.0, 0.0], [0.1 + 0.3 * 1.3, 0.2 + 0.3 * 0.7], [0.3 - 0.3 * 0.3, -0.4 - 0.3 * 1.7]]
+    )
     assert torch.equal(out[0], torch.zeros(2))  # exactly zero despite bias and teacher row 0
     out.sum().backward()
     assert student.grad is not None and mod.proj.weight.grad is not None

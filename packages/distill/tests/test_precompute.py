@@ -25,9 +25,17 @@ MAX_SEQ_LEN = 16  # student.max_seq_len of tiny_run_overrides
 
 def run_precompute(pipeline, out, *extra):
     run_dir = out.parent / f"run-{out.name}"
-    run_cli(precompute.main, tiny_run_overrides(
-        pipeline["data"], run_dir, f"distill.teacher_checkpoint_path={pipeline['teacher']}",
-        f"distill.soft_labels_dir={out}", "distill.soft_label_samples=all", *extra))  # fmt: skip
+    run_cli(
+        precompute.main,
+        tiny_run_overrides(
+            pipeline["data"],
+            run_dir,
+            f"distill.teacher_checkpoint_path={pipeline['teacher']}",
+            f"distill.soft_labels_dir={out}",
+            "distill.soft_label_samples=all",
+            *extra,
+        ),
+    )
     return out
 
 
@@ -170,7 +178,9 @@ def test_crash_leaves_only_shards_and_a_rerun_keeps_finished_ones_merged_by_key(
     # as it is (not recompute it) and merge it by key, not by the order rows appear in.
     path = shard_dir / "shard_000000.parquet"
     table = pq.read_table(path)
-    kept = set(zip(table.column("user_id").to_pylist(), table.column("position").to_pylist(), strict=True))
+    kept = set(
+        zip(table.column("user_id").to_pylist(), table.column("position").to_pylist(), strict=True)
+    )
     sentinel = [1000.0 - j for j in range(K)]
     marked = table.set_column(
         table.schema.get_field_index("topk_scores"),
@@ -186,14 +196,22 @@ def test_crash_leaves_only_shards_and_a_rerun_keeps_finished_ones_merged_by_key(
     assert scorer.starts == [3, 6, 9]  # shard 0 was kept
     assert not shard_dir.exists()  # merged and cleaned up
     labels, ref = read_soft_labels(out, fingerprint=reference["fingerprint"]), reference["labels"]
-    assert torch.equal(labels.user_ids, ref.user_ids) and torch.equal(labels.positions, ref.positions)  # key order
+    assert torch.equal(labels.user_ids, ref.user_ids) and torch.equal(
+        labels.positions, ref.positions
+    )  # key order
     assert torch.equal(labels.topk_items, ref.topk_items)
-    in_kept = torch.tensor([(int(u), int(p)) in kept for u, p in zip(labels.user_ids, labels.positions, strict=True)])
+    in_kept = torch.tensor(
+        [(int(u), int(p)) in kept for u, p in zip(labels.user_ids, labels.positions, strict=True)]
+    )
     assert 0 < int(in_kept.sum()) < len(in_kept)
-    assert torch.equal(labels.topk_scores[in_kept], torch.tensor([sentinel] * int(in_kept.sum())))  # the kept shard, by key
+    assert torch.equal(
+        labels.topk_scores[in_kept], torch.tensor([sentinel] * int(in_kept.sum()))
+    )  # the kept shard, by key
     # recomputed in shards of 3 windows, the reference in one batch of 10: equal up to the rounding
     # of batch-dependent matmuls, which shows with more than one thread (bitwise with one)
-    torch.testing.assert_close(labels.topk_scores[~in_kept], ref.topk_scores[~in_kept], rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        labels.topk_scores[~in_kept], ref.topk_scores[~in_kept], rtol=0, atol=1e-5
+    )
 
 
 def test_shards_of_another_job_are_recomputed_not_merged(
@@ -214,14 +232,29 @@ def _tiny_teacher(pipeline, run, *extra):
     from ilora import train as teacher_train
     from ilora.testing import tiny_teacher_overrides
 
-    run_cli(teacher_train.main, tiny_run_overrides(pipeline["data"], run,
-            *tiny_teacher_overrides(pipeline["llm"], pipeline["student"]), "train.max_steps=2", *extra))  # fmt: skip
+    run_cli(
+        teacher_train.main,
+        tiny_run_overrides(
+            pipeline["data"],
+            run,
+            *tiny_teacher_overrides(pipeline["llm"], pipeline["student"]),
+            "train.max_steps=2",
+            *extra,
+        ),
+    )
     return {**pipeline, "teacher": run / "checkpoints" / "best"}
 
 
-@pytest.mark.parametrize("teacher_args", [("teacher.prompt_mode=prefix",),
-                                          ("teacher.max_sequence_items=5", "teacher.sequence_window_stride=2")])  # fmt: skip
-def test_each_key_is_scored_as_its_prefix_alone_with_the_context_it_was_read_with(tiny_pipeline, tmp_path, teacher_args):
+@pytest.mark.parametrize(
+    "teacher_args",
+    [
+        ("teacher.prompt_mode=prefix",),
+        ("teacher.max_sequence_items=5", "teacher.sequence_window_stride=2"),
+    ],
+)
+def test_each_key_is_scored_as_its_prefix_alone_with_the_context_it_was_read_with(
+    tiny_pipeline, tmp_path, teacher_args
+):
     """A prefix-mode teacher scores each prefix; a sequence-mode teacher whose window (5 items) is
     shorter than the histories reads each key out of one of several overlapping windows, with
     that window's context (at least width - stride + 1 = 4 items): the top-K equals the teacher
@@ -232,7 +265,9 @@ def test_each_key_is_scored_as_its_prefix_alone_with_the_context_it_was_read_wit
     pipeline = _tiny_teacher(tiny_pipeline, tmp_path / "teacher", *teacher_args)
     out = run_precompute(pipeline, tmp_path / "soft")
     seqs = sequences(pipeline["data"])
-    labels = read_soft_labels(out, fingerprint=json.loads((out / "card.json").read_text())["data_fingerprint"])
+    labels = read_soft_labels(
+        out, fingerprint=json.loads((out / "card.json").read_text())["data_fingerprint"]
+    )
     keys = list(zip(labels.user_ids.tolist(), labels.positions.tolist(), strict=True))
     assert keys == expected_keys(seqs)
     dataset = load_prepared(pipeline["data"])
@@ -240,7 +275,9 @@ def test_each_key_is_scored_as_its_prefix_alone_with_the_context_it_was_read_wit
     start = {(u, p): 0 for u, p in keys}  # prefix mode: the whole (window-truncated) history
     if teacher.config.prompt_mode == "sequence":
         plan = plan_windows(split_keys(dataset.lengths, "train"), 5, 2)
-        for u, e, f in zip(plan.user_ids.tolist(), plan.ends.tolist(), plan.first_positions.tolist(), strict=True):
+        for u, e, f in zip(
+            plan.user_ids.tolist(), plan.ends.tolist(), plan.first_positions.tolist(), strict=True
+        ):
             start.update({(u, p): max(e - 5, 0) for p in range(f, e + 1)})
         assert min(p - start[(u, p)] for u, p in keys if p > 5) == 4
     for row in range(0, len(keys), 7):
@@ -281,16 +318,28 @@ def test_aligned_to_reorders_by_key_and_names_the_first_missing_key(reference):
     ref = reference["labels"]
     keys = SampleKeys(ref.user_ids.clone(), ref.positions.clone())
     perm = torch.randperm(len(keys), generator=torch.Generator().manual_seed(0))
-    shuffled = SoftLabels(ref.user_ids[perm], ref.positions[perm], ref.topk_items[perm], ref.topk_scores[perm],
-                          ref.item_embeddings, ref.card)  # fmt: skip
+    shuffled = SoftLabels(
+        ref.user_ids[perm],
+        ref.positions[perm],
+        ref.topk_items[perm],
+        ref.topk_scores[perm],
+        ref.item_embeddings,
+        ref.card,
+    )
     aligned = shuffled.aligned_to(keys)
     assert torch.equal(aligned.topk_items, ref.topk_items) and torch.equal(
         aligned.topk_scores, ref.topk_scores
     )
     keep = torch.ones(len(keys), dtype=torch.bool)
     keep[[40, 7]] = False  # the first missing key in key order is row 7's
-    partial = SoftLabels(ref.user_ids[keep], ref.positions[keep], ref.topk_items[keep], ref.topk_scores[keep],
-                         ref.item_embeddings, ref.card)  # fmt: skip
+    partial = SoftLabels(
+        ref.user_ids[keep],
+        ref.positions[keep],
+        ref.topk_items[keep],
+        ref.topk_scores[keep],
+        ref.item_embeddings,
+        ref.card,
+    )
     first = (int(ref.user_ids[7]), int(ref.positions[7]))
     with pytest.raises(
         SoftLabelError,

@@ -19,10 +19,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROWS = [
-    ("u_b", "B002", 5, 100), ("u_a", "B001", 4, 50), ("u_b", "B010", 3, 100), ("u_a", "B002", 2, 60),
-    ("u_c", "B001", 5, 10), ("u_a", "B010", 1, 70), ("u_b", "B001", 4, 90), ("u_c", "B002", 3, 20),
-    ("u_c", "B003", 4, 30), ("u_d", "B001", 5, 5), ("u_d", "B003", 5, 6),
-]  # fmt: skip
+    ("u_b", "B002", 5, 100),
+    ("u_a", "B001", 4, 50),
+    ("u_b", "B010", 3, 100),
+    ("u_a", "B002", 2, 60),
+    ("u_c", "B001", 5, 10),
+    ("u_a", "B010", 1, 70),
+    ("u_b", "B001", 4, 90),
+    ("u_c", "B002", 3, 20),
+    ("u_c", "B003", 4, 30),
+    ("u_d", "B001", 5, 5),
+    ("u_d", "B003", 5, 6),
+]
 # item -> (title, categories, price); B003 has no text at all
 ITEMS = {
     "B001": ("Red Shoes", ["Clothing", "Shoes"], 19.99),
@@ -38,8 +46,12 @@ SEQUENCES = [[1, 2, 4], [1, 2, 4], [1, 2, 3]]
 TIMES = [[50, 60, 70], [90, 100, 100], [10, 20, 30]]
 RATINGS = [[4, 2, 1], [4, 5, 3], [5, 3, 4]]
 # the CSV/TSV categories cell is "|"-joined text; Parquet holds a list, joined with ", "
-CSV_TITLES = ["title: Red Shoes; categories: Clothing|Shoes", "title: Blue Hat; categories: Hats", "",
-              "title: Green, Scarf; categories: Scarves"]  # fmt: skip
+CSV_TITLES = [
+    "title: Red Shoes; categories: Clothing|Shoes",
+    "title: Blue Hat; categories: Hats",
+    "",
+    "title: Green, Scarf; categories: Scarves",
+]
 PARQUET_TITLES = [CSV_TITLES[0].replace("|", ", "), *CSV_TITLES[1:]]
 
 
@@ -52,8 +64,11 @@ def write_csv(directory: Path, rows=ROWS, items=ITEMS, sep: str = ",") -> tuple[
         return f'"{text}"' if sep == "," and ("," in text or '"' in text) else text
 
     inter = directory / f"interactions.{ext}"
-    inter.write_text(sep.join(["user", "item", "rating", "ts"]) + "\n"
-                     + "".join(sep.join(map(str, row)) + "\n" for row in rows))  # fmt: skip
+    inter.write_text(
+        sep.join(["user", "item", "rating", "ts"])
+        + "\n"
+        + "".join(sep.join(map(str, row)) + "\n" for row in rows)
+    )
     lines = [sep.join(["item_id", "title", "categories", "price"])]
     lines += [sep.join([i, cell(t), "|".join(c), f"{p:g}"]) for i, (t, c, p) in items.items()]
     item_path = directory / f"items.{ext}"
@@ -65,10 +80,22 @@ def write_parquet(directory: Path) -> tuple[Path, Path]:
     """The same data as Parquet: ts as a timestamp column, categories as a list column."""
     directory.mkdir(parents=True, exist_ok=True)
     users, items, ratings, ts = zip(*ROWS, strict=True)
-    inter = pa.table({"user": list(users), "item": list(items), "rating": pa.array(ratings, pa.float64()),
-                      "ts": pa.array(ts, pa.int64()).cast(pa.timestamp("s"))})  # fmt: skip
-    table = pa.table({"item_id": list(ITEMS), "title": [v[0] for v in ITEMS.values()],
-                      "categories": [v[1] for v in ITEMS.values()], "price": [v[2] for v in ITEMS.values()]})  # fmt: skip
+    inter = pa.table(
+        {
+            "user": list(users),
+            "item": list(items),
+            "rating": pa.array(ratings, pa.float64()),
+            "ts": pa.array(ts, pa.int64()).cast(pa.timestamp("s")),
+        }
+    )
+    table = pa.table(
+        {
+            "item_id": list(ITEMS),
+            "title": [v[0] for v in ITEMS.values()],
+            "categories": [v[1] for v in ITEMS.values()],
+            "price": [v[2] for v in ITEMS.values()],
+        }
+    )
     pq.write_table(inter, directory / "interactions.parquet")
     pq.write_table(table, directory / "items.parquet")
     return directory / "interactions.parquet", directory / "items.parquet"

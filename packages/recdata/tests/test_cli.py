@@ -199,21 +199,51 @@ def _cut_short(src):
 
 T = T0 + 1000  # a plausible timestamp
 BAD_INPUT = [
-    (lambda s: _replace_line(s, 5, "5::12::five::100"),
-     r"src/ratings.dat:5: expected UserID::MovieID::Rating::Timestamp, got '5::12::five::100'$"),
-    (lambda s: _append(s, "99::No Genres Here (1999)\n", "movies.dat"), r"src/movies.dat:9: expected MovieID::Title \(Year\)::Genre\|Genre"),
-    (lambda s: (s / "movies.dat").unlink(), r"src: no dataset files found \(expected ratings.dat\+movies.dat\)$"),
-    (lambda s: (s / "ratings.dat").write_text(f"1::3::5::{T}\n1::7::4::{T}\n2::3::3::{T}\n"),
-     r"ml-1m: no user has at least 3 interactions; the dataset is empty after filtering$"),
-    (lambda s: _append(s, f"9::777::4::{T}\n"), r"src: items \[777\] are rated but have no metadata$"),
-    (lambda s: _replace_line(s, 3, "2::7::5::-50"), r"src/ratings.dat:3: timestamp -50 is negative$"),
-    (lambda s: _replace_line(s, 4, f"5::3::6::{T}"), r"src/ratings.dat:4: rating 6 is outside ml-1m's rating scale 1..5$"),
-    (lambda s: _replace_line(s, 4, f"5::3::0::{T}"), r"src/ratings.dat:4: rating 0 is outside ml-1m's rating scale 1..5$"),
-    (lambda s: _replace_line(s, 2, f"5::12::nan::{T}"), r"src/ratings.dat:2: rating is NaN, not on ml-1m's rating scale 1..5$"),
-    (_cut_short, r"src/ratings.dat:16: timestamp 88361 is before 1995-01-01, earlier than any ml-1m rating \(is the line cut short\?\)$"),
-    (lambda s: _append(s, "3::Toy Story Again (1995)::Comedy\n", "movies.dat"),
-     r"src/movies.dat:9: item id 3 appears again \(first on line 1\)$"),
-]  # fmt: skip
+    (
+        lambda s: _replace_line(s, 5, "5::12::five::100"),
+        r"src/ratings.dat:5: expected UserID::MovieID::Rating::Timestamp, got '5::12::five::100'$",
+    ),
+    (
+        lambda s: _append(s, "99::No Genres Here (1999)\n", "movies.dat"),
+        r"src/movies.dat:9: expected MovieID::Title \(Year\)::Genre\|Genre",
+    ),
+    (
+        lambda s: (s / "movies.dat").unlink(),
+        r"src: no dataset files found \(expected ratings.dat\+movies.dat\)$",
+    ),
+    (
+        lambda s: (s / "ratings.dat").write_text(f"1::3::5::{T}\n1::7::4::{T}\n2::3::3::{T}\n"),
+        r"ml-1m: no user has at least 3 interactions; the dataset is empty after filtering$",
+    ),
+    (
+        lambda s: _append(s, f"9::777::4::{T}\n"),
+        r"src: items \[777\] are rated but have no metadata$",
+    ),
+    (
+        lambda s: _replace_line(s, 3, "2::7::5::-50"),
+        r"src/ratings.dat:3: timestamp -50 is negative$",
+    ),
+    (
+        lambda s: _replace_line(s, 4, f"5::3::6::{T}"),
+        r"src/ratings.dat:4: rating 6 is outside ml-1m's rating scale 1..5$",
+    ),
+    (
+        lambda s: _replace_line(s, 4, f"5::3::0::{T}"),
+        r"src/ratings.dat:4: rating 0 is outside ml-1m's rating scale 1..5$",
+    ),
+    (
+        lambda s: _replace_line(s, 2, f"5::12::nan::{T}"),
+        r"src/ratings.dat:2: rating is NaN, not on ml-1m's rating scale 1..5$",
+    ),
+    (
+        _cut_short,
+        r"src/ratings.dat:16: timestamp 88361 is before 1995-01-01, earlier than any ml-1m rating \(is the line cut short\?\)$",
+    ),
+    (
+        lambda s: _append(s, "3::Toy Story Again (1995)::Comedy\n", "movies.dat"),
+        r"src/movies.dat:9: item id 3 appears again \(first on line 1\)$",
+    ),
+]
 
 
 @pytest.mark.parametrize(("damage", "pattern"), BAD_INPUT)
@@ -238,7 +268,10 @@ def test_a_bad_copy_never_replaces_a_good_one(tmp_path, capsys):
         code, _, err = run_cli([command, "ml-1m", *roots(tmp_path), "--from", str(bad)], capsys)
         assert code == 2 and error_line(err).startswith(f"error: {bad / 'ratings.dat'}:4: rating 6")
         assert {p.name: p.read_bytes() for d in (raw, processed) for p in d.iterdir()} == before
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ml-1m", "processed"]  # no temporaries
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "ml-1m",
+        "processed",
+    ]  # no temporaries
 
 
 def test_errors_inside_a_zip_name_the_member_of_the_users_zip(tmp_path, capsys):
@@ -246,8 +279,13 @@ def test_errors_inside_a_zip_name_the_member_of_the_users_zip(tmp_path, capsys):
     _replace_line(src, 3, "2::7::5::-50")
     archive = make_ml1m_zip(tmp_path / "ml-1m.zip", src)
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    code, _, err = run_cli(["prepare", "ml-1m", *roots(tmp_path), "--from", str(archive), "--sha256", digest], capsys)
-    assert code == 2 and error_line(err) == f"error: {archive}:ml-1m/ratings.dat:3: timestamp -50 is negative"
+    code, _, err = run_cli(
+        ["prepare", "ml-1m", *roots(tmp_path), "--from", str(archive), "--sha256", digest], capsys
+    )
+    assert (
+        code == 2
+        and error_line(err) == f"error: {archive}:ml-1m/ratings.dat:3: timestamp -50 is negative"
+    )
     assert not (tmp_path / "data").exists()
 
 

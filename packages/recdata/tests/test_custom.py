@@ -58,17 +58,39 @@ def test_csv_with_an_items_table(tmp_path):
     assert item_table.column("genres").to_pylist() == [[]] * 4
 
     assert meta["dataset"] == "shop" and meta["schema_version"] == 1
-    assert meta["counts"] == {"users": 3, "items": 4, "interactions": 9, "raw_interactions": 11,
-                              "dropped_users": 1, "dropped_interactions": 2, "raw_items": 4, "dropped_items": 0}  # fmt: skip
-    assert meta["filters"] == {"min_user_interactions": 3, "min_item_interactions": 1, "duplicates": "keep-all",
-                               "rating_threshold": None, "dropped": {"rating_threshold": 0, "duplicates": 0},
-                               "k_core_rounds": [{"users": 1, "items": 0, "interactions": 2}]}  # fmt: skip
+    assert meta["counts"] == {
+        "users": 3,
+        "items": 4,
+        "interactions": 9,
+        "raw_interactions": 11,
+        "dropped_users": 1,
+        "dropped_interactions": 2,
+        "raw_items": 4,
+        "dropped_items": 0,
+    }
+    assert meta["filters"] == {
+        "min_user_interactions": 3,
+        "min_item_interactions": 1,
+        "duplicates": "keep-all",
+        "rating_threshold": None,
+        "dropped": {"rating_threshold": 0, "duplicates": 0},
+        "k_core_rounds": [{"users": 1, "items": 0, "interactions": 2}],
+    }
     assert meta["split"] == {"rule": SPLIT_RULE, "samples": {"train": 0, "valid": 3, "test": 3}}
     assert meta["order"] == "time column ts (seconds), ties in file order"
-    assert meta["item_text"] == {"columns": ["title", "categories"], "max_chars": 512, "items_with_text": 3,
-                                 "items_without_row": 0}  # fmt: skip
+    assert meta["item_text"] == {
+        "columns": ["title", "categories"],
+        "max_chars": 512,
+        "items_with_text": 3,
+        "items_without_row": 0,
+    }
     assert meta["source"]["format"] == "csv"
-    assert meta["source"]["columns"] == {"user": "user", "item": "item", "time": "ts", "rating": "rating"}
+    assert meta["source"]["columns"] == {
+        "user": "user",
+        "item": "item",
+        "time": "ts",
+        "rating": "rating",
+    }
     assert list(meta["source"]["files"]) == [str(inter.resolve()), str(items.resolve())]
     assert meta["use"] == ["dataset.name=shop"]
     assert json.loads((tmp_path / "out" / "meta.json").read_text()) == meta
@@ -77,10 +99,16 @@ def test_csv_with_an_items_table(tmp_path):
 
 def test_tsv_parquet_and_atomic_files_give_the_same_sequences(tmp_path):
     tsv, tsv_items = write_csv(tmp_path / "tsv", sep="\t")
-    build_custom_contract("a", CustomSource(tsv, items_path=tsv_items, **CSV_OPTIONS), tmp_path / "tsv-out")
+    build_custom_contract(
+        "a", CustomSource(tsv, items_path=tsv_items, **CSV_OPTIONS), tmp_path / "tsv-out"
+    )
     parquet, parquet_items = write_parquet(tmp_path / "pq")
-    build_custom_contract("b", CustomSource(parquet, items_path=parquet_items, **CSV_OPTIONS), tmp_path / "pq-out")
-    build_custom_contract("shop", CustomSource(write_atomic(tmp_path / "atomic")), tmp_path / "atomic-out")
+    build_custom_contract(
+        "b", CustomSource(parquet, items_path=parquet_items, **CSV_OPTIONS), tmp_path / "pq-out"
+    )
+    build_custom_contract(
+        "shop", CustomSource(write_atomic(tmp_path / "atomic")), tmp_path / "atomic-out"
+    )
     for name in ("tsv-out", "pq-out", "atomic-out"):
         _check_sequences(_tables(tmp_path / name)[1])
     assert _tables(tmp_path / "tsv-out")[0].column("title").to_pylist() == CSV_TITLES
@@ -92,20 +120,39 @@ def test_tsv_parquet_and_atomic_files_give_the_same_sequences(tmp_path):
 def test_atomic_directory_or_inter_file_and_field_options(tmp_path):
     src = write_atomic(tmp_path / "src", name="shop")
     meta = build_custom_contract("other-name", CustomSource(src / "shop.inter"), tmp_path / "out")
-    assert meta["source"]["format"] == "atomic" and len(meta["source"]["files"]) == 2  # shop.item found
-    assert meta["source"]["columns"] == {"user": "user_id", "item": "item_id", "time": "timestamp", "rating": "rating"}
+    assert (
+        meta["source"]["format"] == "atomic" and len(meta["source"]["files"]) == 2
+    )  # shop.item found
+    assert meta["source"]["columns"] == {
+        "user": "user_id",
+        "item": "item_id",
+        "time": "timestamp",
+        "rating": "rating",
+    }
     # another dataset's RecBole field names, no time field: file order
-    (src / "clicks.inter").write_text("session:token\tproduct:token\tscore:float\n"
-                                      + "".join(f"{u}\t{i}\t{r}\n" for u, i, r, _ in ROWS))  # fmt: skip
-    meta = build_custom_contract("clicks", CustomSource(src, user_col="session", item_col="product",
-                                                        rating_col="score"), tmp_path / "fields")  # fmt: skip
+    (src / "clicks.inter").write_text(
+        "session:token\tproduct:token\tscore:float\n"
+        + "".join(f"{u}\t{i}\t{r}\n" for u, i, r, _ in ROWS)
+    )
+    meta = build_custom_contract(
+        "clicks",
+        CustomSource(src, user_col="session", item_col="product", rating_col="score"),
+        tmp_path / "fields",
+    )
     seqs = pq.read_table(tmp_path / "fields" / "sequences.parquet")
     assert seqs.column("item_ids").to_pylist() == [[1, 2, 4], [2, 4, 1], [1, 2, 3]]
     assert seqs.column("ratings").to_pylist() == [[4, 2, 1], [5, 3, 4], [5, 3, 4]]
-    assert meta["source"]["columns"] == {"user": "session", "item": "product", "time": None, "rating": "score"}
+    assert meta["source"]["columns"] == {
+        "user": "session",
+        "item": "product",
+        "time": None,
+        "rating": "score",
+    }
     assert meta["item_text"] is None and len(meta["source"]["files"]) == 1  # no clicks.item
     # atomic item text from one column is the value alone
-    build_custom_contract("shop", CustomSource(src, text_cols=("title",), max_text_chars=6), tmp_path / "t")
+    build_custom_contract(
+        "shop", CustomSource(src, text_cols=("title",), max_text_chars=6), tmp_path / "t"
+    )
     titles = pq.read_table(tmp_path / "t" / "items.parquet").column("title").to_pylist()
     assert titles == ["Red", "Blue", "", "Green,"[:5]]  # cut between words to <= 6 characters
 
@@ -113,13 +160,17 @@ def test_atomic_directory_or_inter_file_and_field_options(tmp_path):
 def test_file_order_without_a_time_column(tmp_path):
     inter = tmp_path / "clicks.csv"
     inter.write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i, _, _ in ROWS))
-    meta = build_custom_contract("shop", CustomSource(inter, user_col="user", item_col="item"), tmp_path / "out")
+    meta = build_custom_contract(
+        "shop", CustomSource(inter, user_col="user", item_col="item"), tmp_path / "out"
+    )
     seqs = pq.read_table(tmp_path / "out" / "sequences.parquet")
     # each user's rows in file order: u_a B001 B002 B010; u_b B002 B010 B001; u_c B001 B002 B003
     assert seqs.column("item_ids").to_pylist() == [[1, 2, 4], [2, 4, 1], [1, 2, 3]]
     assert seqs.column("timestamps").to_pylist() == [[0, 1, 2]] * 3
     assert seqs.column("ratings").to_pylist() == [[1.0] * 3] * 3  # no rating column: 1 each
-    assert meta["order"] == "file order (no time column); timestamps are each user's positions 0..L-1"
+    assert (
+        meta["order"] == "file order (no time column); timestamps are each user's positions 0..L-1"
+    )
     assert meta["item_text"] is None and meta["source"]["columns"]["time"] is None
     assert pq.read_table(tmp_path / "out" / "items.parquet").column("title").to_pylist() == [""] * 4
 
@@ -137,16 +188,41 @@ def test_dense_ids_follow_numeric_order_only_when_every_id_is_an_integer():
 def test_integer_ids_and_year_genres_mapping(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    (src / "r.csv").write_text("uid,iid,when\n" + "".join(
-        f"{u},{i},{t}\n" for u, i, t in [(10, 5, 3), (9, 20, 1), (10, 100, 2), (9, 5, 5), (9, 100, 4), (10, 20, 9)]))  # fmt: skip
-    (src / "m.csv").write_text("iid,name,year,genre\n5,Five,1995,Drama|Comedy\n20,Twenty,unknown,\n"
-                               "100,Hundred,2001,Drama\n")  # fmt: skip
-    source = CustomSource(src / "r.csv", user_col="uid", item_col="iid", time_col="when", items_path=src / "m.csv",
-                          year_col="year", genres_col="genre")  # fmt: skip
+    (src / "r.csv").write_text(
+        "uid,iid,when\n"
+        + "".join(
+            f"{u},{i},{t}\n"
+            for u, i, t in [
+                (10, 5, 3),
+                (9, 20, 1),
+                (10, 100, 2),
+                (9, 5, 5),
+                (9, 100, 4),
+                (10, 20, 9),
+            ]
+        )
+    )
+    (src / "m.csv").write_text(
+        "iid,name,year,genre\n5,Five,1995,Drama|Comedy\n20,Twenty,unknown,\n"
+        "100,Hundred,2001,Drama\n"
+    )
+    source = CustomSource(
+        src / "r.csv",
+        user_col="uid",
+        item_col="iid",
+        time_col="when",
+        items_path=src / "m.csv",
+        year_col="year",
+        genres_col="genre",
+    )
     meta = build_custom_contract("ints", source, tmp_path / "out")
     items, seqs = _tables(tmp_path / "out")
     assert items.column("raw_id").to_pylist() == ["5", "20", "100"]  # numeric order
-    assert items.column("title").to_pylist() == ["Five", "Twenty", "Hundred"]  # year/genre mapped, not text
+    assert items.column("title").to_pylist() == [
+        "Five",
+        "Twenty",
+        "Hundred",
+    ]  # year/genre mapped, not text
     assert items.column("year").to_pylist() == [1995, None, 2001]
     assert items.column("genres").to_pylist() == [["Drama", "Comedy"], [], ["Drama"]]
     assert seqs.column("raw_user_id").to_pylist() == ["9", "10"]
@@ -168,7 +244,9 @@ def test_iso_times_and_quoted_line_breaks(tmp_path):
 
 
 def test_item_text_joins_columns_and_caps_between_words():
-    text = item_text([("title", pa.array(["A b", None, ""])), ("tags", pa.array([["x", "y"], ["z"], []]))], 100)
+    text = item_text(
+        [("title", pa.array(["A b", None, ""])), ("tags", pa.array([["x", "y"], ["z"], []]))], 100
+    )
     assert text.to_pylist() == ["title: A b; tags: x, y", "tags: z", ""]
     capped = item_text([("d", pa.array(["one two three", "one two", "abcdefghij", "ab cd"]))], 7)
     assert capped.to_pylist() == ["one two", "one two", "abcdefg", "ab cd"]
@@ -190,7 +268,9 @@ def test_ensure_prepared_finds_a_custom_dataset_and_names_the_command_otherwise(
     build_custom_contract("shop", CustomSource(inter, items_path=items, **CSV_OPTIONS), out)
     assert ensure_prepared("shop", tmp_path / "raw", out, tmp_path / "cache") == out
     with pytest.raises(DataError) as info:
-        ensure_prepared("mine", tmp_path / "raw", tmp_path / "processed" / "mine", tmp_path / "cache")
+        ensure_prepared(
+            "mine", tmp_path / "raw", tmp_path / "processed" / "mine", tmp_path / "cache"
+        )
     assert str(info.value) == (
         f"{tmp_path / 'processed' / 'mine'}: no prepared dataset 'mine' (no meta.json); prepare your own data "
         "with `recdata prepare mine --from PATH ...` (docs/data.md), or pick a built-in dataset: ml-100k, ml-1m"
@@ -211,17 +291,28 @@ def test_re_prepare_replaces_the_whole_directory(tmp_path):
     out = tmp_path / "out"
     first = build_custom_contract("shop", CustomSource(inter, items_path=items, **CSV_OPTIONS), out)
     (out / "stale.txt").write_text("old")
-    second = build_custom_contract("shop", CustomSource(inter, items_path=items, **CSV_OPTIONS), out)
+    second = build_custom_contract(
+        "shop", CustomSource(inter, items_path=items, **CSV_OPTIONS), out
+    )
     assert first["fingerprint"] == second["fingerprint"]
-    assert sorted(p.name for p in out.iterdir()) == ["items.parquet", "meta.json", "sequences.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "items.parquet",
+        "meta.json",
+        "sequences.parquet",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
 
 
 def test_fingerprint_tracks_text(tmp_path):
     inter, items = write_csv(tmp_path / "src")
-    a = build_custom_contract("shop", CustomSource(inter, items_path=items, **CSV_OPTIONS), tmp_path / "a")
-    b = build_custom_contract("shop", CustomSource(inter, items_path=items, text_cols=("title",), **CSV_OPTIONS),
-                              tmp_path / "b")  # fmt: skip
+    a = build_custom_contract(
+        "shop", CustomSource(inter, items_path=items, **CSV_OPTIONS), tmp_path / "a"
+    )
+    b = build_custom_contract(
+        "shop",
+        CustomSource(inter, items_path=items, text_cols=("title",), **CSV_OPTIONS),
+        tmp_path / "b",
+    )
     c = build_custom_contract("shop", CustomSource(inter, **CSV_OPTIONS), tmp_path / "c")
     assert len({a["fingerprint"], b["fingerprint"], c["fingerprint"]}) == 3
     ds = load_prepared(tmp_path / "b")
@@ -231,11 +322,16 @@ def test_fingerprint_tracks_text(tmp_path):
 
 def test_format_option_spaces_around_numbers_and_int_parquet_ids(tmp_path):
     path = tmp_path / "log.txt"  # an extension that says nothing: --format names the format
-    path.write_text("user_id\titem_id\trating\ttimestamp\n" + "".join(
-        f"{u}\t{i}\t {r} \t{t} \n" for u, i, r, t in ROWS))  # fmt: skip
+    path.write_text(
+        "user_id\titem_id\trating\ttimestamp\n"
+        + "".join(f"{u}\t{i}\t {r} \t{t} \n" for u, i, r, t in ROWS)
+    )
     build_custom_contract("log", CustomSource(path, format="tsv"), tmp_path / "out")
     _check_sequences(_tables(tmp_path / "out")[1])
-    pq.write_table(pa.table({"user_id": [7, 7, 7, 10, 10, 10], "item_id": [3, 1, 2, 2, 30, 3]}), tmp_path / "i.parquet")
+    pq.write_table(
+        pa.table({"user_id": [7, 7, 7, 10, 10, 10], "item_id": [3, 1, 2, 2, 30, 3]}),
+        tmp_path / "i.parquet",
+    )
     build_custom_contract("ints", CustomSource(tmp_path / "i.parquet"), tmp_path / "ints")
     items, seqs = _tables(tmp_path / "ints")
     assert items.column("raw_id").to_pylist() == ["1", "2", "3", "30"]

@@ -43,9 +43,21 @@ def test_k_core_iterates_to_a_fixed_point_and_reports_each_round(tmp_path):
     seqs = pq.read_table(tmp_path / "out" / "sequences.parquet")
     assert seqs.column("raw_user_id").to_pylist() == ["u1", "u2", "u3"]
     assert seqs.column("item_ids").to_pylist() == [[1, 2, 3]] * 3
-    assert pq.read_table(tmp_path / "out" / "items.parquet").column("raw_id").to_pylist() == ["a", "b", "c"]
-    assert meta["counts"] == {"users": 3, "items": 3, "interactions": 9, "raw_interactions": 17,
-                              "dropped_users": 2, "dropped_interactions": 8, "raw_items": 7, "dropped_items": 4}  # fmt: skip
+    assert pq.read_table(tmp_path / "out" / "items.parquet").column("raw_id").to_pylist() == [
+        "a",
+        "b",
+        "c",
+    ]
+    assert meta["counts"] == {
+        "users": 3,
+        "items": 3,
+        "interactions": 9,
+        "raw_interactions": 17,
+        "dropped_users": 2,
+        "dropped_interactions": 8,
+        "raw_items": 7,
+        "dropped_items": 4,
+    }
 
 
 def test_k_core_with_the_defaults_is_one_user_pass(tmp_path):
@@ -54,14 +66,27 @@ def test_k_core_with_the_defaults_is_one_user_pass(tmp_path):
     assert meta["counts"]["interactions"] == 17
 
 
-DUPES = [("u1", "a", 3, 5), ("u1", "a", 1, 1), ("u1", "b", 2, 2), ("u1", "c", 4, 3), ("u1", "a", 3, 4),
-         ("u2", "x", 1, 5), ("u2", "y", 2, 5), ("u2", "z", 3, 5)]  # fmt: skip
+DUPES = [
+    ("u1", "a", 3, 5),
+    ("u1", "a", 1, 1),
+    ("u1", "b", 2, 2),
+    ("u1", "c", 4, 3),
+    ("u1", "a", 3, 4),
+    ("u2", "x", 1, 5),
+    ("u2", "y", 2, 5),
+    ("u2", "z", 3, 5),
+]
 
 
 @pytest.mark.parametrize(
     ("keep", "items", "ratings", "dropped"),
     [
-        ("keep-all", [1, 2, 1, 1, 3], [1, 2, 5, 4, 3], 0),  # a(t1) b(t2) a(t3) a(t3, later line) c(t4)
+        (
+            "keep-all",
+            [1, 2, 1, 1, 3],
+            [1, 2, 5, 4, 3],
+            0,
+        ),  # a(t1) b(t2) a(t3) a(t3, later line) c(t4)
         ("keep-first", [1, 2, 3], [1, 2, 3], 2),  # the chronologically first a: t1
         ("keep-last", [2, 1, 3], [2, 4, 3], 2),  # the last a: t3 on the later line
     ],
@@ -87,20 +112,28 @@ def test_rating_threshold(tmp_path):
 
 def test_apply_filters_keeps_file_order_of_the_rows():
     users, items = np.array([1, 0, 1, 0, 0, 1]), np.array([0, 1, 2, 0, 2, 1])
-    rows, report = apply_filters(users, items, np.zeros(6, np.int64), np.ones(6, np.float32), Filters(), "x")
+    rows, report = apply_filters(
+        users, items, np.zeros(6, np.int64), np.ones(6, np.float32), Filters(), "x"
+    )
     assert rows.tolist() == [0, 1, 2, 3, 4, 5] and report.rounds == []
 
 
 @pytest.mark.parametrize(
     ("filters", "message"),
     [
-        ({"min_user_interactions": 2}, "--min-user-interactions must be >= 3 (leave-one-out needs a train, "
-                                       "a valid and a test item per user), got 2"),
+        (
+            {"min_user_interactions": 2},
+            "--min-user-interactions must be >= 3 (leave-one-out needs a train, "
+            "a valid and a test item per user), got 2",
+        ),
         ({"min_item_interactions": 0}, "--min-item-interactions must be >= 1, got 0"),
-        ({"duplicates": "first"}, "--duplicates must be one of keep-all, keep-first, keep-last, got 'first'"),
+        (
+            {"duplicates": "first"},
+            "--duplicates must be one of keep-all, keep-first, keep-last, got 'first'",
+        ),
         ({"rating_threshold": float("nan")}, "--rating-threshold must be a finite number, got nan"),
     ],
-)  # fmt: skip
+)
 def test_bad_filter_values(filters, message):
     with pytest.raises(UserError) as info:
         Filters(**filters)
@@ -111,12 +144,23 @@ def test_built_in_dataset_takes_the_filters_and_reports_them_only_when_used(tmp_
     raw = write_ml1m(tmp_path / "raw")
     plain = build_contract(dataset_spec("ml-1m"), raw, tmp_path / "plain")
     assert plain["filters"] == {"min_user_interactions": 3}  # unchanged meta.json for the defaults
-    meta = build_contract(dataset_spec("ml-1m"), raw, tmp_path / "out", filters=Filters(rating_threshold=3))
+    meta = build_contract(
+        dataset_spec("ml-1m"), raw, tmp_path / "out", filters=Filters(rating_threshold=3)
+    )
     # ratings below 3: (5,21,2) (5,30,1) (9,42,2) (14,3,1) (14,7,2); raw user 14 is then gone
-    assert meta["filters"] == {"min_user_interactions": 3, "min_item_interactions": 1, "duplicates": "keep-all",
-                               "rating_threshold": 3, "dropped": {"rating_threshold": 5, "duplicates": 0},
-                               "k_core_rounds": []}  # fmt: skip
-    assert (meta["counts"]["users"], meta["counts"]["items"], meta["counts"]["interactions"]) == (3, 6, 11)
+    assert meta["filters"] == {
+        "min_user_interactions": 3,
+        "min_item_interactions": 1,
+        "duplicates": "keep-all",
+        "rating_threshold": 3,
+        "dropped": {"rating_threshold": 5, "duplicates": 0},
+        "k_core_rounds": [],
+    }
+    assert (meta["counts"]["users"], meta["counts"]["items"], meta["counts"]["interactions"]) == (
+        3,
+        6,
+        11,
+    )
     assert meta["counts"]["dropped_users"] == 1 and meta["fingerprint"] != plain["fingerprint"]
     seqs = pq.read_table(tmp_path / "out" / "sequences.parquet")
     assert min(min(r) for r in seqs.column("ratings").to_pylist()) == 3
@@ -124,15 +168,27 @@ def test_built_in_dataset_takes_the_filters_and_reports_them_only_when_used(tmp_
 
 def test_emptied_by_a_filter_says_which(tmp_path):
     path = _kcore_csv(tmp_path)
-    with pytest.raises(DataError, match=r"^k: no user has at least 9 interactions; the dataset is empty after filtering$"):
+    with pytest.raises(
+        DataError,
+        match=r"^k: no user has at least 9 interactions; the dataset is empty after filtering$",
+    ):
         _prepare(path, tmp_path / "out", min_user_interactions=9)
-    with pytest.raises(DataError, match=r"^k: the dataset is empty after filtering: the item filter \(>= 9 "
-                       r"interactions per item\) in k-core round 1 left no interactions$"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"^k: the dataset is empty after filtering: the item filter \(>= 9 "
+        r"interactions per item\) in k-core round 1 left no interactions$",
+    ):
         _prepare(path, tmp_path / "out", min_item_interactions=9)
-    with pytest.raises(DataError, match=r"^k: the dataset is empty after filtering: the user filter \(>= 4 "
-                       r"interactions per user\) in k-core round 1 left no interactions$"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"^k: the dataset is empty after filtering: the user filter \(>= 4 "
+        r"interactions per user\) in k-core round 1 left no interactions$",
+    ):
         _prepare(path, tmp_path / "out", min_user_interactions=4, min_item_interactions=3)
-    with pytest.raises(DataError, match=r"^k: no interaction has a rating >= 6 \(ratings are 5\.\.5\); the "
-                       r"dataset is empty after the rating threshold$"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"^k: no interaction has a rating >= 6 \(ratings are 5\.\.5\); the "
+        r"dataset is empty after the rating threshold$",
+    ):
         _prepare(path, tmp_path / "out", rating_threshold=6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.csv"]

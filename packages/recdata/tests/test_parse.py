@@ -258,9 +258,18 @@ def test_malformed_interaction_line_names_file_and_line(tmp_path, bad_line, layo
             "99|Broken (1999)|01-Jan-1999||u|" + "|".join(["2"] + ["0"] * 18),
             r"u.item:9: expected 0/1 genre flags",
         ),
-        ("recbole", "ml-100k.item", "7\tAgain\t1999\tDrama", r"ml-100k.item:10: item id 7 appears again \(first on line 3\)"),
-        ("ml-100k-original", "u.item", "42|Heat (1995)|01-Jan-1995||u|" + "|".join(["0"] * 19),
-         r"u.item:9: item id 42 appears again \(first on line 7\)"),
+        (
+            "recbole",
+            "ml-100k.item",
+            "7\tAgain\t1999\tDrama",
+            r"ml-100k.item:10: item id 7 appears again \(first on line 3\)",
+        ),
+        (
+            "ml-100k-original",
+            "u.item",
+            "42|Heat (1995)|01-Jan-1995||u|" + "|".join(["0"] * 19),
+            r"u.item:9: item id 42 appears again \(first on line 7\)",
+        ),
     ],
 )
 def test_malformed_item_line_names_file_and_line(tmp_path, layout, file, line, pattern):

@@ -50,7 +50,9 @@ def test_next_item_tends_to_share_the_cluster_and_users_keep_to_their_clusters(d
     chance = np.sum((np.bincount(clusters) / len(clusters)) ** 2)
     assert shared > 0.6 and chance < 0.2
     preferred = (data.user_clusters[users] == clusters[:, None]).any(axis=1).mean()
-    assert preferred > 0.85  # exploration (10%) is the rest, some of it by chance in a preferred one
+    assert (
+        preferred > 0.85
+    )  # exploration (10%) is the rest, some of it by chance in a preferred one
 
 
 def test_text_names_the_cluster(data):
@@ -62,7 +64,9 @@ def test_text_names_the_cluster(data):
         words = titles[item].lower().split()
         assert len(words) == 3 and words[0] != words[1]
         by_cluster.setdefault(int(cluster), set()).update(words[:2])
-    assert all(len(words) <= TOPIC_WORDS for words in by_cluster.values())  # two topic words per title
+    assert all(
+        len(words) <= TOPIC_WORDS for words in by_cluster.values()
+    )  # two topic words per title
     assert len(set(categories)) == len(by_cluster)  # one category per cluster
     assert data.user_clusters.shape == (800, PREFERRED)
 
@@ -71,7 +75,10 @@ def test_string_ids():
     d = generate(50, 30, 400, seed=0, id_style="str", with_text=False, with_time=False)
     users, items = d.user_ids().to_pylist(), d.item_ids().to_pylist()
     assert users[:3] == ["u_1", "u_2", "u_3"]
-    assert all(len(i) == 10 and i.startswith("B") and i[1:].isdigit() for i in items) and len(set(items)) == 30
+    assert (
+        all(len(i) == 10 and i.startswith("B") and i[1:].isdigit() for i in items)
+        and len(set(items)) == 30
+    )
     assert d.titles is None and d.timestamps is None
     assert d.interactions_table().column_names == ["user_id", "item_id", "rating"]
     assert d.items_table().column_names == ["item_id"]
@@ -85,7 +92,9 @@ def test_every_format_prepares_to_the_same_contract(tmp_path):
     metas = [
         build_custom_contract("syn", CustomSource(inter), tmp_path / "a"),
         build_custom_contract("syn", CustomSource(csv, items_path=csv_items), tmp_path / "c"),
-        build_custom_contract("syn", CustomSource(parquet, items_path=parquet_items), tmp_path / "p"),
+        build_custom_contract(
+            "syn", CustomSource(parquet, items_path=parquet_items), tmp_path / "p"
+        ),
     ]
     assert len({m["fingerprint"] for m in metas}) == 1
     assert metas[0]["item_text"]["columns"] == ["title", "categories"]

@@ -30,7 +30,9 @@ def long_prepared(tmp_path):
 def brute_force_readouts(plan):
     """(user, key position) -> (window index, context length) for every window's readouts."""
     out = {}
-    for w, (user, end, first) in enumerate(zip(plan.user_ids.tolist(), plan.ends.tolist(), plan.first_positions.tolist(), strict=True)):
+    for w, (user, end, first) in enumerate(
+        zip(plan.user_ids.tolist(), plan.ends.tolist(), plan.first_positions.tolist(), strict=True)
+    ):
         start = max(end - plan.width, 0)
         for p in range(first, end + 1):
             assert (user, p) not in out, f"key {(user, p)} read out twice"
@@ -50,7 +52,9 @@ def test_every_training_key_is_read_out_exactly_once(long_prepared, width, strid
     last = {u: max(p for uu, p in readouts if uu == u) for u, _ in readouts}
     for user, end in zip(plan.user_ids.tolist(), plan.ends.tolist(), strict=True):
         assert end <= last[user]
-    assert {u: e for u, e in zip(plan.user_ids.tolist(), plan.ends.tolist(), strict=True)} == last  # last window ends at the last key
+    assert {
+        u: e for u, e in zip(plan.user_ids.tolist(), plan.ends.tolist(), strict=True)
+    } == last  # last window ends at the last key
 
 
 def test_bad_window_shapes_are_refused(long_prepared):
@@ -73,21 +77,37 @@ def test_window_rows_hold_the_right_inputs_targets_and_keys(long_prepared):
         history = batch["history"][row].tolist()
         real = [i for i in history if i]
         assert real == seq[max(end - 6, 0) : end] and history[-1] == seq[end - 1]
-        for col, (target, position) in enumerate(zip(batch["targets"][row].tolist(), batch["target_positions"][row].tolist(), strict=True)):
+        for col, (target, position) in enumerate(
+            zip(
+                batch["targets"][row].tolist(), batch["target_positions"][row].tolist(), strict=True
+            )
+        ):
             if target:
-                assert seq[position] == target and history[col] == seq[position - 1]  # the item before the target
+                assert (
+                    seq[position] == target and history[col] == seq[position - 1]
+                )  # the item before the target
                 seen[(user, position)] += 1
     assert set(seen) == set(zip(keys.user_ids.tolist(), keys.positions.tolist(), strict=True))
     assert set(seen.values()) == {1}
 
 
 def test_a_selection_reads_out_only_its_keys_from_the_windows_that_hold_them(long_prepared):
-    dm = SequentialDataModule(long_prepared.path, max_seq_len=5, num_candidates=0, train_mode="windows",
-                              train_samples="last_n_per_user=2")  # fmt: skip
+    dm = SequentialDataModule(
+        long_prepared.path,
+        max_seq_len=5,
+        num_candidates=0,
+        train_mode="windows",
+        train_samples="last_n_per_user=2",
+    )
     dm.setup()
     dataset = dm.train_dataset()
     batch = dataset.__getitems__(list(range(len(dataset))))
-    got = {(int(u), int(p)) for u, row in zip(batch["user_id"], batch["target_positions"], strict=True) for p in row if p}
+    got = {
+        (int(u), int(p))
+        for u, row in zip(batch["user_id"], batch["target_positions"], strict=True)
+        for p in row
+        if p
+    }
     wanted = select_samples(split_keys(long_prepared.lengths, "train"), "last_n_per_user=2")
     assert got == set(zip(wanted.user_ids.tolist(), wanted.positions.tolist(), strict=True))
     assert int((batch["targets"] > 0).sum()) == len(wanted)
@@ -95,7 +115,9 @@ def test_a_selection_reads_out_only_its_keys_from_the_windows_that_hold_them(lon
 
 
 def test_window_batches_drop_columns_that_are_padding_in_every_row(long_prepared):
-    dataset = WindowTrainDataset(SequenceStore(long_prepared), plan_windows(split_keys(long_prepared.lengths, "train"), 40))
+    dataset = WindowTrainDataset(
+        SequenceStore(long_prepared), plan_windows(split_keys(long_prepared.lengths, "train"), 40)
+    )
     short = [i for i in range(len(dataset)) if dataset.lengths()[i] <= 3]
     batch = dataset.__getitems__(short)
     assert batch["history"].shape[1] == int(dataset.lengths()[short].max())
@@ -109,8 +131,13 @@ def test_length_grouped_batches_are_a_seeded_permutation_of_similar_lengths():
     assert sorted(first) == list(range(1000)) and list(sampler) == first
     sampler.set_epoch(1)
     assert list(sampler) != first
-    spread = [int(lengths[first[i : i + 8]].max() - lengths[first[i : i + 8]].min()) for i in range(0, 1000, 8)]
-    random_spread = [int(lengths[i : i + 8].max() - lengths[i : i + 8].min()) for i in range(0, 1000, 8)]
+    spread = [
+        int(lengths[first[i : i + 8]].max() - lengths[first[i : i + 8]].min())
+        for i in range(0, 1000, 8)
+    ]
+    random_spread = [
+        int(lengths[i : i + 8].max() - lengths[i : i + 8].min()) for i in range(0, 1000, 8)
+    ]
     assert sum(spread) * 5 < sum(random_spread)  # padding mostly gone
     fixed = list(LengthGroupedSampler(lengths, batch_size=8, shuffle=False))
     assert [int(lengths[i]) for i in fixed] == sorted(lengths.tolist(), reverse=True)
@@ -131,18 +158,26 @@ def test_length_grouped_loader_batches_stay_similar_when_the_count_is_not_a_mult
 
 def test_evaluation_output_is_in_key_order_whatever_the_loader_order(long_prepared):
     """Length-ordered evaluation batches give the same metrics and the same predictions file."""
-    by_key = SequentialDataModule(long_prepared.path, max_seq_len=8, num_candidates=0, eval_batch_size=3)
-    by_length = SequentialDataModule(long_prepared.path, max_seq_len=8, num_candidates=0, eval_batch_size=3,
-                                     eval_order="length")  # fmt: skip
+    by_key = SequentialDataModule(
+        long_prepared.path, max_seq_len=8, num_candidates=0, eval_batch_size=3
+    )
+    by_length = SequentialDataModule(
+        long_prepared.path, max_seq_len=8, num_candidates=0, eval_batch_size=3, eval_order="length"
+    )
     by_key.setup(), by_length.setup()
     table = torch.randn(61, 4, generator=torch.Generator().manual_seed(1))
 
     def score(batch):
-        return batch["history"].float() @ torch.ones(8, 61) * 0.01 + table[batch["history"][:, -1]] @ table.T
+        return (
+            batch["history"].float() @ torch.ones(8, 61) * 0.01
+            + table[batch["history"][:, -1]] @ table.T
+        )
 
     order = [int(b["user_id"][0]) for b in by_length.loader("test")]
     assert order != sorted(order)
     a = evaluate(score, by_key.loader("test"), 60, progress=False)
     b = evaluate(score, by_length.loader("test"), 60, progress=False)
     assert a.metrics == b.metrics and a.predictions.equals(b.predictions)
-    assert a.predictions.column("user_id").to_pylist() == sorted(a.predictions.column("user_id").to_pylist())
+    assert a.predictions.column("user_id").to_pylist() == sorted(
+        a.predictions.column("user_id").to_pylist()
+    )

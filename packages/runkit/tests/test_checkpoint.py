@@ -40,9 +40,11 @@ def tensors():
 PROVENANCE = {
     "sasrec": {},
     "sasrec-distilled": {"distillation": {"teacher_digest": "ef" * 32, "source": "precomputed"}},
-    "ilora-teacher": {"base_llm": {"name": "tiny", "digest": "12" * 32},
-                      "student_checkpoint": {"path": "s", "weights_sha256": "34" * 32}},
-}  # fmt: skip
+    "ilora-teacher": {
+        "base_llm": {"name": "tiny", "digest": "12" * 32},
+        "student_checkpoint": {"path": "s", "weights_sha256": "34" * 32},
+    },
+}
 
 
 def save(path, kind="sasrec", **kw):
@@ -72,7 +74,10 @@ def test_round_trip(tmp_path):
     card = json.loads((directory / CARD_FILE).read_text())
     assert card == ckpt.card == read_card(directory)
     assert card["schema_version"] == 2 and card["data"] == DATA
-    assert card["weights"] == {name: sha256_file(directory / name) for name in (WEIGHTS_FILE, "item_embeddings.safetensors")}
+    assert card["weights"] == {
+        name: sha256_file(directory / name)
+        for name in (WEIGHTS_FILE, "item_embeddings.safetensors")
+    }
     assert card["metrics"] == {"hr@10": 0.25} and card["student"] == "x"
     assert card["code_version"].startswith("0.1.0") and card["created_at"].endswith("+00:00")
 
@@ -180,10 +185,17 @@ def test_newest_run_lookup_skips_incomplete_runs_and_says_which(tmp_path, caplog
         assert find_newest_checkpoint(tmp_path, ("sasrec",)) == done
     (message,) = [r.getMessage() for r in caplog.records]
     assert "skipped 3" in message
-    for name, why in (("result_2", "no test metrics"), ("result_3", "no test metrics"), ("result_5", "no completion marker")):
+    for name, why in (
+        ("result_2", "no test metrics"),
+        ("result_3", "no test metrics"),
+        ("result_5", "no completion marker"),
+    ):
         assert f"{tmp_path / name} ({why}: killed, failed or still running)" in message
     (tmp_path / "result_1" / "run_complete.json").unlink()
-    with pytest.raises(CheckpointError, match=r"no complete sasrec run found under .* \(skipped 4 incomplete or unreadable\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no complete sasrec run found under .* \(skipped 4 incomplete or unreadable\)",
+    ):
         find_newest_checkpoint(tmp_path, ("sasrec",))
 
 
@@ -196,29 +208,47 @@ def test_card_kind_edited_by_hand_is_refused(tmp_path):
     (directory / CARD_FILE).write_text(json.dumps({**card, "kind": "sasrec-distilled"}))
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(directory, kinds="sasrec-distilled")
-    assert str(info.value) == (f"{directory / CARD_FILE}: a sasrec-distilled card must record distillation.teacher_digest; "
-                               "this one does not (was its kind edited by hand?)")  # fmt: skip
+    assert str(info.value) == (
+        f"{directory / CARD_FILE}: a sasrec-distilled card must record distillation.teacher_digest; "
+        "this one does not (was its kind edited by hand?)"
+    )
     with pytest.raises(ValueError, match="a ilora-teacher checkpoint must record base_llm.digest"):
-        save_checkpoint(tmp_path / "t", kind="ilora-teacher", tensors=tensors(), hparams={}, data=DATA)
+        save_checkpoint(
+            tmp_path / "t", kind="ilora-teacher", tensors=tensors(), hparams={}, data=DATA
+        )
 
 
 def test_weights_changed_after_export_are_refused(tmp_path):
     a, b = save(tmp_path / "a"), save(tmp_path / "b", extra={"note": "other"})
     save_checkpoint(b, kind="sasrec", tensors={"x": torch.ones(2)}, hparams={}, data=DATA)
     (a / WEIGHTS_FILE).write_bytes((b / WEIGHTS_FILE).read_bytes())  # weights swapped in
-    with pytest.raises(CheckpointError, match=rf"^{a / WEIGHTS_FILE}: sha256 \w{{12}}… differs from its card's \w{{12}}…; the weights were changed or replaced after export$"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^{a / WEIGHTS_FILE}: sha256 \w{{12}}… differs from its card's \w{{12}}…; the weights were changed or replaced after export$",
+    ):
         load_checkpoint(a, kinds="sasrec")
 
 
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda d: (d / CARD_FILE).write_text("[1, 2]"), "card.json: not a checkpoint card (a JSON list, expected an object)"),
-        (lambda d: (d / CARD_FILE).write_text('"sasrec"'), "card.json: not a checkpoint card (a JSON str, expected an object)"),
+        (
+            lambda d: (d / CARD_FILE).write_text("[1, 2]"),
+            "card.json: not a checkpoint card (a JSON list, expected an object)",
+        ),
+        (
+            lambda d: (d / CARD_FILE).write_text('"sasrec"'),
+            "card.json: not a checkpoint card (a JSON str, expected an object)",
+        ),
         (lambda d: (d / CARD_FILE).write_bytes(b"\xff\xfe{"), "card.json: not valid JSON"),
-        (lambda d: (d / WEIGHTS_FILE).write_bytes((d / WEIGHTS_FILE).read_bytes()[:100]),
-         "model.safetensors: not a readable safetensors file (Error while deserializing header"),
-        (lambda d: (d / WEIGHTS_FILE).write_bytes(b""), "model.safetensors: not a readable safetensors file"),
+        (
+            lambda d: (d / WEIGHTS_FILE).write_bytes((d / WEIGHTS_FILE).read_bytes()[:100]),
+            "model.safetensors: not a readable safetensors file (Error while deserializing header",
+        ),
+        (
+            lambda d: (d / WEIGHTS_FILE).write_bytes(b""),
+            "model.safetensors: not a readable safetensors file",
+        ),
     ],
 )
 def test_damaged_files_are_one_clear_error_naming_the_file(tmp_path, damage, message):
@@ -236,7 +266,9 @@ def test_schema_1_cards_still_load(tmp_path):
     card["schema_version"] = 1
     del card["weights"]
     (directory / CARD_FILE).write_text(json.dumps(card))
-    assert torch.equal(load_checkpoint(directory, kinds="sasrec").tensors["steps"], tensors()["steps"])
+    assert torch.equal(
+        load_checkpoint(directory, kinds="sasrec").tensors["steps"], tensors()["steps"]
+    )
     (directory / CARD_FILE).write_text(json.dumps({**card, "kind": "sasrec-distilled"}))
     with pytest.raises(CheckpointError, match="must record distillation.teacher_digest"):
         load_checkpoint(directory, kinds="sasrec-distilled")

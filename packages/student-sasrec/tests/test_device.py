@@ -32,7 +32,9 @@ class RecordingPrecision(Precision):
 
 
 def fake_trainer(device: torch.device) -> SimpleNamespace:
-    return SimpleNamespace(strategy=SimpleNamespace(root_device=device), precision_plugin=RecordingPrecision())
+    return SimpleNamespace(
+        strategy=SimpleNamespace(root_device=device), precision_plugin=RecordingPrecision()
+    )
 
 
 def test_training_device_is_the_strategys_root_device():
@@ -42,7 +44,11 @@ def test_training_device_is_the_strategys_root_device():
 def test_test_pass_runs_on_the_training_device_under_its_precision(cyclic_data):
     dm = SequentialDataModule(cyclic_data, max_seq_len=16, num_candidates=0)
     dm.setup()
-    module = SASRecModule(SASRecConfig(num_items=dm.num_items, hidden_size=8, num_blocks=1, num_heads=1, max_seq_len=16))
+    module = SASRecModule(
+        SASRecConfig(
+            num_items=dm.num_items, hidden_size=8, num_blocks=1, num_heads=1, max_seq_len=16
+        )
+    )
     assert module.device.type == "cpu"  # where Lightning's teardown leaves it
     seen = []
 
@@ -51,8 +57,12 @@ def test_test_pass_runs_on_the_training_device_under_its_precision(cyclic_data):
         return torch.randn(len(batch["history"]), dm.num_items + 1)
 
     module.score = score
-    cfg = OmegaConf.create({"eval": {"ks": [1, 5], "mask_history": False, "num_candidates": 0, "candidate_seed": 0},
-                            "trainer": {"enable_progress_bar": False}})  # fmt: skip
+    cfg = OmegaConf.create(
+        {
+            "eval": {"ks": [1, 5], "mask_history": False, "num_candidates": 0, "candidate_seed": 0},
+            "trainer": {"enable_progress_bar": False},
+        }
+    )
     trainer = fake_trainer(FAKE_ACCELERATOR)
     result = recipe.test_best(cfg, module, dm, trainer)
     assert seen and all(s == (FAKE_ACCELERATOR, FAKE_ACCELERATOR, False) for s in seen)
@@ -60,7 +70,9 @@ def test_test_pass_runs_on_the_training_device_under_its_precision(cyclic_data):
     assert result.protocol["num_samples"] == len(dm.keys["test"])
 
 
-def test_run_moves_the_module_to_the_training_device_before_the_best_weights_and_the_test(cyclic_data, tmp_path, monkeypatch):
+def test_run_moves_the_module_to_the_training_device_before_the_best_weights_and_the_test(
+    cyclic_data, tmp_path, monkeypatch
+):
     """After fit (on the CPU here, teardown included), the run puts the module on the training
     device before it loads the best weights, so finalize_best and the test pass run there."""
     devices = []

@@ -12,7 +12,11 @@ from sasrec.model import SASRec, SASRecConfig, next_item_cross_entropy
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return SASRec(SASRecConfig(num_items=30, hidden_size=16, num_blocks=2, num_heads=2, dropout=0.0, max_seq_len=12)).eval()
+    return SASRec(
+        SASRecConfig(
+            num_items=30, hidden_size=16, num_blocks=2, num_heads=2, dropout=0.0, max_seq_len=12
+        )
+    ).eval()
 
 
 def left_pad(seq, width):
@@ -73,7 +77,9 @@ def test_scores_stay_fp32_under_bf16_autocast_so_items_do_not_tie():
     """trainer.precision=bf16-mixed runs validation under autocast: bf16 scores over thousands of
     items tie, and ties count against the target."""
     torch.manual_seed(0)
-    model = SASRec(SASRecConfig(num_items=3000, hidden_size=32, num_blocks=1, num_heads=1, max_seq_len=8)).eval()
+    model = SASRec(
+        SASRecConfig(num_items=3000, hidden_size=32, num_blocks=1, num_heads=1, max_seq_len=8)
+    ).eval()
     history = torch.randint(1, 3001, (4, 8))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         scores = model.score(history)

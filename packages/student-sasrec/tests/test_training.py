@@ -20,7 +20,9 @@ from sasrec.train import main
 @pytest.fixture(scope="module")
 def trained(cyclic_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "overfit"
-    run_cli(main, tiny_run_overrides(cyclic_data, run_dir, "train.max_epochs=40", "train.patience=40"))
+    run_cli(
+        main, tiny_run_overrides(cyclic_data, run_dir, "train.max_epochs=40", "train.patience=40")
+    )
     return run_dir
 
 
@@ -33,9 +35,16 @@ def test_tiny_run_overfits_to_hr_at_1(trained):
 
 
 def test_run_directory_layout(trained):
-    for rel in ("config.yaml", "checkpoints/best/card.json", "checkpoints/best/model.safetensors",
-                "checkpoints/last/card.json", "checkpoints/last.ckpt", "test_metrics.txt",
-                "test_predictions.parquet", "run_complete.json"):  # fmt: skip
+    for rel in (
+        "config.yaml",
+        "checkpoints/best/card.json",
+        "checkpoints/best/model.safetensors",
+        "checkpoints/last/card.json",
+        "checkpoints/last.ckpt",
+        "test_metrics.txt",
+        "test_predictions.parquet",
+        "run_complete.json",
+    ):
         assert (trained / rel).exists(), rel
     assert any((trained / "tensorboard").rglob("events.out.tfevents*"))
 
@@ -52,11 +61,15 @@ def test_predictions_recompute_the_metrics(trained):
 def test_checkpoint_round_trip_gives_identical_scores(trained, cyclic_data):
     dm = SequentialDataModule(cyclic_data, max_seq_len=16, num_candidates=0)
     dm.setup()
-    model, card = load_sasrec(trained / "checkpoints/best", fingerprint=dm.fingerprint, num_items=dm.num_items)
+    model, card = load_sasrec(
+        trained / "checkpoints/best", fingerprint=dm.fingerprint, num_items=dm.num_items
+    )
     assert card["kind"] == "sasrec" and card["metrics"]["test"]["hr@1"] == 1.0
     batch = next(iter(dm.loader("test")))
     again, _ = load_sasrec(trained / "checkpoints/best")
-    torch.testing.assert_close(model.score(batch["history"]), again.score(batch["history"]), rtol=0, atol=0)
+    torch.testing.assert_close(
+        model.score(batch["history"]), again.score(batch["history"]), rtol=0, atol=0
+    )
     assert (model.score(batch["history"]).argmax(1) == batch["target"]).all()
 
 
@@ -75,7 +88,9 @@ def test_a_finished_run_resumed_with_more_epochs_matches_a_longer_run(cyclic_dat
     run_cli(main, tiny_run_overrides(cyclic_data, full, "train.max_epochs=4", *common))
     run_cli(main, tiny_run_overrides(cyclic_data, part, "train.max_epochs=2", *common))
     # only the override: every other setting comes from the run's own config.yaml
-    run_cli(main, [f"train.resume={part}", "train.max_epochs=4", f"hydra.run.dir={tmp_path / 'resume'}"])
+    run_cli(
+        main, [f"train.resume={part}", "train.max_epochs=4", f"hydra.run.dir={tmp_path / 'resume'}"]
+    )
     a = json.loads((full / "test_metrics.json").read_text())["metrics"]
     b = json.loads((part / "test_metrics.json").read_text())["metrics"]
     assert a == b
@@ -90,11 +105,25 @@ def test_a_finished_run_resumed_with_more_epochs_matches_a_longer_run(cyclic_dat
 @pytest.mark.ddp
 def test_ddp_on_cpu_with_two_gloo_processes(cyclic_data, tmp_path):
     run_dir = tmp_path / "ddp"
-    overrides = tiny_run_overrides(cyclic_data, run_dir, "train.max_epochs=2", "trainer.devices=2", "trainer.strategy=ddp")
+    overrides = tiny_run_overrides(
+        cyclic_data, run_dir, "train.max_epochs=2", "trainer.devices=2", "trainer.strategy=ddp"
+    )
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "sasrec.train", *overrides], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sasrec.train", *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == f"run_dir: {run_dir}"
     metrics = json.loads((run_dir / "test_metrics.json").read_text())
-    assert metrics["model"] == "sasrec" and set(metrics["metrics"]) == {"hr@1", "ndcg@1", "hr@5", "ndcg@5", "hr@1_of_20"}
+    assert metrics["model"] == "sasrec" and set(metrics["metrics"]) == {
+        "hr@1",
+        "ndcg@1",
+        "hr@5",
+        "ndcg@5",
+        "hr@1_of_20",
+    }
     assert metrics["protocol"]["num_samples"] == 10

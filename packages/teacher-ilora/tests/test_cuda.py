@@ -36,29 +36,52 @@ def tiny(tmp_path_factory):
     """Cyclic data, a tiny LLM checkpoint and a tiny student trained on the GPU."""
     root = tmp_path_factory.mktemp("cuda")
     data, llm = make_prepared(root / "data", cyclic_sequences()), save_tiny_llm(root / "llm")
-    run_cli(student_train.main, tiny_run_overrides(data, root / "student", "train.max_epochs=20", *GPU))
-    return {"root": root, "data": data, "llm": llm, "student": root / "student" / "checkpoints" / "best"}
+    run_cli(
+        student_train.main, tiny_run_overrides(data, root / "student", "train.max_epochs=20", *GPU)
+    )
+    return {
+        "root": root,
+        "data": data,
+        "llm": llm,
+        "student": root / "student" / "checkpoints" / "best",
+    }
 
 
 def test_the_llm_loads_in_bf16_with_the_best_attention_this_gpu_has(tiny, tmp_path):
     assert torch.cuda.is_bf16_supported() and select_dtype("cuda", "auto") == torch.bfloat16
     model, _, info = load_llm(str(tiny["llm"]), device="cuda", cache_dir=tmp_path)
     assert {(p.device.type, p.dtype) for p in model.parameters()} == {("cuda", torch.bfloat16)}
-    assert info.dtype == "bfloat16" and info.attn_implementation == ATTENTION == model.config._attn_implementation
+    assert (
+        info.dtype == "bfloat16"
+        and info.attn_implementation == ATTENTION == model.config._attn_implementation
+    )
 
 
 @pytest.mark.skipif(not flash_attn_available(), reason="flash_attn is not installed")
 def test_flash_attention_2_is_used_when_installed(tiny, tmp_path):
-    model, _, info = load_llm(str(tiny["llm"]), device="cuda", use_flash_attention=True, cache_dir=tmp_path)
+    model, _, info = load_llm(
+        str(tiny["llm"]), device="cuda", use_flash_attention=True, cache_dir=tmp_path
+    )
     assert info.attn_implementation == model.config._attn_implementation == "flash_attention_2"
 
 
 def gpu_teacher(tiny, mode: str, precision: str = "auto") -> ILoRATeacher:
     torch.manual_seed(0)
-    student = SASRec(SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16))
-    config = TeacherConfig(residual_student_state=True, llm_model_name=str(tiny["llm"]), target_modules=["q_proj", "v_proj"], hidden_size=16,
-                           gate_hidden_size=8, max_history=5, prompt_mode=mode)  # fmt: skip
-    teacher, _ = build_teacher(config, student, TITLES, device="cuda", precision=precision, cache_dir=tiny["root"])
+    student = SASRec(
+        SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16)
+    )
+    config = TeacherConfig(
+        residual_student_state=True,
+        llm_model_name=str(tiny["llm"]),
+        target_modules=["q_proj", "v_proj"],
+        hidden_size=16,
+        gate_hidden_size=8,
+        max_history=5,
+        prompt_mode=mode,
+    )
+    teacher, _ = build_teacher(
+        config, student, TITLES, device="cuda", precision=precision, cache_dir=tiny["root"]
+    )
     with torch.no_grad():  # non-zero adapters and head, so the LLM path shows in the scores
         for _, layer in moe_lora_layers(teacher.llm):
             layer.lora_B.normal_(std=0.2)
@@ -104,7 +127,9 @@ def test_bf16_sequence_pass_scores_every_position_as_its_prefix_alone(tiny):
 @torch.no_grad()
 def test_bf16_teacher_is_close_to_the_same_teacher_in_fp32(tiny):
     history = left_pad([[3, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]])
-    assert_close_bf16(gpu_teacher(tiny, "sequence")(history), gpu_teacher(tiny, "sequence", "fp32")(history))
+    assert_close_bf16(
+        gpu_teacher(tiny, "sequence")(history), gpu_teacher(tiny, "sequence", "fp32")(history)
+    )
 
 
 @pytest.fixture
@@ -112,11 +137,17 @@ def devices_seen(monkeypatch):
     """Where every score call of a run and its title embeddings ran: (phase, batch device, LLM
     device, autocast on) per call, phase "test" inside the run's test pass."""
     seen, phase = {"score": [], "titles": []}, {"now": "fit"}
-    score, titles, evaluate = TeacherModule.score, ILoRATeacher.item_title_embeddings, recipe.evaluate
+    score, titles, evaluate = (
+        TeacherModule.score,
+        ILoRATeacher.item_title_embeddings,
+        recipe.evaluate,
+    )
 
     def spy_score(self, batch):
         llm = next(self.teacher.llm.parameters()).device.type
-        seen["score"].append((phase["now"], batch["history"].device.type, llm, torch.is_autocast_enabled("cuda")))
+        seen["score"].append(
+            (phase["now"], batch["history"].device.type, llm, torch.is_autocast_enabled("cuda"))
+        )
         return score(self, batch)
 
     def spy_titles(self, *args, **kwargs):
@@ -133,22 +164,41 @@ def devices_seen(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize(("mode", "precision"), [("sequence", "bf16-mixed"), ("prefix", "bf16-mixed"), ("sequence", "32-true")])
-def test_a_tiny_teacher_trains_validates_embeds_and_tests_on_the_gpu(tiny, devices_seen, mode, precision):
+@pytest.mark.parametrize(
+    ("mode", "precision"),
+    [("sequence", "bf16-mixed"), ("prefix", "bf16-mixed"), ("sequence", "32-true")],
+)
+def test_a_tiny_teacher_trains_validates_embeds_and_tests_on_the_gpu(
+    tiny, devices_seen, mode, precision
+):
     run = tiny["root"] / f"teacher-{mode}-{precision}"
-    run_cli(teacher_train.main, tiny_run_overrides(tiny["data"], run, *tiny_teacher_overrides(tiny["llm"], tiny["student"]),
-                                                   *GPU, f"trainer.precision={precision}", f"teacher.prompt_mode={mode}"))  # fmt: skip
+    run_cli(
+        teacher_train.main,
+        tiny_run_overrides(
+            tiny["data"],
+            run,
+            *tiny_teacher_overrides(tiny["llm"], tiny["student"]),
+            *GPU,
+            f"trainer.precision={precision}",
+            f"teacher.prompt_mode={mode}",
+        ),
+    )
     calls = devices_seen["score"]
     phases = [c[0] for c in calls]
     assert "fit" in phases and "test" in phases
     assert {c[1:3] for c in calls} == {("cuda", "cuda")}  # validation and the test pass
-    assert {c[3] for c in calls if c[0] == "test"} == {precision == "bf16-mixed"}  # test runs as validation did
+    assert {c[3] for c in calls if c[0] == "test"} == {
+        precision == "bf16-mixed"
+    }  # test runs as validation did
     assert devices_seen["titles"] == ["cuda"]
     metrics = json.loads((run / "test_metrics.json").read_text())["metrics"]
     assert metrics and all(math.isfinite(v) for v in metrics.values())
     best = run / "checkpoints" / "best"
     card = json.loads((best / "card.json").read_text())
-    assert card["base_llm"]["dtype"] == "bfloat16" and card["base_llm"]["attn_implementation"] == ATTENTION
+    assert (
+        card["base_llm"]["dtype"] == "bfloat16"
+        and card["base_llm"]["attn_implementation"] == ATTENTION
+    )
     embeddings = load_file(best / ITEM_EMBEDDINGS_FILE)["item_embeddings"]
     assert embeddings.shape == (41, 32) and torch.isfinite(embeddings).all()
 
@@ -157,9 +207,26 @@ def test_two_ddp_steps_of_the_teacher_on_one_gpu(tiny):
     """strategy=ddp (NCCL, one process): every trainable tensor gets a gradient each step, or
     DDP's reducer fails on the second step."""
     run = tiny["root"] / "teacher-ddp"
-    overrides = tiny_run_overrides(tiny["data"], run, *tiny_teacher_overrides(tiny["llm"], tiny["student"]), *GPU,
-                                   "trainer.strategy=ddp", "trainer.precision=bf16-mixed", "train.max_steps=2")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "ilora.train", *overrides], capture_output=True, text=True, timeout=300)
+    overrides = tiny_run_overrides(
+        tiny["data"],
+        run,
+        *tiny_teacher_overrides(tiny["llm"], tiny["student"]),
+        *GPU,
+        "trainer.strategy=ddp",
+        "trainer.precision=bf16-mixed",
+        "train.max_steps=2",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "ilora.train", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == f"run_dir: {run}"
-    assert json.loads((run / "checkpoints" / "last" / "card.json").read_text())["metrics"]["global_step"] == 2
+    assert (
+        json.loads((run / "checkpoints" / "last" / "card.json").read_text())["metrics"][
+            "global_step"
+        ]
+        == 2
+    )

@@ -15,10 +15,19 @@ def test_cpu_unless_a_gpu_is_asked_for_or_auto_finds_one(monkeypatch):
     assert resolve_device("auto", 1, local_rank=0) == "cuda:0"
 
 
-@pytest.mark.parametrize(("devices", "local_rank", "expected"), [
-    (1, 0, "cuda:0"), (4, 2, "cuda:2"), ("auto", 3, "cuda:3"), (-1, 1, "cuda:1"),
-    ([2, 3], 0, "cuda:2"), ([2, 3], 1, "cuda:3"), ("1,", 0, "cuda:1"), ("0,2", 1, "cuda:2"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("devices", "local_rank", "expected"),
+    [
+        (1, 0, "cuda:0"),
+        (4, 2, "cuda:2"),
+        ("auto", 3, "cuda:3"),
+        (-1, 1, "cuda:1"),
+        ([2, 3], 0, "cuda:2"),
+        ([2, 3], 1, "cuda:3"),
+        ("1,", 0, "cuda:1"),
+        ("0,2", 1, "cuda:2"),
+    ],
+)
 def test_each_rank_loads_on_the_gpu_lightning_gives_it(devices, local_rank, expected):
     assert resolve_device("gpu", devices, local_rank=local_rank) == expected
 

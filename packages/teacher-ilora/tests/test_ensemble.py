@@ -16,38 +16,70 @@ from runkit.testing import run_cli, tiny_run_overrides
 
 
 def _train(pipeline, run, *extra):
-    run_cli(teacher_train.main, tiny_run_overrides(pipeline["data"], run,
-            *tiny_teacher_overrides(pipeline["llm"], pipeline["student"]), *extra))  # fmt: skip
+    run_cli(
+        teacher_train.main,
+        tiny_run_overrides(
+            pipeline["data"],
+            run,
+            *tiny_teacher_overrides(pipeline["llm"], pipeline["student"]),
+            *extra,
+        ),
+    )
     return run / "checkpoints" / "best"
 
 
 def test_auto_mix_is_chosen_on_valid_recorded_and_used_by_the_test_pass(tiny_pipeline, tmp_path):
-    best = _train(tiny_pipeline, tmp_path / "t", "train.max_steps=2")  # the default: own query, mix auto
+    best = _train(
+        tiny_pipeline, tmp_path / "t", "train.max_steps=2"
+    )  # the default: own query, mix auto
     card = json.loads((best / "card.json").read_text())
-    weight, by_mix = card["hparams"]["teacher"]["student_mix"], card["metrics"]["valid_by_student_mix"]
+    weight, by_mix = (
+        card["hparams"]["teacher"]["student_mix"],
+        card["metrics"]["valid_by_student_mix"],
+    )
     assert by_mix["metric"] == "ndcg@5" and {f"{w:g}" for w in MIX_GRID} <= set(by_mix)
     assert by_mix[f"{weight:g}"] == max(v for k, v in by_mix.items() if k != "metric")
-    assert by_mix["0"] == pytest.approx(card["metrics"]["valid"]["ndcg@5"], abs=1e-6)  # w = 0: the teacher alone
+    assert by_mix["0"] == pytest.approx(
+        card["metrics"]["valid"]["ndcg@5"], abs=1e-6
+    )  # w = 0: the teacher alone
 
     teacher, _ = load_teacher(best, load_prepared(tiny_pipeline["data"]))
     assert teacher.config.student_mix == weight
-    batch = next(iter(SequentialDataModule(tiny_pipeline["data"], max_seq_len=16, num_candidates=0).loader("test")))
+    batch = next(
+        iter(
+            SequentialDataModule(tiny_pipeline["data"], max_seq_len=16, num_candidates=0).loader(
+                "test"
+            )
+        )
+    )
     with torch.no_grad():
         state, u = teacher.encode(batch["history"])
         own = teacher.scores_from_state(state, u, student_mix=0.0)[:, 0]
         mixed = teacher(batch["history"])
         student = teacher.student.score(batch["history"])
-    torch.testing.assert_close(mixed[:, 1:], own[:, 1:] + weight * student[:, 1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        mixed[:, 1:], own[:, 1:] + weight * student[:, 1:], rtol=1e-5, atol=1e-5
+    )
     import pyarrow.parquet as pq
 
     ranks = (target_ranks(mixed, batch["target"]) + 1).tolist()
-    assert ranks == pq.read_table(tmp_path / "t" / "test_predictions.parquet").column("rank_unmasked").to_pylist()
+    assert (
+        ranks
+        == pq.read_table(tmp_path / "t" / "test_predictions.parquet")
+        .column("rank_unmasked")
+        .to_pylist()
+    )
 
 
 def test_a_mix_on_a_residual_teacher_is_refused_with_one_line(tiny_pipeline, tmp_path, capsys):
     for value in ("auto", "0.5"):
         with pytest.raises(SystemExit) as exc:
-            _train(tiny_pipeline, tmp_path / value, f"teacher.student_mix={value}", "teacher.residual_student_state=true")
+            _train(
+                tiny_pipeline,
+                tmp_path / value,
+                f"teacher.student_mix={value}",
+                "teacher.residual_student_state=true",
+            )
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "teacher.residual_student_state=false" in err[0]
@@ -69,22 +101,39 @@ def test_the_teacher_digest_changes_with_the_mix_not_only_with_the_weights(tiny_
     assert teacher_digest(copy) != teacher_digest(tiny_pipeline["teacher"])
 
 
-def test_the_mix_figures_come_from_the_best_checkpoints_own_validation(tiny_pipeline, tmp_path, monkeypatch):
+def test_the_mix_figures_come_from_the_best_checkpoints_own_validation(
+    tiny_pipeline, tmp_path, monkeypatch
+):
     """Choosing w costs no extra LLM pass over valid: the validation that selected the best
     checkpoint already ranked every mix, and its figures equal a fresh pass on the best weights."""
     from ilora import ensemble
 
     fresh_pass = ensemble.valid_metric_by_mix
     calls = []
-    monkeypatch.setattr(ensemble, "valid_metric_by_mix", lambda *a, **k: calls.append(1) or fresh_pass(*a, **k))
+    monkeypatch.setattr(
+        ensemble, "valid_metric_by_mix", lambda *a, **k: calls.append(1) or fresh_pass(*a, **k)
+    )
     best = _train(tiny_pipeline, tmp_path / "t", "train.max_steps=4", "train.val_check_interval=2")
     assert calls == []
     card = json.loads((best / "card.json").read_text())
-    recorded = {float(k): v for k, v in card["metrics"]["valid_by_student_mix"].items() if k != "metric"}
+    recorded = {
+        float(k): v for k, v in card["metrics"]["valid_by_student_mix"].items() if k != "metric"
+    }
 
     teacher, _ = load_teacher(best, load_prepared(tiny_pipeline["data"]))
-    valid = SequentialDataModule(tiny_pipeline["data"], max_seq_len=16, num_candidates=0).loader("valid")
-    again = fresh_pass(teacher, valid, teacher.student.config.num_items, metric="ndcg@5", ks=(1, 5),
-                       mask_history=False, device=torch.device("cpu"))  # fmt: skip
+    valid = SequentialDataModule(tiny_pipeline["data"], max_seq_len=16, num_candidates=0).loader(
+        "valid"
+    )
+    again = fresh_pass(
+        teacher,
+        valid,
+        teacher.student.config.num_items,
+        metric="ndcg@5",
+        ks=(1, 5),
+        mask_history=False,
+        device=torch.device("cpu"),
+    )
     assert recorded == pytest.approx(again, abs=1e-6)
-    assert len(set(recorded.values())) > 1  # the mix changes the ranking: the figures are not all w = 0's
+    assert (
+        len(set(recorded.values())) > 1
+    )  # the mix changes the ranking: the figures are not all w = 0's

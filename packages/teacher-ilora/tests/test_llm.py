@@ -85,8 +85,13 @@ def test_load_local_dir(saved_tiny, tmp_path):
     assert model2.config.use_cache is False
 
 
-def test_random_init_keeps_the_shape_and_replaces_the_weights_reproducibly(tmp_path, tiny_llm, tiny_tokenizer):
-    ref, path = tiny_llm(vocab_size=len(tiny_tokenizer), seed=7), tmp_path / "tiny-llama"  # "pretrained" weights
+def test_random_init_keeps_the_shape_and_replaces_the_weights_reproducibly(
+    tmp_path, tiny_llm, tiny_tokenizer
+):
+    ref, path = (
+        tiny_llm(vocab_size=len(tiny_tokenizer), seed=7),
+        tmp_path / "tiny-llama",
+    )  # "pretrained" weights
     ref.save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     torch.manual_seed(123)
@@ -95,11 +100,15 @@ def test_random_init_keeps_the_shape_and_replaces_the_weights_reproducibly(tmp_p
     model, tok, info = load_llm(str(path), cache_dir=tmp_path, random_init=True)
     assert torch.equal(torch.rand(3), expected_draw)  # the caller's RNG is untouched
     again, _, _ = load_llm(str(path), cache_dir=tmp_path, random_init=True)
-    assert model.config.hidden_size == ref.config.hidden_size and len(tok) == len(build_tiny_tokenizer())
+    assert model.config.hidden_size == ref.config.hidden_size and len(tok) == len(
+        build_tiny_tokenizer()
+    )
     own, other, ref_state = model.state_dict(), again.state_dict(), ref.state_dict()
     assert set(own) == set(ref_state) and all(own[k].shape == ref_state[k].shape for k in own)
     assert all(torch.equal(own[k], other[k]) for k in own)  # seeded: a teacher on it can be rebuilt
-    assert not torch.equal(own["model.layers.0.mlp.up_proj.weight"], ref_state["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(
+        own["model.layers.0.mlp.up_proj.weight"], ref_state["model.layers.0.mlp.up_proj.weight"]
+    )
     assert info.digest == f"random-init(seed=0):{local_dir_digest(path)}"
     assert not model.training and not any(p.requires_grad for p in model.parameters())
 
@@ -107,7 +116,11 @@ def test_random_init_keeps_the_shape_and_replaces_the_weights_reproducibly(tmp_p
 def test_keeping_the_first_layers_is_the_full_model_read_after_them(saved_tiny, tmp_path):
     path, ref = saved_tiny
     model, _, info = load_llm(str(path), cache_dir=tmp_path, num_layers=1)
-    assert len(model.model.layers) == 1 and info.num_layers == 1 and info.digest.endswith(":first-1-layers")
+    assert (
+        len(model.model.layers) == 1
+        and info.num_layers == 1
+        and info.digest.endswith(":first-1-layers")
+    )
     ids = torch.tensor([[2, 5, 6, 7, 9]])
     with torch.no_grad():
         full = ref.model(input_ids=ids, output_hidden_states=True)
@@ -154,8 +167,14 @@ def test_loading_leaves_the_callers_rng_alone(tmp_path, monkeypatch, tiny_llm, t
     teacher's adapters differently."""
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"not read: load_gguf_model is replaced")
-    monkeypatch.setattr(llm_mod, "load_gguf_model", lambda path, dtype=torch.float32: (
-        tiny_llm(vocab_size=len(tiny_tokenizer)), tiny_tokenizer))  # fmt: skip
+    monkeypatch.setattr(
+        llm_mod,
+        "load_gguf_model",
+        lambda path, dtype=torch.float32: (
+            tiny_llm(vocab_size=len(tiny_tokenizer)),
+            tiny_tokenizer,
+        ),
+    )
     torch.manual_seed(123)
     expected = torch.rand(3)
     for expect_converted in (True, False):

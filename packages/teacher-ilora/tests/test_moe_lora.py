@@ -55,8 +55,9 @@ def test_single_expert_matches_peft_lora(tiny_llm):
         tiny_llm(seed=0),
         LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0),
     )
-    names = inject_moe_lora(moe, MoELoRAConfig(r=4, num_experts=1, alpha=8, dropout=0.0,
-                                               target_modules=targets))
+    names = inject_moe_lora(
+        moe, MoELoRAConfig(r=4, num_experts=1, alpha=8, dropout=0.0, target_modules=targets)
+    )
     assert len(names) == 2 * 7
     _randomise_b(moe)
     peft_modules = dict(ref.base_model.model.named_modules())

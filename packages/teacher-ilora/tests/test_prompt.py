@@ -92,7 +92,7 @@ def test_max_length_drops_oldest_items(tiny_tokenizer):
     ids, slots = b.encode(hist)
     assert len(ids) <= full_len - 3
     shown = [s for s in slots if s]
-    assert shown == hist[-len(shown):] and len(shown) < len(hist)
+    assert shown == hist[-len(shown) :] and len(shown) < len(hist)
     assert shown == b.shown_items(hist)
     assert ids.count(b.item_token_id) == len(shown)
     # exactly at the limit: nothing dropped
@@ -115,7 +115,7 @@ def test_left_padding_and_positions(tiny_tokenizer):
     cue = tiny_tokenizer.encode(DEFAULT_ANSWER_CUE, add_special_tokens=False)
     for row_ids, _ in _rows(batch):
         assert row_ids[0] == tiny_tokenizer.bos_token_id
-        assert row_ids[-len(cue):] == cue
+        assert row_ids[-len(cue) :] == cue
 
 
 def test_deterministic_and_titles_cannot_inject_item_tokens(tiny_tokenizer):

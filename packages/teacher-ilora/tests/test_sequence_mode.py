@@ -23,16 +23,27 @@ ATOL = 1e-4  # fp32
 
 def make_teacher(*, titles_in_prompt=False, window=12, constant_gate=False, **overrides):
     torch.manual_seed(0)
-    student = SASRec(SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16))
-    config = TeacherConfig(residual_student_state=True, target_modules=["q_proj", "v_proj", "down_proj"], hidden_size=16, gate_hidden_size=8,
-                           prompt_mode="sequence", sequence_titles=titles_in_prompt, max_sequence_items=window,
-                           **overrides)  # fmt: skip
+    student = SASRec(
+        SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16)
+    )
+    config = TeacherConfig(
+        residual_student_state=True,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        hidden_size=16,
+        gate_hidden_size=8,
+        prompt_mode="sequence",
+        sequence_titles=titles_in_prompt,
+        max_sequence_items=window,
+        **overrides,
+    )
     teacher = ILoRATeacher(build_tiny_llama(), build_tiny_tokenizer(), student, TITLES, config)
     with torch.no_grad():  # non-zero adapters and head, so the gates and the LLM path matter
         for _, layer in moe_lora_layers(teacher.llm):
             layer.lora_B.normal_(std=0.2)
         teacher.head.weight.normal_(std=0.2)
-        if constant_gate:  # the last gate layer outputs zeros: softmax -> the uniform gate, whatever u
+        if (
+            constant_gate
+        ):  # the last gate layer outputs zeros: softmax -> the uniform gate, whatever u
             teacher.gate.net[-1].weight.zero_()
             teacher.gate.net[-1].bias.zero_()
     return teacher.eval()
@@ -53,7 +64,9 @@ def test_each_position_scores_as_its_prefix_alone(titles_in_prompt, constant_gat
     teacher = make_teacher(titles_in_prompt=titles_in_prompt, constant_gate=constant_gate)
     with torch.no_grad():
         window = teacher.score_all_positions(left_pad([ITEMS], len(ITEMS)))[0]
-        alone = torch.cat([teacher(left_pad([ITEMS[: t + 1]], len(ITEMS))) for t in range(len(ITEMS))])
+        alone = torch.cat(
+            [teacher(left_pad([ITEMS[: t + 1]], len(ITEMS))) for t in range(len(ITEMS))]
+        )
     finite = torch.isfinite(alone)
     assert torch.equal(finite, torch.isfinite(window))
     assert (window[finite] - alone[finite]).abs().max() <= ATOL
@@ -125,14 +138,20 @@ def test_title_states_are_the_base_llms_eval_mode_title_states():
     expected = standardise_rows(mean_title_states(base, teacher.prompts))
     torch.testing.assert_close(teacher.title_states, expected, rtol=0, atol=1e-6)
     vectors = teacher.item_vectors(torch.tensor([3]))
-    torch.testing.assert_close(vectors, teacher.projector(teacher.student.item_table()[[3]])
-                               + teacher.title_projector(expected[[3]]))  # fmt: skip
+    torch.testing.assert_close(
+        vectors,
+        teacher.projector(teacher.student.item_table()[[3]])
+        + teacher.title_projector(expected[[3]]),
+    )
 
 
 def test_without_the_title_projector_the_item_token_is_the_student_vector_alone():
     teacher = make_teacher(use_title_projector=False)
     assert teacher.title_projector is None and "title_states" not in teacher.checkpoint_tensors()
-    torch.testing.assert_close(teacher.item_vectors(torch.tensor([3])), teacher.projector(teacher.student.item_table()[[3]]))
+    torch.testing.assert_close(
+        teacher.item_vectors(torch.tensor([3])),
+        teacher.projector(teacher.student.item_table()[[3]]),
+    )
 
 
 def test_training_scores_cover_the_targets_of_a_window_batch():
@@ -143,15 +162,24 @@ def test_training_scores_cover_the_targets_of_a_window_batch():
     scores, kept = teacher.training_scores({"history": history, "targets": targets})
     assert scores.shape == (3, 41) and kept.tolist() == ITEMS[6:9]
     with torch.no_grad():
-        torch.testing.assert_close(scores[:, 1:], teacher.score_all_positions(history)[1, 5:, 1:], rtol=0, atol=ATOL)
+        torch.testing.assert_close(
+            scores[:, 1:], teacher.score_all_positions(history)[1, 5:, 1:], rtol=0, atol=ATOL
+        )
 
 
 # -- checkpoints of both modes, through the real commands ------------------------------------------
 def _train(tiny_pipeline, run, *extra):
     from ilora import train as teacher_train
 
-    run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], run,
-            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]), *extra))  # fmt: skip
+    run_cli(
+        teacher_train.main,
+        tiny_run_overrides(
+            tiny_pipeline["data"],
+            run,
+            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]),
+            *extra,
+        ),
+    )
     return run / "checkpoints" / "best"
 
 
@@ -172,7 +200,9 @@ def _test_ranks(run):
 
 @pytest.mark.parametrize("mode", ["sequence", "prefix"])
 def test_checkpoint_of_each_mode_round_trips(tiny_pipeline, tmp_path, mode):
-    best = _train(tiny_pipeline, tmp_path / mode, f"teacher.prompt_mode={mode}", "train.max_steps=2")
+    best = _train(
+        tiny_pipeline, tmp_path / mode, f"teacher.prompt_mode={mode}", "train.max_steps=2"
+    )
     card = json.loads((best / "card.json").read_text())
     assert card["hparams"]["teacher"]["prompt_mode"] == mode
     teacher, _ = load_teacher(best, load_prepared(tiny_pipeline["data"]))
@@ -182,19 +212,34 @@ def test_checkpoint_of_each_mode_round_trips(tiny_pipeline, tmp_path, mode):
 
 def test_a_card_from_before_the_prompt_modes_loads_as_prefix_mode(tiny_pipeline, tmp_path):
     """Cards written before prompt_mode / normalize_state existed rebuild what they trained."""
-    best = _train(tiny_pipeline, tmp_path / "old", "teacher.prompt_mode=prefix", "teacher.normalize_state=false",
-                  "train.max_steps=2")  # fmt: skip
+    best = _train(
+        tiny_pipeline,
+        tmp_path / "old",
+        "teacher.prompt_mode=prefix",
+        "teacher.normalize_state=false",
+        "train.max_steps=2",
+    )
     card = json.loads((best / "card.json").read_text())
-    for key in ("prompt_mode", "normalize_state", "sequence_titles", "use_title_projector", "max_sequence_items",
-                "sequence_window_stride"):  # fmt: skip
+    for key in (
+        "prompt_mode",
+        "normalize_state",
+        "sequence_titles",
+        "use_title_projector",
+        "max_sequence_items",
+        "sequence_window_stride",
+    ):
         del card["hparams"]["teacher"][key]
     (best / "card.json").write_text(json.dumps(card))
     teacher, _ = load_teacher(best, load_prepared(tiny_pipeline["data"]))
-    assert teacher.config.prompt_mode == "prefix" and isinstance(teacher.state_norm, torch.nn.Identity)
+    assert teacher.config.prompt_mode == "prefix" and isinstance(
+        teacher.state_norm, torch.nn.Identity
+    )
     assert _ranks_of(teacher, tiny_pipeline["data"]) == _test_ranks(tmp_path / "old")
 
 
-def test_a_card_with_an_unknown_prompt_mode_is_refused_with_one_line(tiny_pipeline, tmp_path, capsys):
+def test_a_card_with_an_unknown_prompt_mode_is_refused_with_one_line(
+    tiny_pipeline, tmp_path, capsys
+):
     from distill import precompute
 
     best = tmp_path / "teacher" / "checkpoints" / "best"
@@ -203,14 +248,20 @@ def test_a_card_with_an_unknown_prompt_mode_is_refused_with_one_line(tiny_pipeli
     card["hparams"]["teacher"]["prompt_mode"] = "chat"
     (best / "card.json").write_text(json.dumps(card))
     with pytest.raises(SystemExit) as exc:
-        run_cli(precompute.main, tiny_run_overrides(tiny_pipeline["data"], tmp_path / "p",
-                f"distill.teacher_checkpoint_path={best}"))  # fmt: skip
+        run_cli(
+            precompute.main,
+            tiny_run_overrides(
+                tiny_pipeline["data"], tmp_path / "p", f"distill.teacher_checkpoint_path={best}"
+            ),
+        )
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown teacher prompt_mode 'chat'" in err[0]
 
 
-def test_an_unknown_prompt_mode_in_the_config_is_refused_with_one_line(tiny_pipeline, tmp_path, capsys):
+def test_an_unknown_prompt_mode_in_the_config_is_refused_with_one_line(
+    tiny_pipeline, tmp_path, capsys
+):
     with pytest.raises(SystemExit) as exc:
         _train(tiny_pipeline, tmp_path / "bad", "teacher.prompt_mode=chat")
     assert exc.value.code == 2

@@ -24,10 +24,18 @@ from sasrec.model import SASRec, SASRecConfig
 @pytest.fixture(params=["prefix", "sequence"])
 def teacher(request):
     torch.manual_seed(0)
-    student = SASRec(SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16))
+    student = SASRec(
+        SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16)
+    )
     titles = [""] + [f"the movie {'long ' * (i % 4)}{i}" for i in range(1, 41)]
-    config = TeacherConfig(residual_student_state=True, target_modules=["q_proj", "v_proj"], hidden_size=16, gate_hidden_size=8, max_history=5,
-                           prompt_mode=request.param)  # fmt: skip
+    config = TeacherConfig(
+        residual_student_state=True,
+        target_modules=["q_proj", "v_proj"],
+        hidden_size=16,
+        gate_hidden_size=8,
+        max_history=5,
+        prompt_mode=request.param,
+    )
     model = ILoRATeacher(build_tiny_llama(), build_tiny_tokenizer(), student, titles, config)
     with torch.no_grad():  # non-zero adapters and head, so the gate and the LLM path matter
         for name, p in model.llm.named_parameters():
@@ -61,30 +69,58 @@ def test_only_adapters_gate_projector_and_head_are_trained(teacher):
     teacher.train()
     history = left_pad([[1, 2, 3], [4, 5, 6, 7]])
     F.cross_entropy(teacher(history), torch.tensor([4, 8])).backward()
-    trained = {n for n, p in teacher.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    trained = {
+        n for n, p in teacher.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0
+    }
     own = ("llm", "gate", "projector", "title_projector", "state_norm", "head", "item_table")
     assert trained and all(n.split(".")[0] in own for n in trained)
     assert all("lora_" in n for n in trained if n.startswith("llm."))
     assert {"item_table", "head.weight"} <= trained and any(n.startswith("gate.") for n in trained)
     assert any(n.startswith("projector.") for n in trained)
-    assert any(n.startswith("title_projector.") for n in trained) == (teacher.config.prompt_mode == "sequence")
-    frozen = [p for n, p in teacher.named_parameters() if n.startswith("student.") or (n.startswith("llm.") and "lora_" not in n)]
+    assert any(n.startswith("title_projector.") for n in trained) == (
+        teacher.config.prompt_mode == "sequence"
+    )
+    frozen = [
+        p
+        for n, p in teacher.named_parameters()
+        if n.startswith("student.") or (n.startswith("llm.") and "lora_" not in n)
+    ]
     assert frozen and all(p.grad is None for p in frozen)
     assert not teacher.student.training  # the frozen student's dropout never acts
 
 
 def test_teacher_starts_as_its_student(teacher):
-    fresh = ILoRATeacher(build_tiny_llama(), build_tiny_tokenizer(), teacher.student, [""] + ["movie"] * 40,
-                         TeacherConfig(residual_student_state=True, target_modules=["q_proj"], hidden_size=8, gate_hidden_size=4,
-                                       prompt_mode=teacher.config.prompt_mode)).eval()  # fmt: skip
+    fresh = ILoRATeacher(
+        build_tiny_llama(),
+        build_tiny_tokenizer(),
+        teacher.student,
+        [""] + ["movie"] * 40,
+        TeacherConfig(
+            residual_student_state=True,
+            target_modules=["q_proj"],
+            hidden_size=8,
+            gate_hidden_size=4,
+            prompt_mode=teacher.config.prompt_mode,
+        ),
+    ).eval()
     history = left_pad([[1, 2, 3], [9, 8]])
-    torch.testing.assert_close(fresh(history)[:, 1:], teacher.student.score(history)[:, 1:], rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        fresh(history)[:, 1:], teacher.student.score(history)[:, 1:], rtol=0, atol=1e-5
+    )
 
 
 def test_linear_head_variant_scores_all_items(teacher):
-    config = TeacherConfig(residual_student_state=True, target_modules=["q_proj"], hidden_size=8, gate_hidden_size=4, use_item_embeddings_head=False,
-                           prompt_mode=teacher.config.prompt_mode)  # fmt: skip
-    model = ILoRATeacher(build_tiny_llama(), build_tiny_tokenizer(), teacher.student, [""] + ["movie"] * 40, config)
+    config = TeacherConfig(
+        residual_student_state=True,
+        target_modules=["q_proj"],
+        hidden_size=8,
+        gate_hidden_size=4,
+        use_item_embeddings_head=False,
+        prompt_mode=teacher.config.prompt_mode,
+    )
+    model = ILoRATeacher(
+        build_tiny_llama(), build_tiny_tokenizer(), teacher.student, [""] + ["movie"] * 40, config
+    )
     assert model.item_table is None and model.head.out_features == 41
     assert model(left_pad([[1, 2]])).shape == (1, 41)
 
@@ -108,9 +144,13 @@ def test_round_trip_reproduces_the_runs_own_test_ranks(tiny_pipeline):
     dataset = load_prepared(tiny_pipeline["data"])
     teacher, ckpt = load_teacher(tiny_pipeline["teacher"], dataset)
     assert ckpt.card["student_checkpoint"]["path"].endswith("checkpoints/best")
-    assert set(ckpt.tensors) == set(teacher.trainable_state_dict()) | {"title_states"}  # sequence mode
+    assert set(ckpt.tensors) == set(teacher.trainable_state_dict()) | {
+        "title_states"
+    }  # sequence mode
     assert not any(k.startswith(("student.", "llm.model.embed_tokens")) for k in ckpt.tensors)
-    predictions = pq.read_table(tiny_pipeline["teacher"].parent.parent / "test_predictions.parquet").to_pydict()
+    predictions = pq.read_table(
+        tiny_pipeline["teacher"].parent.parent / "test_predictions.parquet"
+    ).to_pydict()
     from recdata.datamodule import SequentialDataModule
 
     dm = SequentialDataModule(tiny_pipeline["data"], max_seq_len=16, num_candidates=0)
@@ -132,12 +172,25 @@ def _lambda_trace(run_dir):
 
 @pytest.mark.parametrize("decay_steps", [None, 3])
 def test_lambda_decays_to_its_minimum_in_a_real_run(tiny_pipeline, tmp_path, decay_steps):
-    extra = ["trainer.log_every_n_steps=1", "teacher.distill_lambda=1.0", "teacher.distill_min_lambda=0.2",
-             "teacher.distill_decay_type=linear", f"teacher.distill_decay_steps={decay_steps or 'null'}",
-             "train.limit_val_batches=1", "train.batch_size=2"]  # fmt: skip
+    extra = [
+        "trainer.log_every_n_steps=1",
+        "teacher.distill_lambda=1.0",
+        "teacher.distill_min_lambda=0.2",
+        "teacher.distill_decay_type=linear",
+        f"teacher.distill_decay_steps={decay_steps or 'null'}",
+        "train.limit_val_batches=1",
+        "train.batch_size=2",
+    ]
     run = tmp_path / "teacher"
-    run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], run,
-            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]), *extra))  # fmt: skip
+    run_cli(
+        teacher_train.main,
+        tiny_run_overrides(
+            tiny_pipeline["data"],
+            run,
+            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]),
+            *extra,
+        ),
+    )
     trace = _lambda_trace(run)
     total = len(trace)  # logged every optimizer step
     assert total >= 4
@@ -151,8 +204,14 @@ def test_lambda_decays_to_its_minimum_in_a_real_run(tiny_pipeline, tmp_path, dec
 def test_student_from_other_data_is_refused(tiny_pipeline, tmp_path, capsys):
     other = make_prepared(tmp_path / "other", cyclic_sequences(length=15))
     with pytest.raises(SystemExit) as exc:
-        run_cli(teacher_train.main, tiny_run_overrides(other, tmp_path / "t",
-                *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"])))  # fmt: skip
+        run_cli(
+            teacher_train.main,
+            tiny_run_overrides(
+                other,
+                tmp_path / "t",
+                *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]),
+            ),
+        )
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "built on other data" in err[0]
@@ -174,20 +233,38 @@ def test_lora_dropout_is_active_during_real_training_steps(tiny_pipeline, tmp_pa
     original = TeacherModule.training_step
 
     def recording_step(self, batch, batch_idx):
-        seen.append((all(layer.training for _, layer in moe_lora_layers(self.teacher.llm)), self.teacher.student.training))
+        seen.append(
+            (
+                all(layer.training for _, layer in moe_lora_layers(self.teacher.llm)),
+                self.teacher.student.training,
+            )
+        )
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(TeacherModule, "training_step", recording_step)
-    run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], tmp_path / "t",
-            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]), "train.max_steps=2"))  # fmt: skip
+    run_cli(
+        teacher_train.main,
+        tiny_run_overrides(
+            tiny_pipeline["data"],
+            tmp_path / "t",
+            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]),
+            "train.max_steps=2",
+        ),
+    )
     assert seen and all(adapters and not student for adapters, student in seen)
 
 
 def test_negative_item_table_lr_scale_is_refused(tiny_pipeline, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], tmp_path / "t",
+        run_cli(
+            teacher_train.main,
+            tiny_run_overrides(
+                tiny_pipeline["data"],
+                tmp_path / "t",
                 *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]),
-                "train.item_table_lr_scale=-1"))  # fmt: skip
+                "train.item_table_lr_scale=-1",
+            ),
+        )
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: train.item_table_lr_scale must be a number >= 0, got -1.0"
@@ -201,9 +278,17 @@ def test_item_table_learning_rate_scale(tiny_pipeline, tmp_path, scale):
     from safetensors.torch import load_file
 
     run = tmp_path / "t"
-    run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], run,
+    run_cli(
+        teacher_train.main,
+        tiny_run_overrides(
+            tiny_pipeline["data"],
+            run,
             *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]),
-            "train.max_steps=3", "train.limit_val_batches=1", f"train.item_table_lr_scale={scale}"))  # fmt: skip
+            "train.max_steps=3",
+            "train.limit_val_batches=1",
+            f"train.item_table_lr_scale={scale}",
+        ),
+    )
     trained = load_file(run / "checkpoints" / "last" / "model.safetensors")
     student = load_file(tiny_pipeline["student"] / "model.safetensors")["item_emb.weight"]
     assert trained["head.weight"].abs().sum() > 0  # zero-initialised, so it moved
@@ -220,22 +305,45 @@ def _scalars(run_dir, tag):
 
 def test_learning_rate_warms_up_then_decays_by_cosine(tiny_pipeline, tmp_path):
     run = tmp_path / "t"
-    run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], run,
-            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]), "train.batch_size=1",
-            "train.warmup_ratio=0.2", "trainer.log_every_n_steps=1", "train.limit_val_batches=1"))  # fmt: skip
+    run_cli(
+        teacher_train.main,
+        tiny_run_overrides(
+            tiny_pipeline["data"],
+            run,
+            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]),
+            "train.batch_size=1",
+            "train.warmup_ratio=0.2",
+            "trainer.log_every_n_steps=1",
+            "train.limit_val_batches=1",
+        ),
+    )
     lrs = [v for _, v in _scalars(run, "lr/teacher")]
     total, warmup, peak = 10, 2, 0.003  # 10 windows, one per step
-    expected = [peak * s / warmup if s < warmup else peak * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
-                for s in range(total)]  # fmt: skip
+    expected = [
+        peak * s / warmup
+        if s < warmup
+        else peak * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+        for s in range(total)
+    ]
     assert lrs == pytest.approx(expected, rel=1e-5, abs=1e-9)
-    assert [v for _, v in _scalars(run, "lr/item_table")] == pytest.approx(lrs, rel=1e-5, abs=1e-9)  # scale 1
+    assert [v for _, v in _scalars(run, "lr/item_table")] == pytest.approx(
+        lrs, rel=1e-5, abs=1e-9
+    )  # scale 1
 
 
 def test_accumulated_gradients_step_the_optimizer_every_n_batches(tiny_pipeline, tmp_path):
     run = tmp_path / "t"
-    run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], run,
-            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]), "train.batch_size=1",
-            "train.accumulate_grad_batches=5", "trainer.log_every_n_steps=1"))  # fmt: skip
+    run_cli(
+        teacher_train.main,
+        tiny_run_overrides(
+            tiny_pipeline["data"],
+            run,
+            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]),
+            "train.batch_size=1",
+            "train.accumulate_grad_batches=5",
+            "trainer.log_every_n_steps=1",
+        ),
+    )
     card = json.loads((run / "checkpoints" / "last" / "card.json").read_text())
     assert card["metrics"]["global_step"] == 2  # 10 windows / 5 per optimizer step
 
@@ -246,22 +354,41 @@ def test_the_starting_point_is_validated_and_can_win_model_selection(tiny_pipeli
     from safetensors.torch import load_file
 
     run = tmp_path / "t"
-    run_cli(teacher_train.main, tiny_run_overrides(tiny_pipeline["data"], run,
-            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]), "train.lr=5.0",
-            "train.warmup_ratio=0", "teacher.residual_student_state=true", "teacher.student_mix=0"))  # fmt: skip
+    run_cli(
+        teacher_train.main,
+        tiny_run_overrides(
+            tiny_pipeline["data"],
+            run,
+            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]),
+            "train.lr=5.0",
+            "train.warmup_ratio=0",
+            "teacher.residual_student_state=true",
+            "teacher.student_mix=0",
+        ),
+    )
     best = json.loads((run / "checkpoints" / "best" / "card.json").read_text())["metrics"]
     last = json.loads((run / "checkpoints" / "last" / "card.json").read_text())["metrics"]
     assert best["global_step"] == 0 and last["global_step"] > 0
     assert best["valid"]["ndcg@5"] > last["valid"]["ndcg@5"]
-    student_valid = json.loads((tiny_pipeline["student"] / "card.json").read_text())["metrics"]["valid"]
+    student_valid = json.loads((tiny_pipeline["student"] / "card.json").read_text())["metrics"][
+        "valid"
+    ]
     assert best["valid"]["ndcg@5"] == pytest.approx(student_valid["ndcg@5"], abs=1e-6)
     assert [step for step, _ in _scalars(run, "valid/ndcg@5")][0] == 0  # the curve starts at step 0
-    assert torch.count_nonzero(load_file(run / "checkpoints" / "best" / "model.safetensors")["head.weight"]) == 0
+    assert (
+        torch.count_nonzero(
+            load_file(run / "checkpoints" / "best" / "model.safetensors")["head.weight"]
+        )
+        == 0
+    )
 
 
 def test_the_head_scores_in_fp32_under_bf16_autocast(teacher):
     """trainer.precision=bf16-mixed: the LLM may run in bf16, the head must not (bf16 scores tie)."""
-    state, u = torch.randn(3, teacher.llm.config.hidden_size), torch.randn(3, teacher.student.config.hidden_size)
+    state, u = (
+        torch.randn(3, teacher.llm.config.hidden_size),
+        torch.randn(3, teacher.student.config.hidden_size),
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = teacher.scores_from_state(state, u)
     assert mixed.dtype == torch.float32

@@ -171,7 +171,9 @@ def test_bad_requests_get_a_4xx_with_a_message(served, in_process):
     )
 
 
-def json_post(url: str, path: str, content, content_type: str | None = "application/json", **headers):
+def json_post(
+    url: str, path: str, content, content_type: str | None = "application/json", **headers
+):
     if content_type is not None:
         headers["content-type"] = content_type
     return httpx.post(f"{url}{path}", content=content, headers=headers, timeout=120)
@@ -183,19 +185,30 @@ def test_request_limits(served, in_process):
     ok = json.dumps({"requests": [{"history": [1, 2, 3]}]}).encode()
     for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
         response = json_post(served.url, "/topk", ok, content_type)
-        assert response.status_code == 415 and "Content-Type: application/json" in response.text, response.text
+        assert response.status_code == 415 and "Content-Type: application/json" in response.text, (
+            response.text
+        )
     assert json_post(served.url, "/topk", ok, "application/json; charset=utf-8").status_code == 200
 
     oversized = b'{"requests": [' + b" " * MAX_BODY_BYTES + b"]}"
     too_large = f"exceeds the service's limit of {MAX_BODY_BYTES} bytes"
     declared = json_post(served.url, "/topk", oversized)
-    chunked = json_post(served.url, "/topk", iter([oversized[: len(oversized) // 2], oversized[len(oversized) // 2 :]]))
+    chunked = json_post(
+        served.url,
+        "/topk",
+        iter([oversized[: len(oversized) // 2], oversized[len(oversized) // 2 :]]),
+    )
     for response in (declared, chunked):
         assert response.status_code == 413 and too_large in response.text, response.text
 
-    for path, body in (("/topk", {"requests": [{"history": [1, 2]}], "model": "x"}), ("/info", {"debug": True})):
+    for path, body in (
+        ("/topk", {"requests": [{"history": [1, 2]}], "model": "x"}),
+        ("/info", {"debug": True}),
+    ):
         response = post(served.url, path, body)
-        assert response.status_code == 400 and "Extra inputs are not permitted" in response.text, response.text
+        assert response.status_code == 400 and "Extra inputs are not permitted" in response.text, (
+            response.text
+        )
 
 
 def test_the_cap_fits_the_largest_legitimate_call(served, in_process):
@@ -206,7 +219,10 @@ def test_the_cap_fits_the_largest_legitimate_call(served, in_process):
     largest = {"requests": [{"history": history, "k": 1, "exclude_history": False}] * MAX_REQUESTS}
     response = post(served.url, "/topk", largest)
     assert response.status_code == 200 and len(response.json()) == MAX_REQUESTS
-    wide = {"requests": [{"history": [9_999_999] * MAX_HISTORY, "k": MAX_K, "exclude_history": True}] * MAX_REQUESTS}
+    wide = {
+        "requests": [{"history": [9_999_999] * MAX_HISTORY, "k": MAX_K, "exclude_history": True}]
+        * MAX_REQUESTS
+    }
     assert len(json.dumps(wide).encode()) < MAX_BODY_BYTES
 
 
@@ -239,7 +255,10 @@ def test_info_item_embeddings_and_probes(served, in_process, tiny_pipeline):
     assert torch.equal(torch.from_numpy(array.copy()), expected)
     for probe in ("/healthz", "/livez", "/readyz"):
         assert httpx.get(f"{served.url}{probe}", timeout=10).status_code == 200
-    assert post(served.url, "/topk", {"requests": [{"history": [1]}]}).headers[DIGEST_HEADER] == info["teacher_digest"]
+    assert (
+        post(served.url, "/topk", {"requests": [{"history": [1]}]}).headers[DIGEST_HEADER]
+        == info["teacher_digest"]
+    )
     assert (
         str(TeacherService.config["http"]["host"]) == "127.0.0.1"
     )  # loopback unless --host says otherwise
@@ -248,8 +267,14 @@ def test_info_item_embeddings_and_probes(served, in_process, tiny_pipeline):
 def serve_until_exit(env_update: dict, timeout: float = 150) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
     env.update(BENTOML_DO_NOT_TRACK="True", **env_update)
-    return subprocess.run([sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(free_port())],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(free_port())],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def copy_teacher(tiny_pipeline, tmp_path, name: str = "teacher") -> Path:
@@ -261,7 +286,10 @@ def test_refuses_to_start_without_a_teacher(case, tiny_pipeline, tmp_path):
     """Refused in the server process before any worker starts: one line, exit 1, no traceback
     (a truncated weights file used to crash-loop the worker, a traceback per respawn)."""
     env = {"TEACHER_DATA": str(tiny_pipeline["data"])}
-    expected = {"no checkpoint": "'TEACHER_CHECKPOINT' is required", "student checkpoint": "not an ilora-teacher"}
+    expected = {
+        "no checkpoint": "'TEACHER_CHECKPOINT' is required",
+        "student checkpoint": "not an ilora-teacher",
+    }
     if case == "student checkpoint":
         env["TEACHER_CHECKPOINT"] = str(tiny_pipeline["student"])
     if case == "truncated weights":
@@ -286,16 +314,24 @@ def corrupt(path: Path, how: str) -> None:
         path.write_bytes(b"")
 
 
-@pytest.mark.parametrize(("file", "how"), [(file, how) for file in ("model.safetensors", "item_embeddings.safetensors")
-                                           for how in ("truncated", "garbled header", "empty")]
-                         + [("model.safetensors", "missing")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("file", "how"),
+    [
+        (file, how)
+        for file in ("model.safetensors", "item_embeddings.safetensors")
+        for how in ("truncated", "garbled header", "empty")
+    ]
+    + [("model.safetensors", "missing")],
+)
 def test_startup_check_refuses_unreadable_weights(file, how, tiny_pipeline, tmp_path):
     teacher = copy_teacher(tiny_pipeline, tmp_path)
     if how == "missing":
         (teacher / file).unlink()
     else:
         corrupt(teacher / file, how)
-    with pytest.raises(ServiceStartupError, match=f"{teacher / file} is not a readable safetensors file"):
+    with pytest.raises(
+        ServiceStartupError, match=f"{teacher / file} is not a readable safetensors file"
+    ):
         check_settings(str(teacher), str(tiny_pipeline["data"]))
 
 
@@ -303,8 +339,13 @@ def test_startup_check_refuses_weights_that_differ_from_their_card(tiny_pipeline
     """Bytes flipped inside a tensor keep the header valid; the card's digest catches them."""
     teacher = copy_teacher(tiny_pipeline, tmp_path)
     card = json.loads((teacher / "card.json").read_text())
-    listed = {name: sha256_file(teacher / name) for name in ("model.safetensors", "item_embeddings.safetensors")}
-    (teacher / "card.json").write_text(json.dumps({**card, "weights": listed}))  # as cards of schema 2 list them
+    listed = {
+        name: sha256_file(teacher / name)
+        for name in ("model.safetensors", "item_embeddings.safetensors")
+    }
+    (teacher / "card.json").write_text(
+        json.dumps({**card, "weights": listed})
+    )  # as cards of schema 2 list them
     check_settings(str(teacher), str(tiny_pipeline["data"]))  # intact: accepted
     weights = teacher / "model.safetensors"
     data = bytearray(weights.read_bytes())
@@ -321,7 +362,9 @@ def test_a_worker_that_cannot_load_the_teacher_stops_the_server_once(tiny_pipeli
     card = json.loads((teacher / "card.json").read_text())
     card["student_checkpoint"]["weights_sha256"] = "0" * 64
     (teacher / "card.json").write_text(json.dumps(card))
-    result = serve_until_exit({"TEACHER_CHECKPOINT": str(teacher), "TEACHER_DATA": str(tiny_pipeline["data"])})
+    result = serve_until_exit(
+        {"TEACHER_CHECKPOINT": str(teacher), "TEACHER_DATA": str(tiny_pipeline["data"])}
+    )
     output = result.stdout + result.stderr
     assert output.count("cannot start the teacher service") == 1, output
     assert "changed since the teacher was trained" in output and "Traceback" not in output
@@ -332,7 +375,9 @@ def test_topk_of_one_history_is_the_batched_pass_at_its_last_position(served, in
     teacher, _, dataset = in_process
     assert teacher.config.prompt_mode == "sequence"
     history = training_histories(dataset, 3)[-1]
-    items, scores = parse(post(served.url, "/topk", {"requests": [{"history": history, "exclude_history": False}]}))
+    items, scores = parse(
+        post(served.url, "/topk", {"requests": [{"history": history, "exclude_history": False}]})
+    )
     tail = history[-teacher.window :]
     with torch.no_grad():
         last = teacher.score_all_positions(torch.tensor([tail]))[:, -1]
@@ -344,7 +389,11 @@ def test_topk_of_one_history_is_the_batched_pass_at_its_last_position(served, in
 def test_topk_windows_reads_out_every_key_of_a_window(served, in_process):
     teacher, _, dataset = in_process
     history = training_histories(dataset, 3)[-1]
-    body = post(served.url, "/topk_windows", {"requests": [{"history": history, "first_position": 2, "k": 4}]})
+    body = post(
+        served.url,
+        "/topk_windows",
+        {"requests": [{"history": history, "first_position": 2, "k": 4}]},
+    )
     assert body.status_code == 200, body.text
     (answer,) = body.json()
     assert answer["positions"] == list(range(2, len(history) + 1))
@@ -353,5 +402,7 @@ def test_topk_windows_reads_out_every_key_of_a_window(served, in_process):
     for p, got in zip(answer["positions"], answer["topk_items"], strict=True):
         expected, _ = topk_with_history_masked(scores[p - 1 : p], torch.tensor([history[:p]]), 4)
         assert got == expected[0].tolist() and not set(got) & set(history[:p])
-    refused = post(served.url, "/topk_windows", {"requests": [{"history": [1, 2], "first_position": 3}]})
+    refused = post(
+        served.url, "/topk_windows", {"requests": [{"history": [1, 2], "first_position": 3}]}
+    )
     assert refused.status_code == 400 and "first_position=3 must be in 1..2" in refused.text

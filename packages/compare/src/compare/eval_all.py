@@ -42,11 +42,17 @@ RESULTS_JSON, RESULTS_MD, RESULTS_PNG = (
 )
 
 
-def evaluate_model(cfg: DictConfig, target: ComparedModel, dm: SequentialDataModule, device: str,
-                   expected: dict) -> tuple[EvalResult, str]:  # fmt: skip
+def evaluate_model(
+    cfg: DictConfig, target: ComparedModel, dm: SequentialDataModule, device: str, expected: dict
+) -> tuple[EvalResult, str]:
     """(result, "evaluated" | "reused"); raises on a checkpoint that cannot be evaluated."""
-    check_card(target.card, target.path, kinds=(target.kind,), fingerprint=dm.fingerprint,
-               num_items=dm.num_items)  # fmt: skip
+    check_card(
+        target.card,
+        target.path,
+        kinds=(target.kind,),
+        fingerprint=dm.fingerprint,
+        num_items=dm.num_items,
+    )
     kind = checkpoint_kind(target.kind)
     batch_size = None
     if kind.expensive:  # an LLM: its run's own test result when it fits, small batches otherwise
@@ -55,13 +61,26 @@ def evaluate_model(cfg: DictConfig, target: ComparedModel, dm: SequentialDataMod
             if result is not None:
                 return result, "reused"
             target.reuse_declined = why
-            log.info("%s: not reusing its stored test predictions: %s; evaluating it", target.key, why)
+            log.info(
+                "%s: not reusing its stored test predictions: %s; evaluating it", target.key, why
+            )
         batch_size = cfg.eval_all.teacher_eval_batch_size
-    score = kind.load_scorer(target.path, dm.dataset, device=device, cache_dir=Path(cfg.paths.cache_dir),
-                             precision=cfg.teacher.precision)  # fmt: skip
-    result = evaluate(score, dm.loader("test", batch_size=batch_size), dm.num_items,
-                      ks=tuple(int(k) for k in cfg.eval.ks), mask_history=bool(cfg.eval.mask_history),
-                      progress=bool(cfg.trainer.enable_progress_bar), extra_protocol=eval_protocol(cfg, dm))  # fmt: skip
+    score = kind.load_scorer(
+        target.path,
+        dm.dataset,
+        device=device,
+        cache_dir=Path(cfg.paths.cache_dir),
+        precision=cfg.teacher.precision,
+    )
+    result = evaluate(
+        score,
+        dm.loader("test", batch_size=batch_size),
+        dm.num_items,
+        ks=tuple(int(k) for k in cfg.eval.ks),
+        mask_history=bool(cfg.eval.mask_history),
+        progress=bool(cfg.trainer.enable_progress_bar),
+        extra_protocol=eval_protocol(cfg, dm),
+    )
     return result, "evaluated"
 
 
@@ -83,8 +102,12 @@ def ok_entry(target: ComparedModel, result: EvalResult, source: str) -> dict:
 def error_entry(target: ComparedModel, message: str) -> dict:
     if target.reuse_declined:
         message += f" (its stored test predictions were not reused: {target.reuse_declined})"
-    return {"status": "error", "error": message, "checkpoint": str(target.path) if target.path else None,
-            "kind": target.kind}  # fmt: skip
+    return {
+        "status": "error",
+        "error": message,
+        "checkpoint": str(target.path) if target.path else None,
+        "kind": target.kind,
+    }
 
 
 def add_uncertainty(entries: dict, results: dict[str, EvalResult], ks) -> None:
@@ -95,11 +118,16 @@ def add_uncertainty(entries: dict, results: dict[str, EvalResult], ks) -> None:
     base = results.get("baseline_student")
     for key, result in results.items():
         entry = entries[key]
-        entry["ci95"] = {m: list(mean_interval(per_sample(result.predictions, m))) for m in entry["metrics"]}
+        entry["ci95"] = {
+            m: list(mean_interval(per_sample(result.predictions, m))) for m in entry["metrics"]
+        }
         if base is not None and key != "baseline_student":
-            entry["vs_baseline"] = {m: paired_difference([per_sample(base.predictions, m)],
-                                                         [per_sample(result.predictions, m)]).to_dict()
-                                    for m in (f"ndcg@{k}", f"hr@{k}")}  # fmt: skip
+            entry["vs_baseline"] = {
+                m: paired_difference(
+                    [per_sample(base.predictions, m)], [per_sample(result.predictions, m)]
+                ).to_dict()
+                for m in (f"ndcg@{k}", f"hr@{k}")
+            }
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -137,8 +165,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     markdown = render_markdown(entries, expected)
     with atomic_file(run_dir / RESULTS_MD) as tmp:
         tmp.write_text(markdown)
-    render_chart(entries, expected["full_ranking"]["ks"], run_dir / RESULTS_PNG,
-                 expected["full_ranking"]["mask_history"])  # fmt: skip
+    render_chart(
+        entries,
+        expected["full_ranking"]["ks"],
+        run_dir / RESULTS_PNG,
+        expected["full_ranking"]["mask_history"],
+    )
     return {"entries": entries, "markdown": markdown}
 
 

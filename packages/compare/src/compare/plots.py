@@ -25,20 +25,30 @@ def render_chart(entries: dict, ks, path: Path, masked: bool) -> bool:
     ]
     width = 0.8 / len(ok)
     compared = {k: e["vs_baseline"] for k, e in ok.items() if e.get("vs_baseline")}
-    fig, axes = plt.subplots(1, 2 if compared else 1, figsize=(max(6.0, 1.3 * len(cols)) + (4.5 if compared else 0), 4.0),
-                             gridspec_kw={"width_ratios": [max(6.0, 1.3 * len(cols)), 4.5]} if compared else None,
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1,
+        2 if compared else 1,
+        figsize=(max(6.0, 1.3 * len(cols)) + (4.5 if compared else 0), 4.0),
+        gridspec_kw={"width_ratios": [max(6.0, 1.3 * len(cols)), 4.5]} if compared else None,
+        squeeze=False,
+    )
     ax = axes[0][0]
     for i, (key, entry) in enumerate(ok.items()):
         xs = [j - 0.4 + width * (i + 0.5) for j in range(len(cols))]
         values = [entry["metrics"].get(n, math.nan) for n, _ in cols]
-        intervals = [entry.get("ci95", {}).get(n, [v, v]) for (n, _), v in zip(cols, values, strict=True)]
-        errors = [[v - lo for v, (lo, _) in zip(values, intervals, strict=True)],
-                  [hi - v for v, (_, hi) in zip(values, intervals, strict=True)]]  # fmt: skip
+        intervals = [
+            entry.get("ci95", {}).get(n, [v, v]) for (n, _), v in zip(cols, values, strict=True)
+        ]
+        errors = [
+            [v - lo for v, (lo, _) in zip(values, intervals, strict=True)],
+            [hi - v for v, (_, hi) in zip(values, intervals, strict=True)],
+        ]
         ax.bar(xs, values, width, yerr=errors, capsize=2, label=key, color=plt.get_cmap("tab10")(i))
     ax.set_xticks(range(len(cols)), [label for _, label in cols])
     ax.set_ylabel("score")
-    ax.set_title(f"Test split ({'history masked' if masked else 'history not masked'}); 95% bootstrap intervals")
+    ax.set_title(
+        f"Test split ({'history masked' if masked else 'history not masked'}); 95% bootstrap intervals"
+    )
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     if compared:
@@ -57,8 +67,10 @@ def _difference_panel(ax, compared: dict, order: list[str], colours) -> None:
     for i, (key, diffs) in enumerate(compared.items()):
         xs = [j - 0.4 + width * (i + 0.5) for j in range(len(names))]
         means = [diffs[n]["mean"] for n in names]
-        errors = [[m - diffs[n]["ci95"][0] for m, n in zip(means, names, strict=True)],
-                  [diffs[n]["ci95"][1] - m for m, n in zip(means, names, strict=True)]]  # fmt: skip
+        errors = [
+            [m - diffs[n]["ci95"][0] for m, n in zip(means, names, strict=True)],
+            [diffs[n]["ci95"][1] - m for m, n in zip(means, names, strict=True)],
+        ]
         ax.bar(xs, means, width, yerr=errors, capsize=3, label=key, color=colours(order.index(key)))
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(names)), [f"Δ{n.upper()}" for n in names])

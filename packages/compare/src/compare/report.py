@@ -38,8 +38,10 @@ def ratios(entries: dict, ks) -> dict[str, float] | None:
 
 def _table(entries: dict, field: str, ks) -> list[str]:
     cols = metric_columns(ks)
-    lines = ["| model | kind | " + " | ".join(label for _, label in cols) + " | source |",
-             "|:--|:--|" + "--:|" * len(cols) + ":--|"]  # fmt: skip
+    lines = [
+        "| model | kind | " + " | ".join(label for _, label in cols) + " | source |",
+        "|:--|:--|" + "--:|" * len(cols) + ":--|",
+    ]
     for key, entry in entries.items():
         if entry["status"] == "ok":
             values = [_fmt(entry[field].get(name)) for name, _ in cols]
@@ -56,15 +58,22 @@ def protocol_line(protocol: dict) -> str:
         protocol.get("data", {}),
         protocol.get("candidates", {}),
     )
-    masked = "history items masked (unmasked figures below and in the JSON)" if fr["mask_history"] \
-        else "history items not masked"  # fmt: skip
-    text = (f"Protocol: {protocol['split']} split, {protocol['num_samples']} samples of {data.get('dataset')} "
-            f"(fingerprint {str(data.get('fingerprint'))[:12]}…, limit_data_rows {data.get('limit_data_rows')}); "
-            f"full ranking over all {data.get('num_items')} items at K = {', '.join(map(str, fr['ks']))}, {masked}; "
-            f"ties count against the target")  # fmt: skip
+    masked = (
+        "history items masked (unmasked figures below and in the JSON)"
+        if fr["mask_history"]
+        else "history items not masked"
+    )
+    text = (
+        f"Protocol: {protocol['split']} split, {protocol['num_samples']} samples of {data.get('dataset')} "
+        f"(fingerprint {str(data.get('fingerprint'))[:12]}…, limit_data_rows {data.get('limit_data_rows')}); "
+        f"full ranking over all {data.get('num_items')} items at K = {', '.join(map(str, fr['ks']))}, {masked}; "
+        f"ties count against the target"
+    )
     if cands.get("num"):
-        text += (f"; HR@1 of 20 = target ranked first among {cands['num']} stored candidates "
-                 f"(target + {cands['num'] - 1} unseen items, seed {cands['seed']})")  # fmt: skip
+        text += (
+            f"; HR@1 of 20 = target ranked first among {cands['num']} stored candidates "
+            f"(target + {cands['num'] - 1} unseen items, seed {cands['seed']})"
+        )
     return text + "."
 
 
@@ -80,8 +89,10 @@ def render_markdown(entries: dict, protocol: dict) -> str:
     r = ratios(entries, ks)
     if r is not None:
         k = ratio_k(ks)
-        shown = ", ".join(f"{n.upper()} ×{f'{v:.3f}' if not math.isnan(v) else 'n/a (baseline is 0)'}"
-                          for n, v in r.items())  # fmt: skip
+        shown = ", ".join(
+            f"{n.upper()} ×{f'{v:.3f}' if not math.isnan(v) else 'n/a (baseline is 0)'}"
+            for n, v in r.items()
+        )
         lines += ["", f"Distilled / baseline at K={k}: {shown}."]
     lines += _difference_rows(entries, ks)
     if protocol["full_ranking"]["mask_history"] and any(
@@ -102,8 +113,14 @@ def _difference_rows(entries: dict, ks) -> list[str]:
     rows = [(key, e["vs_baseline"]) for key, e in entries.items() if e.get("vs_baseline")]
     if not rows:
         return []
-    lines = ["", f"Against the baseline student: paired per-user difference at K={k} (mean ± SE, bootstrap 95% interval; "
-             "'yes' when |mean| > 2 SE):", "", f"| model | ΔNDCG@{k} | ΔHR@{k} | beyond 2 SE |", "|:--|--:|--:|:--|"]  # fmt: skip
+    lines = [
+        "",
+        f"Against the baseline student: paired per-user difference at K={k} (mean ± SE, bootstrap 95% interval; "
+        "'yes' when |mean| > 2 SE):",
+        "",
+        f"| model | ΔNDCG@{k} | ΔHR@{k} | beyond 2 SE |",
+        "|:--|--:|--:|:--|",
+    ]
     for key, diffs in rows:
         cells = [_diff_cell(diffs[f"{m}@{k}"]) for m in ("ndcg", "hr")]
         verdict = "yes" if abs(diffs[f"ndcg@{k}"]["mean"]) > 2 * diffs[f"ndcg@{k}"]["se"] else "no"

@@ -74,8 +74,11 @@ def protocol_mismatch(stored: dict, expected: dict, kind: str) -> str | None:
             return f"test_metrics.json {field} has {sorted(values or {})}, expected {sorted(names)}"
         if not all(isinstance(v, int | float) for v in values.values()):
             return f"test_metrics.json {field} holds non-numeric values"
-    if (stored["metrics_masked"] if expected["full_ranking"]["mask_history"]
-            else stored["metrics_unmasked"]) != stored["metrics"]:  # fmt: skip
+    if (
+        stored["metrics_masked"]
+        if expected["full_ranking"]["mask_history"]
+        else stored["metrics_unmasked"]
+    ) != stored["metrics"]:
         return "test_metrics.json metrics do not follow its mask_history"
     return None
 
@@ -143,6 +146,11 @@ def reuse_stored_result(
     reason = predictions_mismatch(table, stored, keys)
     if reason:
         return None, reason
-    result = EvalResult(stored["metrics"], stored["metrics_unmasked"], stored["metrics_masked"],
-                        stored["protocol"], table)  # fmt: skip
+    result = EvalResult(
+        stored["metrics"],
+        stored["metrics_unmasked"],
+        stored["metrics_masked"],
+        stored["protocol"],
+        table,
+    )
     return result, "reused"

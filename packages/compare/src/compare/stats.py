@@ -25,12 +25,16 @@ BOOTSTRAP_SEED = 0
 def per_sample(predictions: pa.Table, metric: str) -> np.ndarray:
     """Per-sample ``hr@K``, ``ndcg@K`` or ``hr@1_of_20`` of a predictions table (``user_id``,
     ``position``, 1-based ``rank``, ``hit@1_of_20``), in (user_id, position) order."""
-    order = np.lexsort((predictions.column("position").to_numpy(), predictions.column("user_id").to_numpy()))
+    order = np.lexsort(
+        (predictions.column("position").to_numpy(), predictions.column("user_id").to_numpy())
+    )
     if metric == CANDIDATE_METRIC:
         return predictions.column("hit@1_of_20").to_numpy()[order].astype(np.float64)
     name, _, k = metric.partition("@")
     if name not in ("hr", "ndcg") or not k.isdigit():
-        raise ValueError(f"per-sample metric must be hr@K, ndcg@K or {CANDIDATE_METRIC}, got {metric!r}")
+        raise ValueError(
+            f"per-sample metric must be hr@K, ndcg@K or {CANDIDATE_METRIC}, got {metric!r}"
+        )
     rank = predictions.column("rank").to_numpy()[order].astype(np.float64) - 1  # 0-based
     hit = rank < int(k)
     return hit.astype(np.float64) if name == "hr" else np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0)
@@ -60,7 +64,9 @@ class PairedDifference:
 
     def text(self, digits: int = 4) -> str:
         lo, hi = self.ci95
-        return f"{self.mean:+.{digits}f} ± {self.se:.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+        return (
+            f"{self.mean:+.{digits}f} ± {self.se:.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+        )
 
 
 def paired_difference(baselines: list[np.ndarray], others: list[np.ndarray]) -> PairedDifference:
@@ -70,8 +76,12 @@ def paired_difference(baselines: list[np.ndarray], others: list[np.ndarray]) -> 
         raise ValueError("need one baseline array per other array, at least one")
     shapes = {a.shape for a in [*baselines, *others]}
     if len(shapes) != 1:
-        raise ValueError(f"per-sample arrays must cover the same samples, got shapes {sorted(shapes)}")
-    diffs = np.mean([o - b for b, o in zip(baselines, others, strict=True)], axis=0)  # per sample, over seeds
+        raise ValueError(
+            f"per-sample arrays must cover the same samples, got shapes {sorted(shapes)}"
+        )
+    diffs = np.mean(
+        [o - b for b, o in zip(baselines, others, strict=True)], axis=0
+    )  # per sample, over seeds
     n = len(diffs)
     se = float(diffs.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
     rng = np.random.default_rng(BOOTSTRAP_SEED)

@@ -144,7 +144,9 @@ def build_table(runs: list[Run]) -> tuple[list[str], list[list[str]], range]:
     for r in runs:
         values = [_plain(r.config[k]) if k in r.config else "" for k in differing]
         scores = [repr(r.metrics[m]) if m in r.metrics else "" for m in metrics]
-        rows.append([r.name, r.kind, r.status, *values, *scores, *(r.versus.get(v, "") for v in versus)])
+        rows.append(
+            [r.name, r.kind, r.status, *values, *scores, *(r.versus.get(v, "") for v in versus)]
+        )
     first_metric = 3 + len(differing)
     return header, rows, range(first_metric, first_metric + len(metrics))
 
@@ -159,7 +161,9 @@ def add_paired_differences(runs: list[Run], baseline: Path) -> None:
     try:
         base = read_predictions(baseline)
     except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
-        raise UserError(f"--baseline {baseline}: no readable test_predictions.parquet ({exc})") from None
+        raise UserError(
+            f"--baseline {baseline}: no readable test_predictions.parquet ({exc})"
+        ) from None
     for run in runs:
         if run.status != "ok":
             continue
@@ -188,17 +192,25 @@ def _md_cell(text: str, is_metric: bool) -> str:
     return text.replace("|", "\\|") or "—"
 
 
-def render_markdown(header: list[str], rows: list[list[str]], numeric: range, root: Path, split: str = "test") -> str:
-    lines = [f"# Runs under {root}", "",
-             "| " + " | ".join(header) + " |",
-             "|" + "|".join(":--" if i < numeric.start else "--:" for i in range(len(header))) + "|"]  # fmt: skip
+def render_markdown(
+    header: list[str], rows: list[list[str]], numeric: range, root: Path, split: str = "test"
+) -> str:
+    lines = [
+        f"# Runs under {root}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(":--" if i < numeric.start else "--:" for i in range(len(header))) + "|",
+    ]
     for row in rows:
         cells = [_md_cell(c, i in numeric) for i, c in enumerate(row)]
         lines.append("| " + " | ".join(cells) + " |")
     done = sum(1 for r in rows if r[2] == "ok")
     what = "test metrics" if split == "test" else "validation metrics (of the best checkpoint)"
-    lines += ["", f"{len(rows)} runs, {done} with {what}; config columns are the keys that "
-              "differ across runs (paths and hydra.* left out)."]  # fmt: skip
+    lines += [
+        "",
+        f"{len(rows)} runs, {done} with {what}; config columns are the keys that "
+        "differ across runs (paths and hydra.* left out).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -213,7 +225,9 @@ def render_csv(header: list[str], rows: list[list[str]]) -> str:
 SPLITS = ("test", "valid")
 
 
-def summarize(root: Path, out: Path | None = None, split: str = "test", baseline: Path | None = None) -> str:
+def summarize(
+    root: Path, out: Path | None = None, split: str = "test", baseline: Path | None = None
+) -> str:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root} is not a directory")
@@ -243,12 +257,24 @@ def summarize(root: Path, out: Path | None = None, split: str = "test", baseline
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="summarize", description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="a results tree, e.g. result/")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write summary.csv and summary.md (default: the results dir)")  # fmt: skip
-    parser.add_argument("--split", choices=SPLITS, default="test",
-                        help="test metrics, or the best checkpoint's validation metrics (for searches)")  # fmt: skip
-    parser.add_argument("--baseline", type=Path, default=None,
-                        help="a run dir: add each run's paired per-user NDCG@10/HR@10 difference to it (± SE)")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write summary.csv and summary.md (default: the results dir)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="test",
+        help="test metrics, or the best checkpoint's validation metrics (for searches)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a run dir: add each run's paired per-user NDCG@10/HR@10 difference to it (± SE)",
+    )
     args = parser.parse_args(argv)
     markdown = summarize(args.results, args.out, args.split, args.baseline)
     print(markdown, end="")

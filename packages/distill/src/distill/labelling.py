@@ -43,7 +43,9 @@ class PrefixUnits:
         batch = self._batch(lo, hi)
         with torch.no_grad():
             scores = teacher(batch["history"].to(device)).cpu()
-        items, values = topk_with_history_masked(scores, batch["full_history"] if mask_history else None, k)
+        items, values = topk_with_history_masked(
+            scores, batch["full_history"] if mask_history else None, k
+        )
         return batch["user_id"], batch["position"], items, values
 
     def fetch(self, client, lo: int, hi: int, k: int, mask_history: bool) -> Rows:
@@ -51,7 +53,9 @@ class PrefixUnits:
         full = self._batch(lo, hi)["full_history"]
         histories = [row[row > 0].tolist() for row in full]
         if any(not h for h in histories):
-            raise UserError("a sample has an empty history; the teacher service needs at least one item")
+            raise UserError(
+                "a sample has an empty history; the teacher service needs at least one item"
+            )
         items, values = client.topk(histories, k, mask_history)
         return self.keys.user_ids[lo:hi], self.keys.positions[lo:hi], items, values
 
@@ -59,8 +63,14 @@ class PrefixUnits:
 class WindowUnits:
     name = "windows"
 
-    def __init__(self, store: SequenceStore, train_keys: SampleKeys, keys: SampleKeys, width: int,
-                 stride: int | None):  # fmt: skip
+    def __init__(
+        self,
+        store: SequenceStore,
+        train_keys: SampleKeys,
+        keys: SampleKeys,
+        width: int,
+        stride: int | None,
+    ):
         """Windows of `width` items (consecutive ones `stride` apart) over every training prefix,
         keeping those that read out at least one of `keys`."""
         plan = plan_windows(train_keys, width, stride)
@@ -85,7 +95,11 @@ class WindowUnits:
         read = batch["targets"] > 0
         scores = window_scores(teacher, batch["history"], read, device)
         rows, positions = read.nonzero()[:, 0], batch["target_positions"][read]
-        full = self._prefixes(batch["user_id"], batch["target_positions"].amax(1)) if mask_history else None
+        full = (
+            self._prefixes(batch["user_id"], batch["target_positions"].amax(1))
+            if mask_history
+            else None
+        )
         items, values = topk_excluding_history(scores, rows, positions, full, k)
         return batch["user_id"][rows], positions, items, values
 
@@ -93,21 +107,38 @@ class WindowUnits:
         """The windows' prefixes and first keys to /topk_windows; only the selected keys are kept."""
         users, ends = self.plan.user_ids[lo:hi], self.plan.ends[lo:hi]
         full = self._prefixes(users, ends)
-        answers = client.topk_windows([row[row > 0].tolist() for row in full],
-                                      self.plan.first_positions[lo:hi].tolist(), k, mask_history)  # fmt: skip
+        answers = client.topk_windows(
+            [row[row > 0].tolist() for row in full],
+            self.plan.first_positions[lo:hi].tolist(),
+            k,
+            mask_history,
+        )
         columns: list[list[torch.Tensor]] = [[], [], [], []]
         for user, answer in zip(users.tolist(), answers, strict=True):
             p = torch.tensor(answer["positions"], dtype=torch.int64)
             keep = self.wanted[self.store.starts[user] + p]
             columns[0].append(torch.full((int(keep.sum()),), user, dtype=torch.int64))
             columns[1].append(p[keep])
-            columns[2].append(torch.tensor(answer["topk_items"], dtype=torch.int64).reshape(-1, k)[keep])
-            columns[3].append(torch.tensor(answer["topk_scores"], dtype=torch.float64).float().reshape(-1, k)[keep])
+            columns[2].append(
+                torch.tensor(answer["topk_items"], dtype=torch.int64).reshape(-1, k)[keep]
+            )
+            columns[3].append(
+                torch.tensor(answer["topk_scores"], dtype=torch.float64)
+                .float()
+                .reshape(-1, k)[keep]
+            )
         return tuple(torch.cat(c) for c in columns)  # type: ignore[return-value]
 
 
-def labelling_units(store: SequenceStore, train_keys: SampleKeys, keys: SampleKeys, *, sequence_mode: bool,
-                    width: int, stride: int | None = None) -> PrefixUnits | WindowUnits:  # fmt: skip
+def labelling_units(
+    store: SequenceStore,
+    train_keys: SampleKeys,
+    keys: SampleKeys,
+    *,
+    sequence_mode: bool,
+    width: int,
+    stride: int | None = None,
+) -> PrefixUnits | WindowUnits:
     """The units that label `keys` with a teacher of this mode and window (`width` items)."""
     if sequence_mode:
         return WindowUnits(store, train_keys, keys, width, stride)

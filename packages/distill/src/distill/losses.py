@@ -65,7 +65,9 @@ def confidence_weights(topk_scores: Tensor, valid: Tensor) -> Tensor:
     return _normalise_rows(torch.exp(z - m))  # exp(-inf) = 0 on invalid slots
 
 
-def consistency_weights(topk_items: Tensor, student_scores: Tensor, valid: Tensor, form: str = "normalised") -> Tensor:
+def consistency_weights(
+    topk_items: Tensor, student_scores: Tensor, valid: Tensor, form: str = "normalised"
+) -> Tensor:
     """w_s = 1 where the teacher item is also in the student's top-K (padding excluded),
     normalised per row or, ``form="original"``, left as 1 per agreeing item."""
     if form not in CONSISTENCY_FORMS:
@@ -108,8 +110,13 @@ def importance_weights(
     w = (
         gamma_position * position_weights(valid, lambda_position)
         + gamma_confidence * confidence_weights(teacher_topk_scores, valid)
-        + gamma_consistency * consistency_weights(teacher_topk_items, student_scores if consistency_scores is None
-                                                  else consistency_scores, valid, consistency)
+        + gamma_consistency
+        * consistency_weights(
+            teacher_topk_items,
+            student_scores if consistency_scores is None else consistency_scores,
+            valid,
+            consistency,
+        )
     )
     return _normalise_rows(w)
 
@@ -256,7 +263,9 @@ class DLLM2RecLoss:
 
     def __post_init__(self) -> None:
         if self.consistency not in CONSISTENCY_FORMS:
-            raise ValueError(f"consistency must be one of {CONSISTENCY_FORMS}, got {self.consistency!r}")
+            raise ValueError(
+                f"consistency must be one of {CONSISTENCY_FORMS}, got {self.consistency!r}"
+            )
         if self.form not in RANK_FORMS:
             raise ValueError(f"form must be one of {RANK_FORMS}, got {self.form!r}")
         if self.average not in RANK_AVERAGES:
@@ -295,7 +304,9 @@ class DLLM2RecLoss:
         labeled = teacher_topk_items.shape[0]
         total_samples = labeled if num_samples is None else num_samples
         if total_samples < labeled:
-            raise ValueError(f"num_samples ({total_samples}) < rows with a teacher list ({labeled})")
+            raise ValueError(
+                f"num_samples ({total_samples}) < rows with a teacher list ({labeled})"
+            )
         if self.average == "all":
             rank = rank * (labeled / total_samples)
         return {"ce": ce, "rank": rank, "total": ce + self.lam * rank}

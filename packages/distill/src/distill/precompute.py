@@ -52,7 +52,10 @@ def soft_labels_dir(cfg: DictConfig, teacher_path: Path) -> Path:
     if cfg.distill.soft_labels_dir:
         return Path(cfg.distill.soft_labels_dir)
     spec = re.sub(r"[^A-Za-z0-9]+", "-", str(cfg.distill.soft_label_samples)).strip("-")
-    return Path(teacher_path).resolve().parent.parent / f"soft_labels_{spec}_k{cfg.distill.candidate_topk}"
+    return (
+        Path(teacher_path).resolve().parent.parent
+        / f"soft_labels_{spec}_k{cfg.distill.candidate_topk}"
+    )
 
 
 def training_keys(dm, spec: str) -> SampleKeys:
@@ -70,9 +73,11 @@ def scorer(units, teacher, k: int, mask_history: bool, device):
         users, positions, items, scores = units.score(teacher, lo, hi, k, mask_history, device)
         if not bool(torch.isfinite(scores).all()):
             row = int((~torch.isfinite(scores)).any(1).nonzero()[0])
-            raise UserError(f"distill.candidate_topk={k} exceeds the items the teacher can rank for sample "
-                            f"(user_id, position) = ({int(users[row])}, {int(positions[row])}) once its history "
-                            "is masked; lower distill.candidate_topk")  # fmt: skip
+            raise UserError(
+                f"distill.candidate_topk={k} exceeds the items the teacher can rank for sample "
+                f"(user_id, position) = ({int(users[row])}, {int(positions[row])}) once its history "
+                "is masked; lower distill.candidate_topk"
+            )
         return users, positions, items, scores
 
     return label
@@ -87,23 +92,57 @@ def precompute(cfg: DictConfig) -> Path:
     keys = training_keys(dm, d.soft_label_samples)  # a bad selection fails before the teacher loads
     out = soft_labels_dir(cfg, teacher_path)
     device = resolve_device(cfg.trainer.accelerator)
-    teacher, ckpt = load_teacher(teacher_path, dm.dataset, device=device, cache_dir=Path(cfg.paths.cache_dir))
-    units = labelling_units(dm.store, dm.keys["train"], keys, sequence_mode=sequence_mode, width=window,
-                            stride=config.sequence_window_stride)  # fmt: skip
+    teacher, ckpt = load_teacher(
+        teacher_path, dm.dataset, device=device, cache_dir=Path(cfg.paths.cache_dir)
+    )
+    units = labelling_units(
+        dm.store,
+        dm.keys["train"],
+        keys,
+        sequence_mode=sequence_mode,
+        width=window,
+        stride=config.sequence_window_stride,
+    )
     shard_dir = out.with_name(out.name + ".shards")
     shard_dir.mkdir(parents=True, exist_ok=True)
     rank, world = _rank_world()
     digest = teacher_digest(teacher_path)
-    tag = json.dumps({"teacher_digest": digest, "data_fingerprint": dm.fingerprint, "samples": str(d.soft_label_samples),
-                      "num_samples": len(keys), "k": int(d.candidate_topk), "history_masked": bool(d.mask_history_in_topk),
-                      "max_seq_len": dm.max_seq_len, "shard_size": SHARD_SIZE, "prompt_mode": config.prompt_mode,
-                      "units": len(units)}, sort_keys=True).encode()  # fmt: skip
+    tag = json.dumps(
+        {
+            "teacher_digest": digest,
+            "data_fingerprint": dm.fingerprint,
+            "samples": str(d.soft_label_samples),
+            "num_samples": len(keys),
+            "k": int(d.candidate_topk),
+            "history_masked": bool(d.mask_history_in_topk),
+            "max_seq_len": dm.max_seq_len,
+            "shard_size": SHARD_SIZE,
+            "prompt_mode": config.prompt_mode,
+            "units": len(units),
+        },
+        sort_keys=True,
+    ).encode()
     shards = shard_ranges(len(units), SHARD_SIZE)
-    todo = [s for s in shards if s[0] % world == rank and not shard_is_done(shard_path(shard_dir, s[0]), tag)]
-    log.info("soft labels: %d samples (%s) in %d %s, %d shards, %d to do on rank %d/%d", len(keys), d.soft_label_samples,
-             len(units), units.name, len(shards), len(todo), rank, world)  # fmt: skip
+    todo = [
+        s
+        for s in shards
+        if s[0] % world == rank and not shard_is_done(shard_path(shard_dir, s[0]), tag)
+    ]
+    log.info(
+        "soft labels: %d samples (%s) in %d %s, %d shards, %d to do on rank %d/%d",
+        len(keys),
+        d.soft_label_samples,
+        len(units),
+        units.name,
+        len(shards),
+        len(todo),
+        rank,
+        world,
+    )
     label = scorer(units, teacher, d.candidate_topk, d.mask_history_in_topk, device)
-    for index, lo, hi in tqdm(todo, desc="teacher top-K", unit="shard", disable=not cfg.trainer.enable_progress_bar):
+    for index, lo, hi in tqdm(
+        todo, desc="teacher top-K", unit="shard", disable=not cfg.trainer.enable_progress_bar
+    ):
         label_shard(shard_path(shard_dir, index), lo, hi, d.teacher_batch_size, label, tag)
     if world > 1:
         _barrier()
@@ -112,15 +151,21 @@ def precompute(cfg: DictConfig) -> Path:
     paths = [shard_path(shard_dir, i) for i, _, _ in shards]
     unfinished = [p.name for p in paths if not shard_is_done(p, tag)]
     if unfinished:
-        raise UserError(f"{shard_dir}: {len(unfinished)} shard(s) unfinished or from another job (first {unfinished[0]}); re-run precompute-soft-labels to complete them")
+        raise UserError(
+            f"{shard_dir}: {len(unfinished)} shard(s) unfinished or from another job (first {unfinished[0]}); re-run precompute-soft-labels to complete them"
+        )
     # only this job's shards are merged (a stale shard of another layout never leaks in)
     user_ids, positions, items, scores = merge_shards(paths, d.candidate_topk)
     card = {
-        "teacher_checkpoint": str(Path(teacher_path).resolve()), "teacher_digest": digest,
-        "data_fingerprint": dm.fingerprint, "dataset": dm.dataset.name, "samples": str(d.soft_label_samples),
-        "history_masked": bool(d.mask_history_in_topk), "source": "precomputed",
+        "teacher_checkpoint": str(Path(teacher_path).resolve()),
+        "teacher_digest": digest,
+        "data_fingerprint": dm.fingerprint,
+        "dataset": dm.dataset.name,
+        "samples": str(d.soft_label_samples),
+        "history_masked": bool(d.mask_history_in_topk),
+        "source": "precomputed",
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }  # fmt: skip
+    }
     labels = SoftLabels(user_ids, positions, items, scores, load_item_embeddings(ckpt.path), card)
     labels = labels.aligned_to(keys)  # refuses a merge that lost samples; sorts by key
     write_soft_labels(out, labels)

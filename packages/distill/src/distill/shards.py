@@ -17,7 +17,9 @@ from recdata.atomic import atomic_file
 
 SHARD_SIZE = 256  # prefixes (prefix mode) or user windows (sequence mode) per shard
 SHARD_TAG = b"ilora.soft_label_shard"  # parquet schema metadata: what a shard was computed for
-Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # user_ids, positions, items, scores
+Rows = tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]  # user_ids, positions, items, scores
 
 
 def shard_ranges(units: int, shard_size: int | None = None) -> list[tuple[int, int, int]]:
@@ -43,7 +45,9 @@ def shard_is_done(path: Path, tag: bytes) -> bool:
         return False
 
 
-def label_shard(path: Path, lo: int, hi: int, batch_size: int, label: Callable[[int, int], Rows], tag: bytes) -> None:
+def label_shard(
+    path: Path, lo: int, hi: int, batch_size: int, label: Callable[[int, int], Rows], tag: bytes
+) -> None:
     """Label units lo..hi in batches of `batch_size` from lo, and write them as one tagged shard."""
     rows = [label(start, min(start + batch_size, hi)) for start in range(lo, hi, batch_size)]
     table = label_table(*(torch.cat(column) for column in zip(*rows, strict=True)))

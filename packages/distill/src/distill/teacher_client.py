@@ -75,8 +75,16 @@ class TeacherClient:
     """POST JSON to the teacher service, retrying transient failures for `retry_budget` seconds
     (see the module doc). Once `digest` is set, an answer from another teacher is refused."""
 
-    def __init__(self, url: str, *, timeout: float = 60.0, retry_budget: float = 120.0,
-                 backoff: float = 0.5, digest: str | None = None, transport=None):  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 60.0,
+        retry_budget: float = 120.0,
+        backoff: float = 0.5,
+        digest: str | None = None,
+        transport=None,
+    ):
         import httpx
 
         if not retry_budget >= 0:
@@ -114,29 +122,43 @@ class TeacherClient:
                     return response.json()
                 message = _server_message(response)
                 if response.status_code not in RETRY_STATUS:
-                    raise TeacherServiceError(f"teacher service {self.url}{path} refused the request "
-                                              f"(HTTP {response.status_code}): {message}")  # fmt: skip
+                    raise TeacherServiceError(
+                        f"teacher service {self.url}{path} refused the request "
+                        f"(HTTP {response.status_code}): {message}"
+                    )
                 failure, unreachable = f"HTTP {response.status_code}: {message}", False
             now = time.monotonic()
             deadline = deadline or now + self.retry_budget
             if now >= deadline:
                 break
-            log.warning("teacher service %s%s: %s (attempt %d; retrying for %.0f s more)",
-                        self.url, path, failure, attempt, deadline - now)  # fmt: skip
+            log.warning(
+                "teacher service %s%s: %s (attempt %d; retrying for %.0f s more)",
+                self.url,
+                path,
+                failure,
+                attempt,
+                deadline - now,
+            )
             time.sleep(min(delay, deadline - now))
             delay = min(2 * delay, MAX_BACKOFF)
-        hint = (" (is it running? TEACHER_CHECKPOINT=<teacher checkpoints/best> uv run bentoml serve "
-                "teacher.service:TeacherService --port <port>; a slow teacher needs a larger distill.request_timeout)")  # fmt: skip
-        raise TeacherServiceError(f"teacher service {self.url}{path} still failing after {attempt} attempts in "
-                                  f"{self.retry_budget:.0f} s (distill.retry_budget): {failure}"
-                                  f"{hint if unreachable else ''}")  # fmt: skip
+        hint = (
+            " (is it running? TEACHER_CHECKPOINT=<teacher checkpoints/best> uv run bentoml serve "
+            "teacher.service:TeacherService --port <port>; a slow teacher needs a larger distill.request_timeout)"
+        )
+        raise TeacherServiceError(
+            f"teacher service {self.url}{path} still failing after {attempt} attempts in "
+            f"{self.retry_budget:.0f} s (distill.retry_budget): {failure}"
+            f"{hint if unreachable else ''}"
+        )
 
     def _check_digest(self, response, path: str) -> None:
         served = response.headers.get(DIGEST_HEADER)
         if self.digest and served and served != self.digest:
-            raise TeacherServiceError(f"teacher service {self.url}{path} now serves teacher {served[:12]}…, not "
-                                      f"{self.digest[:12]}… it served when this fetch started (restarted with "
-                                      "another TEACHER_CHECKPOINT?); restart it with the same teacher")  # fmt: skip
+            raise TeacherServiceError(
+                f"teacher service {self.url}{path} now serves teacher {served[:12]}…, not "
+                f"{self.digest[:12]}… it served when this fetch started (restarted with "
+                "another TEACHER_CHECKPOINT?); restart it with the same teacher"
+            )
 
     def info(self) -> dict:
         return self.post("/info", {})
@@ -150,14 +172,19 @@ class TeacherClient:
         array = np.frombuffer(base64.b64decode(body["data"]), dtype="<f4").reshape(body["shape"])
         return torch.from_numpy(array.astype(np.float32, copy=True))
 
-    def topk_windows(self, histories: list[list[int]], first_positions: list[int], k: int,
-                     exclude_history: bool) -> list[dict]:  # fmt: skip
+    def topk_windows(
+        self, histories: list[list[int]], first_positions: list[int], k: int, exclude_history: bool
+    ) -> list[dict]:
         """Per window: {"positions", "topk_items", "topk_scores"} of every key it reads out."""
-        requests = [{"history": h, "first_position": f, "k": k, "exclude_history": exclude_history}
-                    for h, f in zip(histories, first_positions, strict=True)]  # fmt: skip
+        requests = [
+            {"history": h, "first_position": f, "k": k, "exclude_history": exclude_history}
+            for h, f in zip(histories, first_positions, strict=True)
+        ]
         body = self.post("/topk_windows", {"requests": requests})
         if len(body) != len(histories):
-            raise TeacherServiceError(f"teacher service answered {len(body)} of {len(histories)} windows")
+            raise TeacherServiceError(
+                f"teacher service answered {len(body)} of {len(histories)} windows"
+            )
         return body
 
     def topk(
@@ -183,19 +210,29 @@ class TeacherClient:
         return items, scores
 
 
-def check_info(info: dict, dm, k: int, batch_size: int, expected_digest: str | None = None,
-               expected_from: str = "") -> None:  # fmt: skip
+def check_info(
+    info: dict,
+    dm,
+    k: int,
+    batch_size: int,
+    expected_digest: str | None = None,
+    expected_from: str = "",
+) -> None:
     """Refuse a service that serves another teacher or other data, or cannot answer these calls."""
     served = str(info.get("teacher_digest"))
     if expected_digest is not None and served != expected_digest:
-        raise SoftLabelError(f"the teacher service serves teacher {served[:12]}… ({info.get('teacher_checkpoint')}), "
-                             f"not the expected {expected_digest[:12]}… ({expected_from}); restart the service "
-                             "with that TEACHER_CHECKPOINT or point distill.teacher_checkpoint_path at the served one")  # fmt: skip
+        raise SoftLabelError(
+            f"the teacher service serves teacher {served[:12]}… ({info.get('teacher_checkpoint')}), "
+            f"not the expected {expected_digest[:12]}… ({expected_from}); restart the service "
+            "with that TEACHER_CHECKPOINT or point distill.teacher_checkpoint_path at the served one"
+        )
     if info.get("data_fingerprint") != dm.fingerprint:
-        raise SoftLabelError(f"the teacher service serves a teacher trained on other data (fingerprint "
-                             f"{str(info.get('data_fingerprint'))[:12]}…, dataset {dm.processed_dir} has "
-                             f"{dm.fingerprint[:12]}…); start it with TEACHER_DATA={dm.processed_dir} and a teacher "
-                             "trained on it")  # fmt: skip
+        raise SoftLabelError(
+            f"the teacher service serves a teacher trained on other data (fingerprint "
+            f"{str(info.get('data_fingerprint'))[:12]}…, dataset {dm.processed_dir} has "
+            f"{dm.fingerprint[:12]}…); start it with TEACHER_DATA={dm.processed_dir} and a teacher "
+            "trained on it"
+        )
     if info.get("num_items") != dm.num_items:
         raise SoftLabelError(
             f"the teacher service knows {info.get('num_items')} items, the dataset has {dm.num_items}"
@@ -209,27 +246,57 @@ def check_info(info: dict, dm, k: int, batch_size: int, expected_digest: str | N
             f"distill.teacher_batch_size={batch_size} exceeds the service's {info['max_requests']} requests per call"
         )
     if info.get("prompt_mode") != "sequence" and dm.max_seq_len < info.get("max_seq_len", 0):
-        log.warning("student.max_seq_len=%d is shorter than the teacher's window (%d): the service scores the "
-                    "teacher's full window, precompute-soft-labels would score the shorter one",
-                    dm.max_seq_len, info["max_seq_len"])  # fmt: skip
+        log.warning(
+            "student.max_seq_len=%d is shorter than the teacher's window (%d): the service scores the "
+            "teacher's full window, precompute-soft-labels would score the shorter one",
+            dm.max_seq_len,
+            info["max_seq_len"],
+        )
 
 
-def shard_tag(info: dict, dm, keys: SampleKeys, k: int, mask_history: bool, units: int,
-              shard_size: int | None) -> bytes:  # fmt: skip
+def shard_tag(
+    info: dict, dm, keys: SampleKeys, k: int, mask_history: bool, units: int, shard_size: int | None
+) -> bytes:
     """What a cached shard was fetched for; a shard with another tag is fetched again."""
     key_digest = hashlib.sha256(keys.user_ids.numpy().tobytes() + keys.positions.numpy().tobytes())
-    return json.dumps({"teacher_digest": info["teacher_digest"], "data_fingerprint": dm.fingerprint,
-                       "keys_sha256": key_digest.hexdigest(), "num_samples": len(keys), "k": int(k),
-                       "history_masked": bool(mask_history), "max_seq_len": info.get("max_seq_len"),
-                       "prompt_mode": info.get("prompt_mode", "prefix"), "window": info.get("window"),
-                       "window_stride": info.get("window_stride"), "units": int(units),
-                       "shard_size": shard_size, "source": "service"}, sort_keys=True).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "teacher_digest": info["teacher_digest"],
+            "data_fingerprint": dm.fingerprint,
+            "keys_sha256": key_digest.hexdigest(),
+            "num_samples": len(keys),
+            "k": int(k),
+            "history_masked": bool(mask_history),
+            "max_seq_len": info.get("max_seq_len"),
+            "prompt_mode": info.get("prompt_mode", "prefix"),
+            "window": info.get("window"),
+            "window_stride": info.get("window_stride"),
+            "units": int(units),
+            "shard_size": shard_size,
+            "source": "service",
+        },
+        sort_keys=True,
+    ).encode()
 
 
-def fetch_soft_labels(url: str, dm, keys: SampleKeys, *, k: int, batch_size: int = 32, timeout: float = 60.0,
-                      retry_budget: float = 120.0, mask_history: bool = True, samples: str | None = None,
-                      cache_dir: Path | None = None, expected_digest: str | None = None, expected_from: str = "",
-                      shard_size: int | None = None, backoff: float = 0.5, transport=None) -> SoftLabels:  # fmt: skip
+def fetch_soft_labels(
+    url: str,
+    dm,
+    keys: SampleKeys,
+    *,
+    k: int,
+    batch_size: int = 32,
+    timeout: float = 60.0,
+    retry_budget: float = 120.0,
+    mask_history: bool = True,
+    samples: str | None = None,
+    cache_dir: Path | None = None,
+    expected_digest: str | None = None,
+    expected_from: str = "",
+    shard_size: int | None = None,
+    backoff: float = 0.5,
+    transport=None,
+) -> SoftLabels:
     """The teacher's top-k for every sample key of a set-up `SequentialDataModule`, from the
     service at `url`; rows in `keys` order. Finished shards are kept under `cache_dir` (one
     subdirectory per job; None = a temporary directory, i.e. no resume across calls) and reused by
@@ -241,8 +308,12 @@ def fetch_soft_labels(url: str, dm, keys: SampleKeys, *, k: int, batch_size: int
     if len(keys) == 0:
         raise UserError("no samples to fetch soft labels for")
     dm.setup()
-    with TeacherClient(url, timeout=timeout, retry_budget=retry_budget, backoff=backoff,
-                       transport=transport) as client, tempfile.TemporaryDirectory() as scratch:  # fmt: skip
+    with (
+        TeacherClient(
+            url, timeout=timeout, retry_budget=retry_budget, backoff=backoff, transport=transport
+        ) as client,
+        tempfile.TemporaryDirectory() as scratch,
+    ):
         info = client.info()
         check_info(info, dm, k, batch_size, expected_digest, expected_from)
         client.digest = info["teacher_digest"]
@@ -252,31 +323,56 @@ def fetch_soft_labels(url: str, dm, keys: SampleKeys, *, k: int, batch_size: int
                 f"teacher service sent {embeddings.shape[0]} item embeddings, expected {dm.num_items + 1}"
             )
         sequence_mode = info.get("prompt_mode") == "sequence"
-        units = labelling_units(dm.store, dm.keys["train"], keys, sequence_mode=sequence_mode,
-                                width=int(info["window"]) if sequence_mode else dm.max_seq_len,
-                                stride=info.get("window_stride"))  # fmt: skip
+        units = labelling_units(
+            dm.store,
+            dm.keys["train"],
+            keys,
+            sequence_mode=sequence_mode,
+            width=int(info["window"]) if sequence_mode else dm.max_seq_len,
+            stride=info.get("window_stride"),
+        )
         tag = shard_tag(info, dm, keys, k, mask_history, len(units), shard_size)
         shard_dir = Path(cache_dir or scratch) / hashlib.sha256(tag).hexdigest()[:16]
         shard_dir.mkdir(parents=True, exist_ok=True)
         shards = shard_ranges(len(units), shard_size)
         todo = [s for s in shards if not shard_is_done(shard_path(shard_dir, s[0]), tag)]
-        log.info("teacher service %s: %d samples in %d %s, %d shards, %d cached in %s", url, len(keys), len(units),
-                 units.name, len(shards), len(shards) - len(todo), shard_dir)  # fmt: skip
+        log.info(
+            "teacher service %s: %d samples in %d %s, %d shards, %d cached in %s",
+            url,
+            len(keys),
+            len(units),
+            units.name,
+            len(shards),
+            len(shards) - len(todo),
+            shard_dir,
+        )
         label = functools.partial(units.fetch, client, k=k, mask_history=mask_history)
         started = time.perf_counter()
         for n, (index, lo, hi) in enumerate(todo, start=1):
             label_shard(shard_path(shard_dir, index), lo, hi, batch_size, label, tag)
             if n % 10 == 0 or n == len(todo):
                 done = sum(hi - lo for _, lo, hi in todo[:n])
-                log.info("teacher service: %d/%d shards fetched (%.1f %s/s)", n, len(todo),
-                         done / (time.perf_counter() - started), units.name)  # fmt: skip
-        user_ids, positions, items, scores = merge_shards([shard_path(shard_dir, i) for i, _, _ in shards], k)
+                log.info(
+                    "teacher service: %d/%d shards fetched (%.1f %s/s)",
+                    n,
+                    len(todo),
+                    done / (time.perf_counter() - started),
+                    units.name,
+                )
+        user_ids, positions, items, scores = merge_shards(
+            [shard_path(shard_dir, i) for i, _, _ in shards], k
+        )
     card = {
-        "teacher_checkpoint": info.get("teacher_checkpoint"), "teacher_digest": info["teacher_digest"],
-        "data_fingerprint": dm.fingerprint, "dataset": dm.dataset.name,
+        "teacher_checkpoint": info.get("teacher_checkpoint"),
+        "teacher_digest": info["teacher_digest"],
+        "data_fingerprint": dm.fingerprint,
+        "dataset": dm.dataset.name,
         **({"samples": str(samples)} if samples is not None else {}),
-        "history_masked": bool(mask_history), "source": "service", "teacher_url": url,
-        "num_samples": len(keys), "k": int(k),  # as a written soft_labels card has them
+        "history_masked": bool(mask_history),
+        "source": "service",
+        "teacher_url": url,
+        "num_samples": len(keys),
+        "k": int(k),  # as a written soft_labels card has them
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }  # fmt: skip
+    }
     return SoftLabels(user_ids, positions, items, scores, embeddings, card).aligned_to(keys)

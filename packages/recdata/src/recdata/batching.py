@@ -50,7 +50,9 @@ def history_mask(
     full_history: torch.Tensor, num_items: int, keep: torch.Tensor | None = None
 ) -> torch.Tensor:
     """(B, N+1) bool mask of items in each row's history; the `keep` items are never masked."""
-    mask = torch.zeros(full_history.shape[0], num_items + 1, dtype=torch.bool, device=full_history.device)
+    mask = torch.zeros(
+        full_history.shape[0], num_items + 1, dtype=torch.bool, device=full_history.device
+    )
     mask.scatter_(1, full_history, True)
     mask[:, 0] = False
     if keep is not None:

@@ -22,9 +22,13 @@ def candidates_path(dataset: PreparedDataset, num_candidates: int, seed: int) ->
 
 
 def draw_candidates(
-    store: SequenceStore, user_ids: torch.Tensor, targets: torch.Tensor, num_candidates: int,
-    seed: int, chunk: int = 1024,
-) -> torch.Tensor:  # fmt: skip
+    store: SequenceStore,
+    user_ids: torch.Tensor,
+    targets: torch.Tensor,
+    num_candidates: int,
+    seed: int,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """(S, C): column 0 the target, then C-1 distinct items the user never interacted with,
     uniformly without replacement (top-k of random keys over the allowed items)."""
     generator = torch.Generator().manual_seed(seed)

@@ -51,9 +51,14 @@ SEQUENCES_SCHEMA = pa.schema(
 
 
 def fingerprint(
-    item_raw_ids: list[str], titles: list[str], user_raw_ids: list[str],
-    offsets: np.ndarray, items: np.ndarray, timestamps: np.ndarray, ratings: np.ndarray,
-) -> str:  # fmt: skip
+    item_raw_ids: list[str],
+    titles: list[str],
+    user_raw_ids: list[str],
+    offsets: np.ndarray,
+    items: np.ndarray,
+    timestamps: np.ndarray,
+    ratings: np.ndarray,
+) -> str:
     """sha256 over the item vocabulary and every sequence (items, times and ratings)."""
     digest = hashlib.sha256()
     for part in (item_raw_ids, titles, user_raw_ids):

@@ -40,7 +40,7 @@ from recdata.prepare import (
     items_table_of,
     sequences_table_of,
     write_contract,
-)  # fmt: skip
+)
 from recdata.sources import DATASETS
 from recdata.tables import TableFile
 
@@ -76,8 +76,10 @@ def check_name(name: str) -> str:
     if name in DATASETS:
         raise UserError(f"{name!r} is a built-in dataset; give your own data another name")
     if not _NAME.match(name):
-        raise UserError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-' "
-                        "(it names a directory), starting with a letter or digit")  # fmt: skip
+        raise UserError(
+            f"dataset name {name!r} must be letters, digits, '.', '_' or '-' "
+            "(it names a directory), starting with a letter or digit"
+        )
     return name
 
 
@@ -91,23 +93,41 @@ def resolve_files(name: str, source: CustomSource) -> tuple[TableFile, TableFile
         raise DataError(f"--from {path}: no such file or directory")
     if path.is_dir():
         if source.format not in (None, "atomic"):
-            raise DataError(f"--from {path}: a directory is read as RecBole atomic files; give the "
-                            f"{source.format} file itself")  # fmt: skip
+            raise DataError(
+                f"--from {path}: a directory is read as RecBole atomic files; give the "
+                f"{source.format} file itself"
+            )
         inter = TableFile(path / f"{name}.inter", "atomic")
         if not inter.path.is_file():
             found = sorted(p.name for p in path.glob("*.inter"))
-            hint = f"; found {', '.join(found[:5])} (the file name must be the dataset name)" if found else ""
-            raise DataError(f"{path}: no {name}.inter (RecBole atomic files are named after the dataset){hint}")
+            hint = (
+                f"; found {', '.join(found[:5])} (the file name must be the dataset name)"
+                if found
+                else ""
+            )
+            raise DataError(
+                f"{path}: no {name}.inter (RecBole atomic files are named after the dataset){hint}"
+            )
     else:
         inter = TableFile(path, tables.format_of(path, source.format))
     items_path = source.items_path
-    if items_path is None and inter.format == "atomic" and inter.path.with_suffix(".item").is_file():
+    if (
+        items_path is None
+        and inter.format == "atomic"
+        and inter.path.with_suffix(".item").is_file()
+    ):
         items_path = inter.path.with_suffix(".item")
     if items_path is None:
         return inter, None
     items_path = Path(items_path)
     items_format = "atomic" if items_path.suffix == ".item" else None
-    if items_format is None and items_path.suffix.lower() not in (".csv", ".tsv", ".tab", ".parquet", ".pq"):
+    if items_format is None and items_path.suffix.lower() not in (
+        ".csv",
+        ".tsv",
+        ".tab",
+        ".parquet",
+        ".pq",
+    ):
         items_format = inter.format
     items = TableFile(items_path, tables.format_of(items_path, items_format))
     items.check_exists("items")
@@ -134,15 +154,21 @@ class Fields:
         for k, text in enumerate(header, start=1):
             name, sep, kind = text.partition(":")
             if not sep:
-                raise DataError(f"{file.path}:1: column {k} {text!r} has no type; a RecBole atomic "
-                                f"header names every column name:type, type one of {', '.join(ATOMIC_TYPES)}")  # fmt: skip
+                raise DataError(
+                    f"{file.path}:1: column {k} {text!r} has no type; a RecBole atomic "
+                    f"header names every column name:type, type one of {', '.join(ATOMIC_TYPES)}"
+                )
             if kind not in ATOMIC_TYPES:
-                raise DataError(f"{file.path}:1: column {k} {text!r} has the unknown type {kind!r}; "
-                                f"RecBole's types are {', '.join(ATOMIC_TYPES)}")  # fmt: skip
+                raise DataError(
+                    f"{file.path}:1: column {k} {text!r} has the unknown type {kind!r}; "
+                    f"RecBole's types are {', '.join(ATOMIC_TYPES)}"
+                )
             columns[name] = (text, kind)
         return cls(file, header, columns)
 
-    def pick(self, name: str | None, option: str, *, required: bool, types: tuple[str, ...] = ()) -> str | None:
+    def pick(
+        self, name: str | None, option: str, *, required: bool, types: tuple[str, ...] = ()
+    ) -> str | None:
         """The file column of field `name`, checked against RecBole types for atomic files."""
         if name is None:
             return None
@@ -150,11 +176,15 @@ class Fields:
             if not required:
                 return None
             listed = ", ".join(self.columns)
-            raise DataError(f"{self.file.path}: no column {name!r} (set {option}); its columns are: {listed}")
+            raise DataError(
+                f"{self.file.path}: no column {name!r} (set {option}); its columns are: {listed}"
+            )
         column, kind = self.columns[name]
         if types and kind is not None and kind not in types:
-            raise DataError(f"{self.file.path}:1: column {column!r} is {kind}, expected {' or '.join(types)} "
-                            f"for {option}")  # fmt: skip
+            raise DataError(
+                f"{self.file.path}:1: column {column!r} is {kind}, expected {' or '.join(types)} "
+                f"for {option}"
+            )
         return column
 
     def type_of(self, name: str) -> str | None:
@@ -191,24 +221,38 @@ def read_interactions(file: TableFile, source: CustomSource) -> Interactions:
     fields = Fields.of(file)
     if source.user_col == source.item_col:
         raise UserError(f"--user-col and --item-col both name {source.user_col!r}")
-    names = {"user": source.user_col, "item": source.item_col,
-             "time": source.time_col or "timestamp", "rating": source.rating_col or "rating"}  # fmt: skip
+    names = {
+        "user": source.user_col,
+        "item": source.item_col,
+        "time": source.time_col or "timestamp",
+        "rating": source.rating_col or "rating",
+    }
     # time and rating are optional unless named; RecBole types them float, ids token
     found = {
         "user": fields.pick(names["user"], "--user-col", required=True, types=("token",)),
         "item": fields.pick(names["item"], "--item-col", required=True, types=("token",)),
-        "time": fields.pick(names["time"], "--time-col", required=source.time_col is not None, types=("float",)),
-        "rating": fields.pick(names["rating"], "--rating-col", required=source.rating_col is not None,
-                              types=("float",)),
-    }  # fmt: skip
+        "time": fields.pick(
+            names["time"], "--time-col", required=source.time_col is not None, types=("float",)
+        ),
+        "rating": fields.pick(
+            names["rating"],
+            "--rating-col",
+            required=source.rating_col is not None,
+            types=("float",),
+        ),
+    }
     used = {key: names[key] if column else None for key, column in found.items()}
-    table = _read(fields, {used[key]: column for key, column in found.items() if column})  # by field name
+    table = _read(
+        fields, {used[key]: column for key, column in found.items() if column}
+    )  # by field name
     return Interactions(
         file=file,
         users=tables.ids(file, table, used["user"], "user"),
         items=tables.ids(file, table, used["item"], "item"),
         times=tables.times(file, table, used["time"]) if used["time"] else None,
-        ratings=tables.numbers(file, table, used["rating"]).astype(np.float32) if used["rating"] else None,
+        ratings=tables.numbers(file, table, used["rating"]).astype(np.float32)
+        if used["rating"]
+        else None,
         columns=used,
     )
 
@@ -220,8 +264,9 @@ def encode_ids(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
     vocab, indices = encoded.dictionary, encoded.indices.to_numpy()
     try:
         numbers = vocab.cast(pa.int64())
-        order = pc.sort_indices(pa.table({"n": numbers, "s": vocab}),
-                                sort_keys=[("n", "ascending"), ("s", "ascending")])  # fmt: skip
+        order = pc.sort_indices(
+            pa.table({"n": numbers, "s": vocab}), sort_keys=[("n", "ascending"), ("s", "ascending")]
+        )
     except pa.ArrowInvalid:
         order = pc.sort_indices(vocab)
     order = order.to_numpy()
@@ -254,7 +299,11 @@ def read_items(file: TableFile, source: CustomSource, item_field: str) -> ItemTa
     if source.text_cols is not None:
         text_names = [n for n in source.text_cols if fields.pick(n, "--text-cols", required=True)]
     else:
-        text_names = [n for n in fields.columns if n not in mapped and fields.type_of(n) in (None, "token", "token_seq")]
+        text_names = [
+            n
+            for n in fields.columns
+            if n not in mapped and fields.type_of(n) in (None, "token", "token_seq")
+        ]
     wanted = {"__id": id_column, **{f"text:{n}": fields.columns[n][0] for n in text_names}}
     wanted |= {"__year": year} if year else {}
     wanted |= {"__genres": genres} if genres else {}
@@ -262,23 +311,30 @@ def read_items(file: TableFile, source: CustomSource, item_field: str) -> ItemTa
     ids = tables.ids(file, pa.table({id_name: table.column("__id")}), id_name, "item")
     _refuse_duplicate_ids(file, ids, id_name)
     text_values = [(n, tables.column(table, f"text:{n}")) for n in text_names]
-    if source.text_cols is None and file.format != "atomic":  # numbers (prices, counts) are not text
+    if (
+        source.text_cols is None and file.format != "atomic"
+    ):  # numbers (prices, counts) are not text
         text_values = [(n, v) for n, v in text_values if not _all_numbers(v)]
     return ItemTable(
         file=file,
         ids=ids,
         text=item_text(text_values, source.max_text_chars),
         years=_years(tables.column(table, "__year")) if year else None,
-        genres=_genres(tables.column(table, "__genres"), fields.type_of(source.genres_col), source.genres_sep)
-        if genres else None,
+        genres=_genres(
+            tables.column(table, "__genres"), fields.type_of(source.genres_col), source.genres_sep
+        )
+        if genres
+        else None,
         text_columns=[n for n, _ in text_values],
         id_column=id_name,
-    )  # fmt: skip
+    )
 
 
 def _default_item_id(fields: Fields, item_field: str) -> str:
     """The interactions' item column name, else RecBole's item_id."""
-    return item_field if item_field in fields.columns or "item_id" not in fields.columns else "item_id"
+    return (
+        item_field if item_field in fields.columns or "item_id" not in fields.columns else "item_id"
+    )
 
 
 def _refuse_duplicate_ids(file: TableFile, ids: pa.Array, name: str) -> None:
@@ -290,8 +346,12 @@ def _refuse_duplicate_ids(file: TableFile, ids: pa.Array, name: str) -> None:
     is_first[first] = True
     row = int(np.flatnonzero(~is_first)[0])
     first_row = int(first[codes[row]])
-    again = f"row {first_row + 1}" if file.format == "parquet" else f"line {file.line_of(first_row)}"
-    raise DataError(f"{file.where(row, name)}: item id {ids[row].as_py()!r} appears again (first on {again})")
+    again = (
+        f"row {first_row + 1}" if file.format == "parquet" else f"line {file.line_of(first_row)}"
+    )
+    raise DataError(
+        f"{file.where(row, name)}: item id {ids[row].as_py()!r} appears again (first on {again})"
+    )
 
 
 def _all_numbers(values: pa.Array) -> bool:
@@ -343,7 +403,9 @@ def _cap(text: pa.Array, max_chars: int) -> pa.Array:
     if not pc.any(long).as_py():
         return text
     # One character more than the budget shows whether the cut falls between words.
-    cut = pc.replace_substring_regex(pc.utf8_slice_codeunits(text, 0, max_chars + 1), r"\s*\S*$", "")
+    cut = pc.replace_substring_regex(
+        pc.utf8_slice_codeunits(text, 0, max_chars + 1), r"\s*\S*$", ""
+    )
     cut = pc.utf8_rtrim(cut, characters=" ;:,")
     hard = pc.utf8_slice_codeunits(text, 0, max_chars)  # one word longer than the budget
     return pc.if_else(long, pc.if_else(pc.equal(cut, ""), hard, cut), text)
@@ -353,7 +415,9 @@ def _years(values: pa.Array) -> pa.Array:
     """Years 1..9999 as int16; anything else (unknown, a date) is null."""
     if not pa.types.is_integer(values.type):
         text = pc.utf8_trim_whitespace(_as_text(values))
-        values = pc.if_else(pc.match_substring_regex(text, r"^[0-9]{1,4}$"), text, None).cast(pa.int64())
+        values = pc.if_else(pc.match_substring_regex(text, r"^[0-9]{1,4}$"), text, None).cast(
+            pa.int64()
+        )
     ok = pc.and_(pc.greater_equal(values, 1), pc.less_equal(values, 9999))
     return pc.if_else(ok, values, None).cast(pa.int16())
 
@@ -385,8 +449,10 @@ def align_items(items: ItemTable | None, item_raw: pa.Array, allow_missing: bool
     missing = pc.is_null(pos).to_numpy(zero_copy_only=False)
     if missing.any() and not allow_missing:
         absent = item_raw.filter(pa.array(missing)).to_pylist()
-        raise DataError(f"{items.file.path}: {len(absent)} rated item(s) of {inter_path} have no row here, e.g. "
-                        f"{absent[:5]} (add them, or pass --allow-missing-items for empty text)")  # fmt: skip
+        raise DataError(
+            f"{items.file.path}: {len(absent)} rated item(s) of {inter_path} have no row here, e.g. "
+            f"{absent[:5]} (add them, or pass --allow-missing-items for empty text)"
+        )
     titles = pc.fill_null(items.text.take(pos), "")
     years = items.years.take(pos) if items.years is not None else pa.nulls(n, pa.int16())
     genres = items.genres.take(pos) if items.genres is not None else _empty_lists(n)
@@ -401,8 +467,14 @@ def _empty_lists(n: int) -> pa.Array:
 # --- the contract -------------------------------------------------------------------------------
 
 
-def build_custom_contract(name: str, source: CustomSource, out_dir: Path, filters: Filters | None = None,
-                          *, use: list[str] | None = None) -> dict:  # fmt: skip
+def build_custom_contract(
+    name: str,
+    source: CustomSource,
+    out_dir: Path,
+    filters: Filters | None = None,
+    *,
+    use: list[str] | None = None,
+) -> dict:
     """Read the user's files, filter, write the contract to `out_dir` atomically, return meta.
     `use` is what a command needs to find the dataset (Hydra overrides), kept in meta.json."""
     filters = filters or Filters()
@@ -411,39 +483,67 @@ def build_custom_contract(name: str, source: CustomSource, out_dir: Path, filter
     inter = read_interactions(inter_file, source)
     items = read_items(items_file, source, inter.columns["item"]) if items_file else None
     if filters.rating_threshold is not None and inter.ratings is None:
-        raise UserError(f"--rating-threshold needs ratings, and {inter_file.path} has no column "
-                        f"{source.rating_col or 'rating'!r} (set --rating-col)")  # fmt: skip
+        raise UserError(
+            f"--rating-threshold needs ratings, and {inter_file.path} has no column "
+            f"{source.rating_col or 'rating'!r} (set --rating-col)"
+        )
 
     user_vocab, user_codes = encode_ids(inter.users)
     item_vocab, item_codes = encode_ids(inter.items)
     times = inter.times if inter.times is not None else np.zeros(len(inter), np.int64)
     ratings = inter.ratings if inter.ratings is not None else np.ones(len(inter), np.float32)
     rows, report = apply_filters(user_codes, item_codes, times, ratings, filters, name)
-    seqs = build_sequences(user_codes[rows], item_codes[rows], times[rows], ratings[rows],
-                           len(user_vocab), len(item_vocab))  # fmt: skip
+    seqs = build_sequences(
+        user_codes[rows],
+        item_codes[rows],
+        times[rows],
+        ratings[rows],
+        len(user_vocab),
+        len(item_vocab),
+    )
     if inter.times is None:  # file order is the order; timestamps are positions 0..L-1
         seqs.times = _positions(seqs)
     del user_codes, item_codes, times, ratings, rows
 
-    item_raw, user_raw = item_vocab.take(pa.array(seqs.item_index)), user_vocab.take(pa.array(seqs.user_index))
-    titles, years, genres, without_row = align_items(items, item_raw, source.allow_missing_items, inter_file.path)
-    fp = fingerprint(item_raw.to_pylist(), titles.to_pylist(), user_raw.to_pylist(),
-                     seqs.offsets, seqs.items, seqs.times, seqs.ratings)  # fmt: skip
+    item_raw, user_raw = (
+        item_vocab.take(pa.array(seqs.item_index)),
+        user_vocab.take(pa.array(seqs.user_index)),
+    )
+    titles, years, genres, without_row = align_items(
+        items, item_raw, source.allow_missing_items, inter_file.path
+    )
+    fp = fingerprint(
+        item_raw.to_pylist(),
+        titles.to_pylist(),
+        user_raw.to_pylist(),
+        seqs.offsets,
+        seqs.items,
+        seqs.times,
+        seqs.ratings,
+    )
     meta = {
         "schema_version": SCHEMA_VERSION,
         "dataset": name,
         "source": _source_meta(inter, items, source),
         "order": _order_meta(inter),
         "item_text": _text_meta(items, titles, without_row, source.max_text_chars),
-        "counts": {**counts_meta(report, len(user_raw), len(item_raw), len(seqs.items), len(user_vocab)),
-                   "raw_items": len(item_vocab), "dropped_items": len(item_vocab) - len(item_raw)},
+        "counts": {
+            **counts_meta(report, len(user_raw), len(item_raw), len(seqs.items), len(user_vocab)),
+            "raw_items": len(item_vocab),
+            "dropped_items": len(item_vocab) - len(item_raw),
+        },
         "filters": report.meta(filters, full=True),
         "split": {"rule": SPLIT_RULE, "samples": split_counts(seqs.lengths)},
         "fingerprint": fp,
         "use": use or [f"dataset.name={name}"],
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }  # fmt: skip
-    write_contract(out_dir, items_table_of(item_raw, titles, years, genres), sequences_table_of(user_raw, seqs), meta)
+    }
+    write_contract(
+        out_dir,
+        items_table_of(item_raw, titles, years, genres),
+        sequences_table_of(user_raw, seqs),
+        meta,
+    )
     return meta
 
 
@@ -456,15 +556,18 @@ def _source_meta(inter: Interactions, items: ItemTable | None, source: CustomSou
     files = {str(inter.file.path.resolve()): sha256_file(inter.file.path)}
     if items is not None:
         files[str(items.file.path.resolve())] = sha256_file(items.file.path)
-    kind = "RecBole atomic files" if inter.file.format == "atomic" else f"a {inter.file.format} table"
+    kind = (
+        "RecBole atomic files" if inter.file.format == "atomic" else f"a {inter.file.format} table"
+    )
     return {
         "description": f"your own data ({kind})",
         "format": inter.file.format,
         "files": files,
         "columns": inter.columns,
-        "items": None if items is None else {"id": items.id_column, "year": source.year_col,
-                                             "genres": source.genres_col},
-    }  # fmt: skip
+        "items": None
+        if items is None
+        else {"id": items.id_column, "year": source.year_col, "genres": source.genres_col},
+    }
 
 
 def _order_meta(inter: Interactions) -> str:
@@ -473,9 +576,15 @@ def _order_meta(inter: Interactions) -> str:
     return f"time column {inter.columns['time']} (seconds), ties in file order"
 
 
-def _text_meta(items: ItemTable | None, titles: pa.Array, without_row: int, max_chars: int) -> dict | None:
+def _text_meta(
+    items: ItemTable | None, titles: pa.Array, without_row: int, max_chars: int
+) -> dict | None:
     if items is None or not items.text_columns:
         return None
     with_text = int(pc.sum(pc.not_equal(titles, "")).as_py() or 0)
-    return {"columns": items.text_columns, "max_chars": max_chars, "items_with_text": with_text,
-            "items_without_row": without_row}  # fmt: skip
+    return {
+        "columns": items.text_columns,
+        "max_chars": max_chars,
+        "items_with_text": with_text,
+        "items_without_row": without_row,
+    }

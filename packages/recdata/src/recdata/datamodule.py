@@ -55,8 +55,21 @@ class LengthGroupedSampler(Sampler[int]):
     on (seed, epoch)) -- indices are shuffled, cut into groups of ``group`` batches, sorted by
     length within a group, and the batches are shuffled; otherwise longest first, ties by index."""
 
-    def __init__(self, lengths: torch.Tensor, batch_size: int, seed: int = 0, shuffle: bool = True, group: int = 32):
-        self.lengths, self.batch_size, self.seed, self.group, self.epoch = lengths, batch_size, seed, group, 0
+    def __init__(
+        self,
+        lengths: torch.Tensor,
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        group: int = 32,
+    ):
+        self.lengths, self.batch_size, self.seed, self.group, self.epoch = (
+            lengths,
+            batch_size,
+            seed,
+            group,
+            0,
+        )
         self.shuffle = shuffle
 
     def set_epoch(self, epoch: int) -> None:
@@ -71,7 +84,10 @@ class LengthGroupedSampler(Sampler[int]):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator)
         span = self.batch_size * self.group
-        groups = [g[torch.argsort(self.lengths[g], descending=True, stable=True)] for g in order.split(span)]
+        groups = [
+            g[torch.argsort(self.lengths[g], descending=True, stable=True)]
+            for g in order.split(span)
+        ]
         batches = torch.cat(groups).split(self.batch_size) if groups else []
         # The DataLoader cuts this order into consecutive runs of batch_size: a short batch in
         # the middle would shift every later run across two of these batches (long and short
@@ -85,8 +101,14 @@ class LengthGroupedSampler(Sampler[int]):
 class SplitDataset(Dataset):
     """Samples of one split; `__getitems__` builds a whole batch with tensor ops."""
 
-    def __init__(self, store: SequenceStore, keys: SampleKeys, max_seq_len: int,
-                 candidates: torch.Tensor | None = None, with_full_history: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        store: SequenceStore,
+        keys: SampleKeys,
+        max_seq_len: int,
+        candidates: torch.Tensor | None = None,
+        with_full_history: bool = False,
+    ):
         self.store, self.keys, self.max_seq_len = store, keys, max_seq_len
         self.candidates, self.with_full_history = candidates, with_full_history
 
@@ -140,7 +162,12 @@ class UserSequenceDataset(Dataset):
         # sample key of each column's target: (user_id, position); 0 where there is no target
         offsets = torch.arange(self.max_seq_len - 1, -1, -1)
         positions = torch.where(targets > 0, ends.unsqueeze(1) - offsets, 0)
-        return {"user_id": users, "history": inputs, "targets": targets, "target_positions": positions}
+        return {
+            "user_id": users,
+            "history": inputs,
+            "targets": targets,
+            "target_positions": positions,
+        }
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
@@ -155,7 +182,9 @@ class WindowTrainDataset(Dataset):
 
     def __init__(self, store: SequenceStore, plan: WindowPlan, selected: SampleKeys | None = None):
         self.store, self.plan = store, plan
-        self.selected = None if selected is None else selected.flat_mask(store.starts, len(store.items))
+        self.selected = (
+            None if selected is None else selected.flat_mask(store.starts, len(store.items))
+        )
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -165,7 +194,11 @@ class WindowTrainDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.int64)
-        users, ends, first = self.plan.user_ids[idx], self.plan.ends[idx], self.plan.first_positions[idx]
+        users, ends, first = (
+            self.plan.user_ids[idx],
+            self.plan.ends[idx],
+            self.plan.first_positions[idx],
+        )
         width = self.plan.width
         history = self.store.window(users, ends, width)
         positions = readout_positions(ends, width)
@@ -173,9 +206,17 @@ class WindowTrainDataset(Dataset):
         if self.selected is not None:
             flat = (self.store.starts[users].unsqueeze(1) + positions).clamp(min=0)
             read &= self.selected[flat]
-        targets = torch.where(read, self.store.items[(self.store.starts[users].unsqueeze(1) + positions).clamp(min=0)], 0)
-        batch = {"user_id": users, "history": history, "targets": targets,
-                 "target_positions": torch.where(read, positions, 0)}  # fmt: skip
+        targets = torch.where(
+            read,
+            self.store.items[(self.store.starts[users].unsqueeze(1) + positions).clamp(min=0)],
+            0,
+        )
+        batch = {
+            "user_id": users,
+            "history": history,
+            "targets": targets,
+            "target_positions": torch.where(read, positions, 0),
+        }
         return trim_padding_columns(batch, ("history", "targets", "target_positions"))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -216,8 +257,14 @@ class SequentialDataModule(L.LightningDataModule):
         self.train_mode, self.num_workers = train_mode, num_workers
         self.num_candidates, self.candidate_seed, self.seed = num_candidates, candidate_seed, seed
         if eval_order not in EVAL_ORDERS:
-            raise UserError(f"eval_order must be one of {', '.join(EVAL_ORDERS)}, got {eval_order!r}")
-        self.train_samples, self.window_stride, self.eval_order = train_samples, window_stride, eval_order
+            raise UserError(
+                f"eval_order must be one of {', '.join(EVAL_ORDERS)}, got {eval_order!r}"
+            )
+        self.train_samples, self.window_stride, self.eval_order = (
+            train_samples,
+            window_stride,
+            eval_order,
+        )
         self.dataset: PreparedDataset | None = None
 
     # -- setup -------------------------------------------------------------------------------
@@ -256,7 +303,9 @@ class SequentialDataModule(L.LightningDataModule):
         self.setup()
         cands = self.candidates.get(split) if (self.candidates and with_candidates) else None
         keys = self.train_keys() if split == "train" else self.keys[split]
-        return SplitDataset(self.store, keys, self.max_seq_len, cands, with_full_history=split != "train")
+        return SplitDataset(
+            self.store, keys, self.max_seq_len, cands, with_full_history=split != "train"
+        )
 
     def train_keys(self) -> SampleKeys:
         """The training samples a run learns from: every train key, or the `train_samples`
@@ -281,9 +330,13 @@ class SequentialDataModule(L.LightningDataModule):
             plan = plan.holding(selected, self.store.starts, len(self.store.items))
         return WindowTrainDataset(self.store, plan, selected)
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, by_length: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, shuffle: bool, by_length: bool = False
+    ) -> DataLoader:
         if by_length:  # similar lengths share a batch (shuffled when training, fixed otherwise)
-            sampler = LengthGroupedSampler(dataset.lengths(), batch_size, self.seed, shuffle=shuffle)
+            sampler = LengthGroupedSampler(
+                dataset.lengths(), batch_size, self.seed, shuffle=shuffle
+            )
         else:
             sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
         return DataLoader(
@@ -298,11 +351,17 @@ class SequentialDataModule(L.LightningDataModule):
     def loader(self, split: str, batch_size: int | None = None) -> DataLoader:
         """A loader over one evaluation split (or train prefixes), in (user_id, position) order,
         or grouped by history length with ``eval_order="length"`` (for the LLM teacher)."""
-        return self._loader(self.split_dataset(split), batch_size or self.eval_batch_size, False,
-                            by_length=self.eval_order == "length")  # fmt: skip
+        return self._loader(
+            self.split_dataset(split),
+            batch_size or self.eval_batch_size,
+            False,
+            by_length=self.eval_order == "length",
+        )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), self.batch_size, True, by_length=self.train_mode == "windows")
+        return self._loader(
+            self.train_dataset(), self.batch_size, True, by_length=self.train_mode == "windows"
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("valid")

@@ -163,11 +163,18 @@ def local_copy(spec: DatasetSpec, local: Path, sha256: str | None = None) -> Ite
         try:
             yield inner
         except DataError as error:
-            raise DataError(str(error).replace(str(inner), f"{local}:{spec.source.member_dir}")) from None
+            raise DataError(
+                str(error).replace(str(inner), f"{local}:{spec.source.member_dir}")
+            ) from None
 
 
-def install_local(spec: DatasetSpec, local: Path, raw_dir: Path, check: Callable[[Path], T],
-                  sha256: str | None = None) -> T:  # fmt: skip
+def install_local(
+    spec: DatasetSpec,
+    local: Path,
+    raw_dir: Path,
+    check: Callable[[Path], T],
+    sha256: str | None = None,
+) -> T:
     """Run `check` on the user's copy where it is (its errors name the user's files), and only
     when it passes replace `raw_dir` with the copy, atomically: a bad copy never replaces a
     good one. Returns what `check` returned."""
@@ -179,7 +186,9 @@ def install_local(spec: DatasetSpec, local: Path, raw_dir: Path, check: Callable
     return result
 
 
-def fetch_from_local(spec: DatasetSpec, local: Path, raw_dir: Path, sha256: str | None = None) -> Path:
+def fetch_from_local(
+    spec: DatasetSpec, local: Path, raw_dir: Path, sha256: str | None = None
+) -> Path:
     """Accept an already-downloaded copy (a directory or the zip) once its files parse."""
     install_local(spec, local, raw_dir, lambda source: read_raw(source, spec), sha256)
     return raw_dir

@@ -33,16 +33,26 @@ class Filters:
                 f"train, a valid and a test item per user), got {self.min_user_interactions}"
             )
         if self.min_item_interactions < 1:
-            raise UserError(f"--min-item-interactions must be >= 1, got {self.min_item_interactions}")
+            raise UserError(
+                f"--min-item-interactions must be >= 1, got {self.min_item_interactions}"
+            )
         if self.duplicates not in DUPLICATES:
-            raise UserError(f"--duplicates must be one of {', '.join(DUPLICATES)}, got {self.duplicates!r}")
+            raise UserError(
+                f"--duplicates must be one of {', '.join(DUPLICATES)}, got {self.duplicates!r}"
+            )
         if self.rating_threshold is not None and not np.isfinite(self.rating_threshold):
-            raise UserError(f"--rating-threshold must be a finite number, got {self.rating_threshold}")
+            raise UserError(
+                f"--rating-threshold must be a finite number, got {self.rating_threshold}"
+            )
 
     @property
     def only_min_user(self) -> bool:
         """True when nothing but the per-user minimum is asked for (the MovieLens default)."""
-        return (self.min_item_interactions, self.duplicates, self.rating_threshold) == (1, "keep-all", None)
+        return (self.min_item_interactions, self.duplicates, self.rating_threshold) == (
+            1,
+            "keep-all",
+            None,
+        )
 
 
 @dataclass
@@ -64,15 +74,22 @@ class FilterReport:
             "min_item_interactions": filters.min_item_interactions,
             "duplicates": filters.duplicates,
             "rating_threshold": filters.rating_threshold,
-            "dropped": {"rating_threshold": self.rating_threshold_dropped, "duplicates": self.duplicates_dropped},
+            "dropped": {
+                "rating_threshold": self.rating_threshold_dropped,
+                "duplicates": self.duplicates_dropped,
+            },
             "k_core_rounds": self.rounds,
         }
 
 
 def apply_filters(
-    users: np.ndarray, items: np.ndarray, times: np.ndarray, ratings: np.ndarray, filters: Filters,
+    users: np.ndarray,
+    items: np.ndarray,
+    times: np.ndarray,
+    ratings: np.ndarray,
+    filters: Filters,
     name: str,
-) -> tuple[np.ndarray, FilterReport]:  # fmt: skip
+) -> tuple[np.ndarray, FilterReport]:
     """Row indices (ascending, i.e. file order) of the interactions that pass, and the report.
     `users` and `items` are codes 0..K-1; `times` orders each user's interactions (stable ties)."""
     report = FilterReport(raw_interactions=len(users))
@@ -113,24 +130,40 @@ def _k_core(rows, users, items, filters: Filters, report: FilterReport, name: st
     while True:
         round_no += 1
         u, i = users[rows], items[rows]
-        users_before, items_before, rows_before = _present(u, n_users), _present(i, n_items), len(rows)
+        users_before, items_before, rows_before = (
+            _present(u, n_users),
+            _present(i, n_items),
+            len(rows),
+        )
         if min_item > 1:
             rows = rows[np.bincount(i, minlength=n_items)[i] >= min_item]
-            _raise_if_empty(rows, name, f"the item filter (>= {min_item} interactions per item) in k-core round {round_no}")
+            _raise_if_empty(
+                rows,
+                name,
+                f"the item filter (>= {min_item} interactions per item) in k-core round {round_no}",
+            )
             u = users[rows]
         short = np.bincount(u, minlength=n_users)[u] < min_user
         if short.any():
             rows = rows[~short]
             if len(rows) == 0 and round_no == 1 and min_item == 1:  # the MovieLens wording
-                raise DataError(f"{name}: no user has at least {min_user} interactions; the dataset is empty after filtering")
-            _raise_if_empty(rows, name, f"the user filter (>= {min_user} interactions per user) in k-core round {round_no}")
+                raise DataError(
+                    f"{name}: no user has at least {min_user} interactions; the dataset is empty after filtering"
+                )
+            _raise_if_empty(
+                rows,
+                name,
+                f"the user filter (>= {min_user} interactions per user) in k-core round {round_no}",
+            )
         if len(rows) == rows_before:
             return rows
-        report.rounds.append({
-            "users": users_before - _present(users[rows], n_users),
-            "items": items_before - _present(items[rows], n_items),
-            "interactions": rows_before - len(rows),
-        })  # fmt: skip
+        report.rounds.append(
+            {
+                "users": users_before - _present(users[rows], n_users),
+                "items": items_before - _present(items[rows], n_items),
+                "interactions": rows_before - len(rows),
+            }
+        )
 
 
 def _present(codes: np.ndarray, size: int) -> int:
@@ -139,4 +172,6 @@ def _present(codes: np.ndarray, size: int) -> int:
 
 def _raise_if_empty(rows: np.ndarray, name: str, step: str) -> None:
     if len(rows) == 0:
-        raise DataError(f"{name}: the dataset is empty after filtering: {step} left no interactions")
+        raise DataError(
+            f"{name}: the dataset is empty after filtering: {step} left no interactions"
+        )

@@ -22,10 +22,26 @@ from recdata.sources import DatasetSpec
 
 # Genres of the original ML-100K u.item, in the order of its 19 flag columns (u.genre).
 ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
-    "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 
 _TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})\)\s*$")
 # "Usual Suspects, The" -> "The Usual Suspects"; keeps a trailing "(original title)".
@@ -53,8 +69,13 @@ class RawInteractions:
     lines: np.ndarray  # line number of each interaction in its file, int64
 
     def select(self, keep: np.ndarray) -> RawInteractions:
-        return RawInteractions(self.users[keep], self.items[keep], self.ratings[keep],
-                               self.timestamps[keep], self.lines[keep])  # fmt: skip
+        return RawInteractions(
+            self.users[keep],
+            self.items[keep],
+            self.ratings[keep],
+            self.timestamps[keep],
+            self.lines[keep],
+        )
 
 
 def clean_title(title: str) -> str:
@@ -137,12 +158,16 @@ def _parse_interactions_fast(path: Path, sep: str, skip_rows: int) -> RawInterac
             path,
             read_options=pa_csv.ReadOptions(column_names=names, skip_rows=skip_rows),
             # an empty line fails the column count, so every row is exactly one line
-            parse_options=pa_csv.ParseOptions(delimiter=sep[0], quote_char=False, ignore_empty_lines=False),
+            parse_options=pa_csv.ParseOptions(
+                delimiter=sep[0], quote_char=False, ignore_empty_lines=False
+            ),
             convert_options=pa_csv.ConvertOptions(
-                column_types=types, null_values=[], strings_can_be_null=False,
+                column_types=types,
+                null_values=[],
+                strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
             ),
-        )  # fmt: skip
+        )
     except (pa.ArrowException, OSError):
         return None
     if table.num_rows == 0 or any(column.null_count for column in table.columns):
@@ -179,10 +204,18 @@ def _int_field(path: Path, lineno: int, value: str, what: str) -> int:
         raise DataError(f"{path}:{lineno}: expected an integer {what}, got {value!r}") from None
 
 
-def _add_item(items: dict[int, RawItem], first_seen: dict[int, int], path: Path, lineno: int,
-              item_id: int, item: RawItem) -> None:  # fmt: skip
+def _add_item(
+    items: dict[int, RawItem],
+    first_seen: dict[int, int],
+    path: Path,
+    lineno: int,
+    item_id: int,
+    item: RawItem,
+) -> None:
     if item_id in first_seen:
-        raise DataError(f"{path}:{lineno}: item id {item_id} appears again (first on line {first_seen[item_id]})")
+        raise DataError(
+            f"{path}:{lineno}: item id {item_id} appears again (first on line {first_seen[item_id]})"
+        )
     first_seen[item_id] = lineno
     items[item_id] = item
 
@@ -209,7 +242,14 @@ def parse_ml1m(raw_dir: Path) -> tuple[RawInteractions, dict[int, RawItem]]:
         item_id = _int_field(movies_path, lineno, fields[0], "MovieID")
         title, year = split_title_year(fields[1])
         genres = [g for g in fields[2].split("|") if g]
-        _add_item(items, seen, movies_path, lineno, item_id, RawItem(title=title, year=year, genres=genres))
+        _add_item(
+            items,
+            seen,
+            movies_path,
+            lineno,
+            item_id,
+            RawItem(title=title, year=year, genres=genres),
+        )
     return interactions, items
 
 
@@ -265,7 +305,14 @@ def parse_recbole_ml100k(raw_dir: Path) -> tuple[RawInteractions, dict[int, RawI
         item_id = _int_field(item_path, lineno, fields[0], "item_id")
         year = int(fields[2]) if fields[2].isdigit() else None
         genres = [g for g in fields[3].split() if g and g != "unknown"]
-        _add_item(items, seen, item_path, lineno, item_id, RawItem(title=clean_title(fields[1]), year=year, genres=genres))
+        _add_item(
+            items,
+            seen,
+            item_path,
+            lineno,
+            item_id,
+            RawItem(title=clean_title(fields[1]), year=year, genres=genres),
+        )
     return interactions, items
 
 
@@ -295,8 +342,14 @@ def parse_original_ml100k(raw_dir: Path) -> tuple[RawInteractions, dict[int, Raw
         flags = fields[5:]
         if any(flag not in ("0", "1") for flag in flags):
             raise DataError(f"{item_path}:{lineno}: expected 0/1 genre flags, got {flags}")
-        genres = [g for g, flag in zip(ML100K_GENRES, flags, strict=True) if flag == "1" and g != "unknown"]
-        _add_item(items, seen, item_path, lineno, item_id, RawItem(title=title, year=year, genres=genres))
+        genres = [
+            g
+            for g, flag in zip(ML100K_GENRES, flags, strict=True)
+            if flag == "1" and g != "unknown"
+        ]
+        _add_item(
+            items, seen, item_path, lineno, item_id, RawItem(title=title, year=year, genres=genres)
+        )
     return interactions, items
 
 
@@ -342,14 +395,26 @@ def check_values(path: Path, inter: RawInteractions, spec: DatasetSpec) -> None:
     if not bad.any():
         return
     row = int(np.argmax(bad))
-    where, stamp, rating = f"{path}:{int(inter.lines[row])}", int(inter.timestamps[row]), float(inter.ratings[row])
+    where, stamp, rating = (
+        f"{path}:{int(inter.lines[row])}",
+        int(inter.timestamps[row]),
+        float(inter.ratings[row]),
+    )
     if stamp < 0:
         raise DataError(f"{where}: timestamp {stamp} is negative")
     if stamp < spec.earliest_timestamp:
         earliest = dt.datetime.fromtimestamp(spec.earliest_timestamp, dt.UTC).date()
-        raise DataError(f"{where}: timestamp {stamp} is before {earliest}, earlier than any {spec.name} rating "
-                        "(is the line cut short?)")  # fmt: skip
+        raise DataError(
+            f"{where}: timestamp {stamp} is before {earliest}, earlier than any {spec.name} rating "
+            "(is the line cut short?)"
+        )
     if stamp > latest:
-        raise DataError(f"{where}: timestamp {stamp} is in the future (expected Unix time in seconds)")
+        raise DataError(
+            f"{where}: timestamp {stamp} is in the future (expected Unix time in seconds)"
+        )
     scale = f"{spec.name}'s rating scale {low:g}..{high:g}"
-    raise DataError(f"{where}: rating is NaN, not on {scale}" if np.isnan(rating) else f"{where}: rating {rating:g} is outside {scale}")
+    raise DataError(
+        f"{where}: rating is NaN, not on {scale}"
+        if np.isnan(rating)
+        else f"{where}: rating {rating:g} is outside {scale}"
+    )

@@ -23,7 +23,7 @@ from recdata.contract import (
     SPLIT_RULE,
     fingerprint,
     split_counts,
-)  # fmt: skip
+)
 from recdata.errors import DataError
 from recdata.filters import FilterReport, Filters, apply_filters
 from recdata.parse import LAYOUTS, RawItem, read_raw
@@ -56,8 +56,14 @@ def _densify(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(present), remap[codes]
 
 
-def build_sequences(user_codes: np.ndarray, item_codes: np.ndarray, times: np.ndarray,
-                    ratings: np.ndarray, num_users: int, num_items: int) -> Sequences:  # fmt: skip
+def build_sequences(
+    user_codes: np.ndarray,
+    item_codes: np.ndarray,
+    times: np.ndarray,
+    ratings: np.ndarray,
+    num_users: int,
+    num_items: int,
+) -> Sequences:
     """Dense ids in vocabulary order and each user's interactions sorted by time; lexsort is
     stable, so the given (file) order breaks timestamp ties."""
     item_index, item_ids = _densify(item_codes, num_items)
@@ -69,20 +75,34 @@ def build_sequences(user_codes: np.ndarray, item_codes: np.ndarray, times: np.nd
 
 
 def build_contract(
-    spec: DatasetSpec, raw_dir: Path, out_dir: Path, *, min_user_interactions: int = 3,
+    spec: DatasetSpec,
+    raw_dir: Path,
+    out_dir: Path,
+    *,
+    min_user_interactions: int = 3,
     filters: Filters | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """Parse and check `raw_dir`, write the contract to `out_dir` atomically and return its meta."""
     filters = filters or Filters(min_user_interactions=min_user_interactions)
     layout, raw, raw_items = read_raw(raw_dir, spec)
     user_vocab, user_codes = np.unique(raw.users, return_inverse=True)
     item_vocab, item_codes = np.unique(raw.items, return_inverse=True)
-    rows, report = apply_filters(user_codes, item_codes, raw.timestamps, raw.ratings, filters, spec.name)
-    missing = np.setdiff1d(item_vocab[np.unique(item_codes[rows])], np.fromiter(raw_items, dtype=np.int64))
+    rows, report = apply_filters(
+        user_codes, item_codes, raw.timestamps, raw.ratings, filters, spec.name
+    )
+    missing = np.setdiff1d(
+        item_vocab[np.unique(item_codes[rows])], np.fromiter(raw_items, dtype=np.int64)
+    )
     if len(missing):
         raise DataError(f"{raw_dir}: items {missing[:5].tolist()} are rated but have no metadata")
-    seqs = build_sequences(user_codes[rows], item_codes[rows], raw.timestamps[rows], raw.ratings[rows],
-                           len(user_vocab), len(item_vocab))  # fmt: skip
+    seqs = build_sequences(
+        user_codes[rows],
+        item_codes[rows],
+        raw.timestamps[rows],
+        raw.ratings[rows],
+        len(user_vocab),
+        len(item_vocab),
+    )
 
     items_meta: list[RawItem] = [raw_items[int(raw_id)] for raw_id in item_vocab[seqs.item_index]]
     item_raw = [str(int(r)) for r in item_vocab[seqs.item_index]]
@@ -98,7 +118,9 @@ def build_contract(
             "layout": layout,
             "files": {name: sha256_file(raw_dir / name) for name in LAYOUTS[layout][0]},
         },
-        "counts": counts_meta(report, len(user_raw), len(item_raw), len(seqs.items), len(user_vocab)),
+        "counts": counts_meta(
+            report, len(user_raw), len(item_raw), len(seqs.items), len(user_vocab)
+        ),
         "filters": report.meta(filters),
         "split": {"rule": SPLIT_RULE, "samples": split_counts(seqs.lengths)},
         "fingerprint": fp,
@@ -111,7 +133,9 @@ def build_contract(
     return meta
 
 
-def counts_meta(report: FilterReport, users: int, items: int, interactions: int, raw_users: int) -> dict:
+def counts_meta(
+    report: FilterReport, users: int, items: int, interactions: int, raw_users: int
+) -> dict:
     return {
         "users": users,
         "items": items,
@@ -161,7 +185,9 @@ def sequences_table_of(user_raw, seqs: Sequences) -> pa.Table:
     )
 
 
-def write_contract(out_dir: Path, items_table: pa.Table, sequences_table: pa.Table, meta: dict) -> None:
+def write_contract(
+    out_dir: Path, items_table: pa.Table, sequences_table: pa.Table, meta: dict
+) -> None:
     """All three files or none: a reader never sees a half-written dataset."""
     with atomic_directory(out_dir) as tmp:
         pq.write_table(items_table, tmp / ITEMS_FILE)
@@ -189,5 +215,7 @@ def ensure_prepared(
     if not is_fetched(spec, Path(raw_dir)):
         fetch(spec, Path(raw_dir), Path(cache_dir))
     log.info("preparing %s into %s", name, processed_dir)
-    build_contract(spec, Path(raw_dir), Path(processed_dir), min_user_interactions=min_user_interactions)
+    build_contract(
+        spec, Path(raw_dir), Path(processed_dir), min_user_interactions=min_user_interactions
+    )
     return Path(processed_dir)

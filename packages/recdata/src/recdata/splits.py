@@ -78,7 +78,9 @@ def select_samples(keys: SampleKeys, spec: str) -> SampleKeys:
         return keys
     name, _, value = spec.partition("=")
     if name != "last_n_per_user" or not value.isdigit() or int(value) < 1:
-        raise UserError(f"sample selection must be 'all' or 'last_n_per_user=N' (N >= 1), got {spec!r}")
+        raise UserError(
+            f"sample selection must be 'all' or 'last_n_per_user=N' (N >= 1), got {spec!r}"
+        )
     n = int(value)
     last = torch.zeros(int(keys.user_ids.max()) + 1 if len(keys) else 1, dtype=torch.int64)
     last.scatter_reduce_(0, keys.user_ids, keys.positions, reduce="amax")

@@ -73,12 +73,17 @@ class SyntheticData:
         """Raw item ids: 1..I, or ASIN-like "B<9 digits>" strings in no particular order."""
         if self.id_style == "int":
             return pa.array(np.arange(1, self.num_items + 1, dtype=np.int64))
-        codes = np.random.default_rng(len(self.item_cluster)).choice(10**9, self.num_items, replace=False)
+        codes = np.random.default_rng(len(self.item_cluster)).choice(
+            10**9, self.num_items, replace=False
+        )
         return _ids(codes - 1, "B", "str", width=9)
 
     def interactions_table(self) -> pa.Table:
-        columns = {"user_id": self.user_ids().take(pa.array(self.users)),
-                   "item_id": self.item_ids().take(pa.array(self.items)), "rating": pa.array(self.ratings)}  # fmt: skip
+        columns = {
+            "user_id": self.user_ids().take(pa.array(self.users)),
+            "item_id": self.item_ids().take(pa.array(self.items)),
+            "rating": pa.array(self.ratings),
+        }
         if self.timestamps is not None:
             columns["timestamp"] = pa.array(self.timestamps)
         return pa.table(columns)
@@ -97,10 +102,15 @@ class SyntheticData:
         directory.mkdir(parents=True, exist_ok=True)
         inter = self.interactions_table()
         types = {"user_id": "token", "item_id": "token", "rating": "float", "timestamp": "float"}
-        _write_tsv(inter, [f"{c}:{types[c]}" for c in inter.column_names], directory / f"{name}.inter")
+        _write_tsv(
+            inter, [f"{c}:{types[c]}" for c in inter.column_names], directory / f"{name}.inter"
+        )
         items = self.items_table()
-        _write_tsv(items, [f"{c}:{'token' if c == 'item_id' else 'token_seq'}" for c in items.column_names],
-                   directory / f"{name}.item")  # fmt: skip
+        _write_tsv(
+            items,
+            [f"{c}:{'token' if c == 'item_id' else 'token_seq'}" for c in items.column_names],
+            directory / f"{name}.item",
+        )
         return directory / f"{name}.inter"
 
     def write_csv(self, directory: Path) -> tuple[Path, Path]:
@@ -141,18 +151,29 @@ def _write_tsv(table: pa.Table, header: list[str], path: Path) -> None:
     # pyarrow quotes header names; RecBole's typed header is written as is
     with open(path, "wb") as handle:
         handle.write(("\t".join(header) + "\n").encode())
-        pa_csv.write_csv(table, handle, pa_csv.WriteOptions(include_header=False, delimiter="\t",
-                                                            quoting_style="none"))  # fmt: skip
+        pa_csv.write_csv(
+            table,
+            handle,
+            pa_csv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none"),
+        )
 
 
 # --- generation ---------------------------------------------------------------------------------
 
 
 def generate(
-    num_users: int, num_items: int, num_interactions: int, seed: int = 0, *, with_text: bool = True,
-    with_time: bool = True, id_style: str = "int", alpha: float = 1.0, switch: float = 0.2,
+    num_users: int,
+    num_items: int,
+    num_interactions: int,
+    seed: int = 0,
+    *,
+    with_text: bool = True,
+    with_time: bool = True,
+    id_style: str = "int",
+    alpha: float = 1.0,
+    switch: float = 0.2,
     explore: float = 0.1,
-) -> SyntheticData:  # fmt: skip
+) -> SyntheticData:
     """Synthetic interactions with the structure described in the module docstring."""
     if id_style not in ("int", "str"):
         raise ValueError(f"id_style must be 'int' or 'str', got {id_style!r}")
@@ -181,10 +202,17 @@ def generate(
     order = np.argsort(times, kind="stable")  # the file is a log: time order, users interleaved
     titles, categories = _item_text(rng, item_cluster, k) if with_text else (None, None)
     return SyntheticData(
-        users=users[order], items=items[order], ratings=np.clip(ratings, 1, 5).astype(np.float32)[order],
-        timestamps=times[order] if with_time else None, item_cluster=item_cluster, user_clusters=preferred,
-        step_cluster=step_cluster[order], titles=titles, categories=categories, id_style=id_style,
-    )  # fmt: skip
+        users=users[order],
+        items=items[order],
+        ratings=np.clip(ratings, 1, 5).astype(np.float32)[order],
+        timestamps=times[order] if with_time else None,
+        item_cluster=item_cluster,
+        user_clusters=preferred,
+        step_cluster=step_cluster[order],
+        titles=titles,
+        categories=categories,
+        id_style=id_style,
+    )
 
 
 def _preferred_clusters(rng: np.random.Generator, num_users: int, k: int) -> np.ndarray:
@@ -252,11 +280,19 @@ def _item_text(rng, item_cluster: np.ndarray, k: int) -> tuple[pa.Array, pa.Arra
     size = max(3 * TOPIC_WORDS * k, 60)
     vocab = sorted({"".join(rng.choice(_SYLLABLES, size=3)) for _ in range(2 * size)})[:size]
     words = pa.array(rng.permutation(vocab))
-    topic = rng.permutation(len(words))[: TOPIC_WORDS * k].reshape(k, TOPIC_WORDS)  # disjoint per cluster
+    topic = rng.permutation(len(words))[: TOPIC_WORDS * k].reshape(
+        k, TOPIC_WORDS
+    )  # disjoint per cluster
     n = len(item_cluster)
     first = rng.integers(TOPIC_WORDS, size=n)
-    second = (first + rng.integers(1, TOPIC_WORDS, size=n)) % TOPIC_WORDS  # two different topic words
-    picks = [topic[item_cluster, first], topic[item_cluster, second], rng.integers(len(words), size=n)]
+    second = (
+        first + rng.integers(1, TOPIC_WORDS, size=n)
+    ) % TOPIC_WORDS  # two different topic words
+    picks = [
+        topic[item_cluster, first],
+        topic[item_cluster, second],
+        rng.integers(len(words), size=n),
+    ]
     parts = [words.take(pa.array(p)) for p in picks]
     titles = pc.utf8_capitalize(pc.binary_join_element_wise(*parts, " "))
     category = pc.binary_join_element_wise("topic-", words.take(pa.array(topic[:, 0])), "")

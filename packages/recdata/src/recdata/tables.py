@@ -25,8 +25,15 @@ from recdata.errors import DataError
 # atomic: RecBole's typed tab-separated files, never quoted (RecBole reads them that way).
 # tsv is read unquoted too: a title like `12" Single` is common there and quoting is not.
 FORMATS = ("atomic", "csv", "tsv", "parquet")
-_EXTENSIONS = {".inter": "atomic", ".item": "atomic", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
-               ".parquet": "parquet", ".pq": "parquet"}  # fmt: skip
+_EXTENSIONS = {
+    ".inter": "atomic",
+    ".item": "atomic",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 _BLOCK_SIZE = 16 << 20  # bytes per parse block: fewer, larger blocks read faster
 
 
@@ -37,8 +44,10 @@ def format_of(path: Path, given: str | None = None) -> str:
         return given
     fmt = _EXTENSIONS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise DataError(f"{path}: cannot tell the format from the extension {Path(path).suffix!r}; "
-                        f"name it with --format ({', '.join(FORMATS)})")  # fmt: skip
+        raise DataError(
+            f"{path}: cannot tell the format from the extension {Path(path).suffix!r}; "
+            f"name it with --format ({', '.join(FORMATS)})"
+        )
     return fmt
 
 
@@ -71,7 +80,9 @@ class TableFile:
             names = [name.strip() for name in fields]
             for k, name in enumerate(names):
                 if name in names[:k]:
-                    raise DataError(f"{self.path}:1: column name {name!r} appears twice in the header")
+                    raise DataError(
+                        f"{self.path}:1: column name {name!r} appears twice in the header"
+                    )
             return names
         raise DataError(f"{self.path}: empty file")
 
@@ -103,12 +114,24 @@ class TableFile:
         attempts = (False, True) if self.quoted else (False,)
         for newlines in attempts:
             try:
-                return pa_csv.read_csv(self.path, read_options=pa_csv.ReadOptions(
-                    column_names=header, skip_rows=1, block_size=_BLOCK_SIZE), parse_options=pa_csv.ParseOptions(
-                    delimiter=self.delimiter, quote_char='"' if self.quoted else False,
-                    newlines_in_values=newlines), convert_options=pa_csv.ConvertOptions(
-                    include_columns=columns, column_types=dict.fromkeys(columns, pa.string()),
-                    strings_can_be_null=False, quoted_strings_can_be_null=False, null_values=[]))  # fmt: skip
+                return pa_csv.read_csv(
+                    self.path,
+                    read_options=pa_csv.ReadOptions(
+                        column_names=header, skip_rows=1, block_size=_BLOCK_SIZE
+                    ),
+                    parse_options=pa_csv.ParseOptions(
+                        delimiter=self.delimiter,
+                        quote_char='"' if self.quoted else False,
+                        newlines_in_values=newlines,
+                    ),
+                    convert_options=pa_csv.ConvertOptions(
+                        include_columns=columns,
+                        column_types=dict.fromkeys(columns, pa.string()),
+                        strings_can_be_null=False,
+                        quoted_strings_can_be_null=False,
+                        null_values=[],
+                    ),
+                )
             except pa.ArrowInvalid as exc:
                 error = exc
         self._locate_bad_record(len(header))
@@ -120,14 +143,19 @@ class TableFile:
         for lineno, fields in self._records(skip_header=True):
             if len(fields) != width:
                 text = self.delimiter.join(fields)
-                raise DataError(f"{self.path}:{lineno}: expected {width} {name}-separated fields as in the "
-                                f"header, got {len(fields)}: {text[:80]!r}")  # fmt: skip
+                raise DataError(
+                    f"{self.path}:{lineno}: expected {width} {name}-separated fields as in the "
+                    f"header, got {len(fields)}: {text[:80]!r}"
+                )
 
     def _records(self, skip_header: bool = False) -> Iterator[tuple[int, list[str]]]:
         """(first line number, fields) of every non-blank record, in file order."""
         csv.field_size_limit(1 << 30)  # long item descriptions exceed the default 128 KiB
-        reader = csv.reader(self._lines(), delimiter=self.delimiter,
-                            quoting=csv.QUOTE_MINIMAL if self.quoted else csv.QUOTE_NONE)  # fmt: skip
+        reader = csv.reader(
+            self._lines(),
+            delimiter=self.delimiter,
+            quoting=csv.QUOTE_MINIMAL if self.quoted else csv.QUOTE_NONE,
+        )
         start, first = 1, True
         for fields in reader:
             lineno, start = start, reader.line_num + 1
@@ -145,8 +173,10 @@ class TableFile:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise DataError(f"{self.path}:{lineno}: not UTF-8 text ({exc.reason} at byte "
-                                    f"{exc.start} of the line)") from None  # fmt: skip
+                    raise DataError(
+                        f"{self.path}:{lineno}: not UTF-8 text ({exc.reason} at byte "
+                        f"{exc.start} of the line)"
+                    ) from None
                 yield line.removeprefix("\ufeff") if lineno == 1 else line
 
     # --- naming a row --------------------------------------------------------------------------
@@ -154,7 +184,11 @@ class TableFile:
     def where(self, row: int, column: str | None = None) -> str:
         """`path:line` (text) or `path: row N` (Parquet) of data row `row` (0-based), with the
         column when given."""
-        place = f"{self.path}: row {row + 1}" if self.format == "parquet" else f"{self.path}:{self.line_of(row)}"
+        place = (
+            f"{self.path}: row {row + 1}"
+            if self.format == "parquet"
+            else f"{self.path}:{self.line_of(row)}"
+        )
         return f"{place}: column {column!r}" if column is not None else place
 
     def line_of(self, row: int) -> int:
@@ -200,8 +234,10 @@ def ids(file: TableFile, table: pa.Table, name: str, what: str) -> pa.Array:
     if pa.types.is_integer(kind) or pa.types.is_large_string(kind):
         values = values.cast(pa.string())
     elif not pa.types.is_string(kind):
-        raise DataError(f"{file.path}: column {name!r} holds {kind} values; {what} ids must be "
-                        "integers or strings")  # fmt: skip
+        raise DataError(
+            f"{file.path}: column {name!r} holds {kind} values; {what} ids must be "
+            "integers or strings"
+        )
     bad = pc.or_kleene(pc.is_null(values), pc.equal(values, "")).fill_null(True)
     if pc.any(bad).as_py():
         row = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
@@ -215,10 +251,16 @@ def numbers(file: TableFile, table: pa.Table, name: str) -> np.ndarray:
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         try:
             values = values.cast(pa.float64())
-        except pa.ArrowInvalid:  # spaces around a number are common after a comma: try again without
-            values = _cast_or_name(file, pc.utf8_trim_whitespace(values), name, pa.float64(), "a number")
+        except (
+            pa.ArrowInvalid
+        ):  # spaces around a number are common after a comma: try again without
+            values = _cast_or_name(
+                file, pc.utf8_trim_whitespace(values), name, pa.float64(), "a number"
+            )
     elif not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
-        raise DataError(f"{file.path}: column {name!r} holds {values.type} values, expected numbers")
+        raise DataError(
+            f"{file.path}: column {name!r} holds {values.type} values, expected numbers"
+        )
     _refuse_nulls(file, values, name)
     out = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     bad = ~np.isfinite(out)
@@ -228,12 +270,16 @@ def numbers(file: TableFile, table: pa.Table, name: str) -> np.ndarray:
     return out
 
 
-def _cast_or_name(file: TableFile, values: pa.Array, name: str, to: pa.DataType, expected: str) -> pa.Array:
+def _cast_or_name(
+    file: TableFile, values: pa.Array, name: str, to: pa.DataType, expected: str
+) -> pa.Array:
     try:
         return values.cast(to)
     except pa.ArrowInvalid:
         row = first_failure(values, lambda part: part.cast(to))
-        raise DataError(f"{file.where(row, name)}: expected {expected}, got {values[row].as_py()!r}") from None
+        raise DataError(
+            f"{file.where(row, name)}: expected {expected}, got {values[row].as_py()!r}"
+        ) from None
 
 
 def _refuse_nulls(file: TableFile, values: pa.Array, name: str) -> None:
@@ -295,7 +341,11 @@ def _parse_times(file: TableFile, values: pa.Array, name: str) -> pa.Array:
         except pa.ArrowInvalid:
             continue
         row = first_failure(values, lambda part, to=to: part.cast(to))
-        raise DataError(f"{file.where(row, name)}: expected {expected} like the first value "
-                        f"{first!r}, got {values[row].as_py()!r}")  # fmt: skip
-    raise DataError(f"{file.where(0, name)}: expected a time (Unix seconds or an ISO 8601 date/time), "
-                    f"got {first!r}")  # fmt: skip
+        raise DataError(
+            f"{file.where(row, name)}: expected {expected} like the first value "
+            f"{first!r}, got {values[row].as_py()!r}"
+        )
+    raise DataError(
+        f"{file.where(0, name)}: expected a time (Unix seconds or an ISO 8601 date/time), "
+        f"got {first!r}"
+    )

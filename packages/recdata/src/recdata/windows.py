@@ -21,12 +21,16 @@ def readout_positions(ends: torch.Tensor, width: int) -> torch.Tensor:
     return ends.unsqueeze(1) - width + 1 + torch.arange(width)
 
 
-def readout_mask(positions: torch.Tensor, first_positions: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+def readout_mask(
+    positions: torch.Tensor, first_positions: torch.Tensor, history: torch.Tensor
+) -> torch.Tensor:
     """(B, width) bool: the columns read out -- real items from each window's first key on."""
     return (positions >= first_positions.unsqueeze(1)) & (history > 0)
 
 
-def trim_padding_columns(batch: dict[str, torch.Tensor], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def trim_padding_columns(
+    batch: dict[str, torch.Tensor], keys: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
     """Drop the leading columns that are padding in every row (left-padded ``history``)."""
     real = (batch["history"] > 0).any(0).nonzero()
     start = int(real[0]) if len(real) else batch["history"].shape[1] - 1
@@ -58,7 +62,13 @@ class WindowPlan:
         return self.ends.clamp(max=self.width)
 
     def take(self, index: torch.Tensor) -> WindowPlan:
-        return WindowPlan(self.user_ids[index], self.ends[index], self.first_positions[index], self.width, self.stride)
+        return WindowPlan(
+            self.user_ids[index],
+            self.ends[index],
+            self.first_positions[index],
+            self.width,
+            self.stride,
+        )
 
     def longest_first(self) -> WindowPlan:
         """The same windows, longest first (ties in plan order): batches of similar lengths."""
@@ -67,7 +77,9 @@ class WindowPlan:
     def holding(self, keys: SampleKeys, starts: torch.Tensor, size: int) -> WindowPlan:
         """Only the windows that read out at least one of ``keys`` (flat indices as in
         :meth:`SampleKeys.flat_mask`)."""
-        counts = torch.cat([torch.zeros(1, dtype=torch.int64), keys.flat_mask(starts, size).cumsum(0)])
+        counts = torch.cat(
+            [torch.zeros(1, dtype=torch.int64), keys.flat_mask(starts, size).cumsum(0)]
+        )
         base = starts[self.user_ids]
         inside = counts[base + self.ends + 1] - counts[base + self.first_positions]
         return self.take(inside > 0)
@@ -78,15 +90,21 @@ def plan_windows(keys: SampleKeys, width: int, stride: int | None = None) -> Win
     largest position in ``keys``), in (user_id, end) order. ``stride`` defaults to width // 2."""
     stride = max(width // 2, 1) if stride is None else stride
     if width < 1 or not 1 <= stride <= width:
-        raise UserError(f"windows need width >= 1 and 1 <= stride <= width, got width={width}, stride={stride}")
+        raise UserError(
+            f"windows need width >= 1 and 1 <= stride <= width, got width={width}, stride={stride}"
+        )
     if len(keys) == 0:
         empty = torch.zeros(0, dtype=torch.int64)
         return WindowPlan(empty, empty, empty, width, stride)
     users, inverse = torch.unique(keys.user_ids, return_inverse=True)
-    last = torch.zeros(len(users), dtype=torch.int64).scatter_reduce_(0, inverse, keys.positions, reduce="amax", include_self=False)
+    last = torch.zeros(len(users), dtype=torch.int64).scatter_reduce_(
+        0, inverse, keys.positions, reduce="amax", include_self=False
+    )
     counts = 1 + torch.div((last - width).clamp(min=0) + stride - 1, stride, rounding_mode="floor")
     user_ids = torch.repeat_interleave(users, counts)
-    k = torch.arange(len(user_ids)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    k = torch.arange(len(user_ids)) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts
+    )
     last_of = torch.repeat_interleave(last, counts)
     ends = torch.minimum(width + k * stride, last_of)
     first = torch.where(k == 0, 1, width + (k - 1) * stride + 1)

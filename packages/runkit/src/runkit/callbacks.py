@@ -30,7 +30,12 @@ class ContractExport(Callback):
     checkpoint contract after every validation. Its best score is resumed with the run."""
 
     def __init__(self, directory: Path, monitor: str, data: dict, extra: dict | None = None):
-        self.directory, self.monitor, self.data, self.extra = Path(directory), monitor, data, extra or {}
+        self.directory, self.monitor, self.data, self.extra = (
+            Path(directory),
+            monitor,
+            data,
+            extra or {},
+        )
         self.best = -math.inf
         self.exported_step = -1
 
@@ -42,16 +47,31 @@ class ContractExport(Callback):
 
     def _export(self, module, name: str, metrics: dict) -> None:
         payload = module.checkpoint_payload()
-        save_checkpoint(self.directory / name, kind=module.checkpoint_kind, tensors=payload["tensors"],
-                        hparams=payload["hparams"], data=self.data, metrics=metrics,
-                        extra={**self.extra, **payload.get("extra", {})}, files=payload.get("files"))  # fmt: skip
+        save_checkpoint(
+            self.directory / name,
+            kind=module.checkpoint_kind,
+            tensors=payload["tensors"],
+            hparams=payload["hparams"],
+            data=self.data,
+            metrics=metrics,
+            extra={**self.extra, **payload.get("extra", {})},
+            files=payload.get("files"),
+        )
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        valid = {k.removeprefix("valid/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("valid/")}
+        valid = {
+            k.removeprefix("valid/"): float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("valid/")
+        }
         current = valid.get(self.monitor, math.nan)
-        metrics = {"epoch": trainer.current_epoch, "global_step": trainer.global_step, "valid": valid}
+        metrics = {
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "valid": valid,
+        }
         if current > self.best:
             self.best = current
             self._export(module, "best", metrics)
@@ -69,10 +89,14 @@ class EpochSummary(Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         m = trainer.callback_metrics
-        shown = "  ".join(f"{k}={float(v):.4f}" for k, v in m.items() if k.startswith(("valid/", "train/")))
+        shown = "  ".join(
+            f"{k}={float(v):.4f}" for k, v in m.items() if k.startswith(("valid/", "train/"))
+        )
         started = getattr(self, "started", None)
         took = f"{time.perf_counter() - started:.1f}s" if started is not None else "before training"
-        log.info("epoch %d step %d (%s): %s", trainer.current_epoch, trainer.global_step, took, shown)
+        log.info(
+            "epoch %d step %d (%s): %s", trainer.current_epoch, trainer.global_step, took, shown
+        )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -88,8 +112,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:  # tensors and plain values only: nothing is unpickled
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            raise UserError(f"{path}: unreadable resume checkpoint ({str(exc).splitlines()[0]}); "
-                            "delete it to train the run again from its beginning") from None  # fmt: skip
+            raise UserError(
+                f"{path}: unreadable resume checkpoint ({str(exc).splitlines()[0]}); "
+                "delete it to train the run again from its beginning"
+            ) from None
 
 
 class ResumableEarlyStopping(EarlyStopping):
@@ -105,8 +131,19 @@ def resume_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list[Callback]:
     """Early stopping, and last.ckpt at the end of every training epoch (mid-epoch checkpoints
     would resume with a different batch order)."""
     return [
-        ResumableEarlyStopping(monitor=f"valid/{cfg.train.monitor}", mode="max", patience=cfg.train.patience,
-                               check_on_train_epoch_end=False),
-        ModelCheckpoint(dirpath=ckpt_dir, filename=Path(LAST_CKPT).stem, monitor=None, save_top_k=1,
-                        every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False),
-    ]  # fmt: skip
+        ResumableEarlyStopping(
+            monitor=f"valid/{cfg.train.monitor}",
+            mode="max",
+            patience=cfg.train.patience,
+            check_on_train_epoch_end=False,
+        ),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename=Path(LAST_CKPT).stem,
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        ),
+    ]

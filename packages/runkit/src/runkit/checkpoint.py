@@ -39,9 +39,12 @@ def code_version() -> str:
 
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            cwd=Path(__file__).parent, timeout=5,
-        ).stdout.strip()  # fmt: skip
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{__version__}+{sha}" if sha else __version__
@@ -63,10 +66,16 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    directory: Path, *, kind: str, tensors: dict[str, torch.Tensor], hparams: dict,
-    data: dict, metrics: dict | None = None, extra: dict | None = None,
+    directory: Path,
+    *,
+    kind: str,
+    tensors: dict[str, torch.Tensor],
+    hparams: dict,
+    data: dict,
+    metrics: dict | None = None,
+    extra: dict | None = None,
     files: dict[str, dict[str, torch.Tensor]] | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write the contract atomically. `data` holds dataset, fingerprint and num_items; `files`
     adds further named safetensors files (e.g. the teacher's item embeddings)."""
     if checkpoint_kind(kind) is None:
@@ -86,7 +95,9 @@ def save_checkpoint(
     with atomic_directory(Path(directory)) as tmp:
         card["weights"] = {}
         for name, file_tensors in {WEIGHTS_FILE: tensors, **(files or {})}.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in file_tensors.items()}, tmp / name)
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in file_tensors.items()}, tmp / name
+            )
             card["weights"][name] = sha256_file(tmp / name)
         write_json(tmp / CARD_FILE, card)
     return Path(directory)
@@ -117,13 +128,17 @@ def read_card(directory: Path) -> dict:
     except UnicodeDecodeError as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc.reason})") from None
     if not isinstance(card, dict):
-        raise CheckpointError(f"{path}: not a checkpoint card (a JSON {type(card).__name__}, expected an object)")
+        raise CheckpointError(
+            f"{path}: not a checkpoint card (a JSON {type(card).__name__}, expected an object)"
+        )
     if card.get("schema_version") not in READABLE_SCHEMAS or "kind" not in card:
         raise CheckpointError(
             f"{path}: unsupported checkpoint card (schema_version {card.get('schema_version')})"
         )
     if checkpoint_kind(card["kind"]) is None:
-        raise CheckpointError(f"{path}: unknown checkpoint kind {card['kind']!r} (known: {', '.join(kind_names())})")
+        raise CheckpointError(
+            f"{path}: unknown checkpoint kind {card['kind']!r} (known: {', '.join(kind_names())})"
+        )
     if missing := missing_requirement(card):
         raise CheckpointError(
             f"{path}: a {card['kind']} card must record {missing}; this one does not (was its kind edited by hand?)"
@@ -193,9 +208,12 @@ def check_card(
 
 
 def load_checkpoint(
-    directory: Path, *, kinds: str | tuple[str, ...], fingerprint: str | None = None,
+    directory: Path,
+    *,
+    kinds: str | tuple[str, ...],
+    fingerprint: str | None = None,
     num_items: int | None = None,
-) -> Checkpoint:  # fmt: skip
+) -> Checkpoint:
     directory = Path(directory)
     if not directory.exists():
         raise CheckpointError(f"checkpoint {directory} does not exist")

@@ -49,18 +49,28 @@ def _is_number(value) -> bool:
 def integer(low: int, *, also: tuple = ()) -> Check:
     """An integer >= low, or one of `also` (e.g. -1 for "all", None for "unset")."""
     extra = "".join(f" or {a}" for a in also)
-    return Check(f"an integer >= {low}{extra}",
-                 lambda v: (_is_int(v) and v >= low) or any(v is a or (_is_int(v) and v == a) for a in also))  # fmt: skip
+    return Check(
+        f"an integer >= {low}{extra}",
+        lambda v: (_is_int(v) and v >= low) or any(v is a or (_is_int(v) and v == a) for a in also),
+    )
 
 
 def optional_integer(low: int) -> Check:
     return Check(f"null or an integer >= {low}", lambda v: v is None or (_is_int(v) and v >= low))
 
 
-def number(low: float, high: float | None = None, *, strict_low: bool = False, strict_high: bool = False,
-           nullable: bool = False) -> Check:  # fmt: skip
+def number(
+    low: float,
+    high: float | None = None,
+    *,
+    strict_low: bool = False,
+    strict_high: bool = False,
+    nullable: bool = False,
+) -> Check:
     upper = "inf)" if high is None else f"{high:g}" + (")" if strict_high else "]")
-    expected = f"a number in {'(' if strict_low else '['}{low:g}, {upper}" + (" or null" if nullable else "")
+    expected = f"a number in {'(' if strict_low else '['}{low:g}, {upper}" + (
+        " or null" if nullable else ""
+    )
 
     def ok(v) -> bool:
         if v is None:
@@ -74,13 +84,17 @@ def number(low: float, high: float | None = None, *, strict_low: bool = False, s
 
 def at_least(low: float, *, strict: bool = False) -> Check:
     """A finite number >= low (> low when strict)."""
-    return Check(f"a number {'>' if strict else '>='} {low:g}",
-                 lambda v: _is_number(v) and (v > low if strict else v >= low))  # fmt: skip
+    return Check(
+        f"a number {'>' if strict else '>='} {low:g}",
+        lambda v: _is_number(v) and (v > low if strict else v >= low),
+    )
 
 
 def number_or(word: str, low: float) -> Check:
     """A number >= low, or the literal `word` (e.g. "auto")."""
-    return Check(f"a number >= {low:g} or {word}", lambda v: v == word or (_is_number(v) and v >= low))
+    return Check(
+        f"a number >= {low:g} or {word}", lambda v: v == word or (_is_number(v) and v >= low)
+    )
 
 
 def one_of(choices: tuple[str, ...]) -> Check:
@@ -89,17 +103,23 @@ def one_of(choices: tuple[str, ...]) -> Check:
 
 BOOLEAN = Check("true or false", lambda v: isinstance(v, bool))
 # a fraction of the batches (0, 1] or a count of batches >= 1 (Lightning's convention)
-FRACTION_OR_COUNT = Check("a fraction in (0, 1] or an integer count >= 1",
-                          lambda v: (_is_int(v) and v >= 1) or (_is_number(v) and 0 < v <= 1))  # fmt: skip
-POSITIVE_INT_LIST = Check("a non-empty list of integers >= 1",
-                          lambda v: isinstance(v, list) and bool(v) and all(_is_int(k) and k >= 1 for k in v))  # fmt: skip
+FRACTION_OR_COUNT = Check(
+    "a fraction in (0, 1] or an integer count >= 1",
+    lambda v: (_is_int(v) and v >= 1) or (_is_number(v) and 0 < v <= 1),
+)
+POSITIVE_INT_LIST = Check(
+    "a non-empty list of integers >= 1",
+    lambda v: isinstance(v, list) and bool(v) and all(_is_int(k) and k >= 1 for k in v),
+)
 
 
 # -- fields ---------------------------------------------------------------------------------------
 def checked(default: Any, check: Check) -> Any:
     """A schema field whose value must pass `check`."""
     if isinstance(default, list | dict):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"check": check})
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata={"check": check}
+        )
     return dataclasses.field(default=default, metadata={"check": check})
 
 
@@ -156,7 +176,9 @@ def group_fields() -> Iterator[tuple[str, dataclasses.Field]]:
 
 
 def field_check(key: str) -> Check | None:
-    return next((f.metadata["check"] for k, f in group_fields() if k == key and "check" in f.metadata), None)
+    return next(
+        (f.metadata["check"] for k, f in group_fields() if k == key and "check" in f.metadata), None
+    )
 
 
 # -- what a command runs with -----------------------------------------------------------------------
@@ -174,7 +196,11 @@ def check_config(cfg: DictConfig) -> None:
             raise UserError(f"{key} must be {check.expected}, got {value!r}")
     for schema in registered_schemas():
         rule = getattr(schema.node, "check_group", None)
-        node = _select(cfg, schema.group) if schema.group else OmegaConf.to_container(cfg, resolve=True)
+        node = (
+            _select(cfg, schema.group)
+            if schema.group
+            else OmegaConf.to_container(cfg, resolve=True)
+        )
         if rule is not None and isinstance(node, dict):
             rule(node, f"{schema.group}." if schema.group else "")
 
@@ -198,8 +224,10 @@ def check_monitor(cfg: DictConfig) -> None:
     names = [f"{m}@{k}" for k in cfg.eval.ks for m in ("hr", "ndcg")]
     names += [CANDIDATE_METRIC] if cfg.eval.num_candidates else []
     if cfg.train.monitor not in names:
-        raise UserError(f"train.monitor={cfg.train.monitor} is not a validation metric; with "
-                        f"eval.ks={list(cfg.eval.ks)} choose one of {', '.join(names)}")  # fmt: skip
+        raise UserError(
+            f"train.monitor={cfg.train.monitor} is not a validation metric; with "
+            f"eval.ks={list(cfg.eval.ks)} choose one of {', '.join(names)}"
+        )
 
 
 def canonical_config(cfg: DictConfig) -> DictConfig:

@@ -12,7 +12,9 @@ def resolve_device(accelerator: str, devices="auto", local_rank: int | None = No
     title states computed at build time depend on it). Each DDP process is one rank (LOCAL_RANK,
     set by Lightning's launcher and by torchrun): loading every rank's LLM on cuda:0 first would
     put one copy per rank on that GPU."""
-    if not (accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())):
+    if not (
+        accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    ):
         return "cpu"
     rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
     ids = _device_ids(devices)

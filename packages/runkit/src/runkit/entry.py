@@ -85,7 +85,9 @@ def hydra_entry(config_name: str) -> Callable:
                 discard_run_dir(hydra_run_dir())
                 report_and_exit(error)
 
-        hydra_main = hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(guarded)
+        hydra_main = hydra.main(
+            version_base="1.3", config_path=config_dir(), config_name=config_name
+        )(guarded)
 
         @functools.wraps(task)
         def entry():
@@ -100,7 +102,9 @@ def hydra_entry(config_name: str) -> Callable:
                     return hydra_main()
                 except Exception as error:
                     if not started and isinstance(error, HydraException | OmegaConfBaseException):
-                        report_and_exit(UserError(describe_override_error(error) or one_line(error)))
+                        report_and_exit(
+                            UserError(describe_override_error(error) or one_line(error))
+                        )
                     if full_error:
                         raise
                     traceback.print_exc()  # a bug in the task: its traceback and exit 1, as Hydra does
@@ -149,7 +153,6 @@ def prepare_config(cfg: DictConfig) -> DictConfig:
     """The config the task runs with: a resumed run's own, then checked as a whole."""
     from omegaconf.errors import OmegaConfBaseException
 
-
     try:  # an interpolation that cannot resolve (e.g. a missing ${oc.env:...}) is a config error
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as error:
@@ -194,22 +197,32 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
 
     run_dir = Path(cfg.train.resume)
     if not (run_dir / CONFIG_FILE).is_file():
-        what = "no such directory" if not run_dir.is_dir() else f"not a run directory (no {CONFIG_FILE})"
+        what = (
+            "no such directory"
+            if not run_dir.is_dir()
+            else f"not a run directory (no {CONFIG_FILE})"
+        )
         raise UserError(f"train.resume={run_dir}: {what}")
-    saved = canonical_config(OmegaConf.load(run_dir / CONFIG_FILE))  # an older run's earlier key names too
+    saved = canonical_config(
+        OmegaConf.load(run_dir / CONFIG_FILE)
+    )  # an older run's earlier key names too
     hydra_cfg = HydraConfig.get()
     choices, own_choices = hydra_cfg.runtime.choices, _original_choices(run_dir)
     for override in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task)):
         key = override.key_or_group
         if key in choices:
             if own_choices.get(key) != choices[key]:
-                raise UserError(f"train.resume: {override.input_line} changes the config group {key!r} of {run_dir} "
-                                f"(it ran with {key}={own_choices.get(key)}); override single keys instead")  # fmt: skip
+                raise UserError(
+                    f"train.resume: {override.input_line} changes the config group {key!r} of {run_dir} "
+                    f"(it ran with {key}={own_choices.get(key)}); override single keys instead"
+                )
         elif override.is_delete():
             _delete_key(saved, key)
         else:
             value = OmegaConf.select(cfg, key)
-            value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            value = (
+                OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            )
             OmegaConf.update(saved, key, value, merge=False, force_add=True)
     OmegaConf.update(saved, "train.resume", str(run_dir), force_add=True)
     log.info("train.resume=%s: continuing with its saved %s", run_dir, CONFIG_FILE)
@@ -244,5 +257,3 @@ def discard_run_dir(run_dir: Path) -> None:
 
 def _only_start_artefacts(directory: Path) -> bool:
     return all(p.name in START_ARTEFACTS or p.suffix == ".log" for p in directory.iterdir())
-
-

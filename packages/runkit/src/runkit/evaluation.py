@@ -68,9 +68,17 @@ def evaluate(
         targets.append(batch["target"])
     key = torch.cat(keys)
     # predictions in (user_id, position) order whatever order the loader used (e.g. by length)
-    order = torch.argsort(key[:, 0] * (int(key[:, 1].max()) + 1) + key[:, 1]) if len(key) else torch.arange(0)
+    order = (
+        torch.argsort(key[:, 0] * (int(key[:, 1].max()) + 1) + key[:, 1])
+        if len(key)
+        else torch.arange(0)
+    )
     key, target = key[order], torch.cat(targets)[order]
-    r_raw, r_masked, top = torch.cat(ranks_raw)[order], torch.cat(ranks_masked)[order], torch.cat(tops)[order]
+    r_raw, r_masked, top = (
+        torch.cat(ranks_raw)[order],
+        torch.cat(ranks_masked)[order],
+        torch.cat(tops)[order],
+    )
     m_raw, m_masked = ranking_metrics(r_raw, ks), ranking_metrics(r_masked, ks)
     hit = torch.cat(hits)[order] if hits else None
     for m in (m_raw, m_masked):
@@ -111,9 +119,13 @@ def write_eval_result(
         "protocol": result.protocol,
     }
     write_json(run_dir / f"{prefix}_metrics.json", payload)
-    lines = [f"model: {model_kind}", f"split: {result.protocol['split']}",
-             f"samples: {result.protocol['num_samples']}",
-             f"history masked: {result.protocol['full_ranking']['mask_history']}", ""]  # fmt: skip
+    lines = [
+        f"model: {model_kind}",
+        f"split: {result.protocol['split']}",
+        f"samples: {result.protocol['num_samples']}",
+        f"history masked: {result.protocol['full_ranking']['mask_history']}",
+        "",
+    ]
     width = max(len(k) for k in result.metrics)
     lines += [f"{'metric'.ljust(width)}  {'reported':>9}  {'unmasked':>9}  {'masked':>9}"]
     for name, value in result.metrics.items():

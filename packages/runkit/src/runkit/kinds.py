@@ -34,8 +34,15 @@ class CheckpointKind:
     # an LLM-sized model: evaluate it in small batches and reuse its run's stored test predictions
     expensive: bool = False
 
-    def load_scorer(self, path: Path, dataset, *, device: str, cache_dir: Path | None = None,
-                    precision: str = "auto") -> Scorer:  # fmt: skip
+    def load_scorer(
+        self,
+        path: Path,
+        dataset,
+        *,
+        device: str,
+        cache_dir: Path | None = None,
+        precision: str = "auto",
+    ) -> Scorer:
         module, _, name = self.scorer.partition(":")
         build = getattr(importlib.import_module(module), name)
         return build(path, dataset, device=device, cache_dir=cache_dir, precision=precision)

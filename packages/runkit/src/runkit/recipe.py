@@ -54,42 +54,76 @@ def seed_training_step(seed: int, epoch: int, batch_idx: int) -> None:
     torch.manual_seed((seed * 1_000_003 + epoch) * 100_003 + batch_idx)
 
 
-def build_datamodule(cfg: DictConfig, *, max_seq_len: int, train_mode: str = "user_sequences",
-                     batch_size: int | None = None, train_samples: str = "all", window_stride: int | None = None,
-                     eval_order: str = "key") -> SequentialDataModule:  # fmt: skip
+def build_datamodule(
+    cfg: DictConfig,
+    *,
+    max_seq_len: int,
+    train_mode: str = "user_sequences",
+    batch_size: int | None = None,
+    train_samples: str = "all",
+    window_stride: int | None = None,
+    eval_order: str = "key",
+) -> SequentialDataModule:
     data = cfg.dataset
-    processed = ensure_prepared(data.name, Path(data.data_dir), Path(data.processed_dir),
-                                Path(cfg.paths.cache_dir), data.min_user_interactions)  # fmt: skip
+    processed = ensure_prepared(
+        data.name,
+        Path(data.data_dir),
+        Path(data.processed_dir),
+        Path(cfg.paths.cache_dir),
+        data.min_user_interactions,
+    )
     dm = SequentialDataModule(
-        processed, max_seq_len=max_seq_len, batch_size=batch_size or cfg.train.batch_size,
-        eval_batch_size=cfg.train.eval_batch_size, limit_data_rows=data.limit_data_rows,
-        train_mode=train_mode, num_workers=cfg.train.num_workers,
-        num_candidates=cfg.eval.num_candidates, candidate_seed=cfg.eval.candidate_seed, seed=cfg.seed,
-        train_samples=train_samples, window_stride=window_stride, eval_order=eval_order,
-    )  # fmt: skip
+        processed,
+        max_seq_len=max_seq_len,
+        batch_size=batch_size or cfg.train.batch_size,
+        eval_batch_size=cfg.train.eval_batch_size,
+        limit_data_rows=data.limit_data_rows,
+        train_mode=train_mode,
+        num_workers=cfg.train.num_workers,
+        num_candidates=cfg.eval.num_candidates,
+        candidate_seed=cfg.eval.candidate_seed,
+        seed=cfg.seed,
+        train_samples=train_samples,
+        window_stride=window_stride,
+        eval_order=eval_order,
+    )
     dm.setup()
     return dm
 
 
 def data_card(dm: SequentialDataModule) -> dict:
-    return {"dataset": dm.dataset.name, "fingerprint": dm.fingerprint, "num_items": dm.num_items,
-            "limit_data_rows": dm.limit_data_rows, "train_samples": len(dm.keys["train"])}  # fmt: skip
+    return {
+        "dataset": dm.dataset.name,
+        "fingerprint": dm.fingerprint,
+        "num_items": dm.num_items,
+        "limit_data_rows": dm.limit_data_rows,
+        "train_samples": len(dm.keys["train"]),
+    }
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback]) -> L.Trainer:
     t = cfg.trainer
     return L.Trainer(
         default_root_dir=run_dir,
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=t.precision, log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=t.enable_progress_bar, gradient_clip_val=t.gradient_clip_val,
-        deterministic=t.deterministic, max_epochs=cfg.train.max_epochs, max_steps=cfg.train.max_steps,
-        val_check_interval=cfg.train.val_check_interval, num_sanity_val_steps=0,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar,
+        gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic,
+        max_epochs=cfg.train.max_epochs,
+        max_steps=cfg.train.max_steps,
+        val_check_interval=cfg.train.val_check_interval,
+        num_sanity_val_steps=0,
         accumulate_grad_batches=cfg.train.accumulate_grad_batches,
         limit_val_batches=cfg.train.limit_val_batches,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""),
-        callbacks=callbacks, plugins=[AtomicCheckpointIO()],
-    )  # fmt: skip
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+    )
 
 
 def resolve_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
@@ -100,7 +134,11 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
         ckpt = run_dir / "checkpoints" / LAST_CKPT
         if ckpt.is_file():
             return run_dir, ckpt
-        log.info("train.resume=%s: no checkpoints/%s yet; training it from the beginning", run_dir, LAST_CKPT)
+        log.info(
+            "train.resume=%s: no checkpoints/%s yet; training it from the beginning",
+            run_dir,
+            LAST_CKPT,
+        )
         return run_dir, None
     return hydra_run_dir(), None
 
@@ -110,8 +148,14 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
         tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def run_training(cfg: DictConfig, module: TrainableModule, dm: SequentialDataModule,
-                 *, card_extra: dict | None = None, finalize_best=None) -> EvalResult | None:  # fmt: skip
+def run_training(
+    cfg: DictConfig,
+    module: TrainableModule,
+    dm: SequentialDataModule,
+    *,
+    card_extra: dict | None = None,
+    finalize_best=None,
+) -> EvalResult | None:
     """Fit, export, test once and write the run's files; returns the test result on rank 0."""
     check_monitor(cfg)
     run_dir, resume_from = resolve_run_dir(cfg)
@@ -120,7 +164,12 @@ def run_training(cfg: DictConfig, module: TrainableModule, dm: SequentialDataMod
     save_config(cfg, run_dir)
     ckpt_dir = run_dir / "checkpoints"
     export = ContractExport(ckpt_dir, cfg.train.monitor, data_card(dm), card_extra)
-    callbacks = [export, *resume_callbacks(cfg, ckpt_dir), EpochSummary(), LearningRateMonitor(logging_interval="step")]
+    callbacks = [
+        export,
+        *resume_callbacks(cfg, ckpt_dir),
+        EpochSummary(),
+        LearningRateMonitor(logging_interval="step"),
+    ]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     module.eval_mask_history, module.eval_ks = cfg.eval.mask_history, tuple(cfg.eval.ks)
@@ -164,7 +213,9 @@ def training_device(trainer: L.Trainer) -> torch.device:
     return trainer.strategy.root_device
 
 
-def test_best(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataModule, trainer: L.Trainer) -> EvalResult:
+def test_best(
+    cfg: DictConfig, module: L.LightningModule, dm: SequentialDataModule, trainer: L.Trainer
+) -> EvalResult:
     """The test pass on the training device under the trainer's precision (e.g. bf16 autocast),
     so test scores are computed as the validation scores that selected the checkpoint were."""
     device = training_device(trainer)
@@ -174,17 +225,27 @@ def test_best(cfg: DictConfig, module: L.LightningModule, dm: SequentialDataModu
         with trainer.precision_plugin.test_step_context():
             return module.score({k: v.to(device) for k, v in batch.items()}).cpu()
 
-    return evaluate(score, dm.loader("test"), dm.num_items, ks=tuple(cfg.eval.ks), mask_history=cfg.eval.mask_history,
-                    progress=bool(cfg.trainer.enable_progress_bar), extra_protocol=eval_protocol(cfg, dm))  # fmt: skip
+    return evaluate(
+        score,
+        dm.loader("test"),
+        dm.num_items,
+        ks=tuple(cfg.eval.ks),
+        mask_history=cfg.eval.mask_history,
+        progress=bool(cfg.trainer.enable_progress_bar),
+        extra_protocol=eval_protocol(cfg, dm),
+    )
 
 
 def eval_protocol(cfg: DictConfig, dm: SequentialDataModule) -> dict:
     return {
-        "candidates": {"num": cfg.eval.num_candidates, "seed": cfg.eval.candidate_seed,
-                       "negatives": "uniform, distinct, from items the user never interacted with",
-                       "metric": "hr@1_of_20: target strictly above the other candidates"},
+        "candidates": {
+            "num": cfg.eval.num_candidates,
+            "seed": cfg.eval.candidate_seed,
+            "negatives": "uniform, distinct, from items the user never interacted with",
+            "metric": "hr@1_of_20: target strictly above the other candidates",
+        },
         "data": data_card(dm),
-    }  # fmt: skip
+    }
 
 
 def _record_test_metrics(best_dir: Path, result: EvalResult) -> None:
@@ -202,4 +263,3 @@ def _cleanup_resume_dir(cfg: DictConfig, run_dir: Path) -> None:
     for log_file in fresh.glob("*.log"):
         shutil.copyfile(log_file, run_dir / f"resume_{log_file.name}")
     discard_run_dir(fresh)
-

@@ -35,7 +35,10 @@ def mark_complete(run_dir: Path, **details) -> None:
 
 def incomplete_reason(run_dir: Path) -> str | None:
     """Why `run_dir` is not a complete run, or None when it is."""
-    for name, why in ((TEST_METRICS_FILE, "no test metrics"), (COMPLETE_FILE, "no completion marker")):
+    for name, why in (
+        (TEST_METRICS_FILE, "no test metrics"),
+        (COMPLETE_FILE, "no completion marker"),
+    ):
         if not (Path(run_dir) / name).is_file():
             return f"{why}: killed, failed or still running"
     return None
@@ -60,10 +63,17 @@ def find_newest_checkpoint(result_dir: Path, kinds: tuple[str, ...], which: str 
             continue
         found.append((card.get("created_at", ""), card_path.stat().st_mtime, card_path.parent))
     if skipped:
-        log.warning("looking for the newest %s run: skipped %d: %s", " or ".join(kinds), len(skipped), "; ".join(sorted(skipped)))
+        log.warning(
+            "looking for the newest %s run: skipped %d: %s",
+            " or ".join(kinds),
+            len(skipped),
+            "; ".join(sorted(skipped)),
+        )
     if not found:
         hint = f" (skipped {len(skipped)} incomplete or unreadable)" if skipped else ""
-        raise CheckpointError(f"no complete {' or '.join(kinds)} run found under {result_dir}/{hint}; train one first")
+        raise CheckpointError(
+            f"no complete {' or '.join(kinds)} run found under {result_dir}/{hint}; train one first"
+        )
     return max(found)[2]
 
 

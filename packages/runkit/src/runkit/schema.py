@@ -52,16 +52,22 @@ class DatasetConfig:
     processed_dir: str = "${paths.data_dir}/processed/${dataset.name}"
     # leave-one-out needs a train, a valid and a test item
     min_user_interactions: int = checked(3, integer(3))
-    limit_data_rows: int = checked(-1, integer(1, also=(-1,)))  # cap each split to its first N samples; -1 = all
+    limit_data_rows: int = checked(
+        -1, integer(1, also=(-1,))
+    )  # cap each split to its first N samples; -1 = all
 
 
 @dataclass
 class EvalConfig:
     """The evaluation protocol shared by every trainer and eval-all."""
 
-    mask_history: bool = checked(True, BOOLEAN)  # history items are not ranked; unmasked figures are written too
+    mask_history: bool = checked(
+        True, BOOLEAN
+    )  # history items are not ranked; unmasked figures are written too
     ks: list[int] = checked([5, 10, 20], POSITIVE_INT_LIST)
-    num_candidates: int = checked(20, integer(2, also=(0,)))  # target + 19 unseen items, drawn once; 0 = off
+    num_candidates: int = checked(
+        20, integer(2, also=(0,))
+    )  # target + 19 unseen items, drawn once; 0 = off
     candidate_seed: int = checked(2024, integer(0))
     # eval-all: checkpoints to compare; null = the newest complete run of that kind
     baseline_checkpoint_path: str | None = None
@@ -82,10 +88,14 @@ class TrainConfig:
     patience: int = checked(5, integer(0))  # early stopping on valid/<monitor>
     monitor: str = "ndcg@10"
     val_check_interval: Any = checked(1.0, FRACTION_OR_COUNT)
-    limit_val_batches: Any = checked(1.0, FRACTION_OR_COUNT)  # a fraction or a count of valid batches
+    limit_val_batches: Any = checked(
+        1.0, FRACTION_OR_COUNT
+    )  # a fraction or a count of valid batches
     num_workers: int = checked(0, integer(0))
     accumulate_grad_batches: int = checked(1, integer(1))  # optimizer step every N batches
-    validate_at_start: bool = checked(False, BOOLEAN)  # validate (and export) the untrained model first
+    validate_at_start: bool = checked(
+        False, BOOLEAN
+    )  # validate (and export) the untrained model first
     resume: str | None = None  # a run_dir: continue it from its checkpoints/last.ckpt
 
 

@@ -24,7 +24,9 @@ def fork_cli(main, overrides: list[str], log: Path):
     one thread (the `one_thread` fixture) so both compute bit for bit alike."""
     import multiprocessing
 
-    child = multiprocessing.get_context("fork").Process(target=_cli_child, args=(main, overrides, str(log)))
+    child = multiprocessing.get_context("fork").Process(
+        target=_cli_child, args=(main, overrides, str(log))
+    )
     child.start()
     return child
 
@@ -39,7 +41,9 @@ def _cli_child(main, overrides: list[str], log: str) -> None:
     run_cli(main, overrides)
 
 
-def kill_after_first_epoch(main, overrides: list[str], run_dir: Path, log: Path, timeout: float = 240) -> None:
+def kill_after_first_epoch(
+    main, overrides: list[str], run_dir: Path, log: Path, timeout: float = 240
+) -> None:
     """Start a run in a child process and SIGKILL it as soon as its first resume checkpoint
     (checkpoints/last.ckpt) exists, i.e. during its second epoch."""
     import os
@@ -55,15 +59,28 @@ def kill_after_first_epoch(main, overrides: list[str], run_dir: Path, log: Path,
         time.sleep(0.01)
     child.join(timeout=60)
     if child.exitcode != -signal.SIGKILL:
-        raise AssertionError(f"the run was not killed mid-training (exit {child.exitcode}):\n{Path(log).read_text()[-3000:]}")
+        raise AssertionError(
+            f"the run was not killed mid-training (exit {child.exitcode}):\n{Path(log).read_text()[-3000:]}"
+        )
 
 
 def tiny_run_overrides(data: Path, run_dir: Path, *extra: str) -> list[str]:
     """Hydra overrides for a seconds-long run of any trainer on a tiny prepared dataset."""
     return [
-        f"dataset.processed_dir={data}", f"hydra.run.dir={run_dir}", f"paths.result_dir={run_dir.parent}",
-        "student.hidden_size=32", "student.num_blocks=1", "student.num_heads=1", "student.dropout=0.0",
-        "student.max_seq_len=16", "train.batch_size=4", "train.lr=0.01", "eval.ks=[1,5]", "train.monitor=ndcg@5",
-        "eval.mask_history=false", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+        f"dataset.processed_dir={data}",
+        f"hydra.run.dir={run_dir}",
+        f"paths.result_dir={run_dir.parent}",
+        "student.hidden_size=32",
+        "student.num_blocks=1",
+        "student.num_heads=1",
+        "student.dropout=0.0",
+        "student.max_seq_len=16",
+        "train.batch_size=4",
+        "train.lr=0.01",
+        "eval.ks=[1,5]",
+        "train.monitor=ndcg@5",
+        "eval.mask_history=false",
+        "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu",
         *extra,
-    ]  # fmt: skip
+    ]

@@ -36,7 +36,9 @@ class RankingValidationMixin:
         return history_mask(batch["full_history"], self.num_items, keep=batch["target"]).to(device)
 
     def record_valid_scores(self, scores: torch.Tensor, batch) -> None:
-        self._valid_ranks.append(target_ranks(scores, batch["target"], self.valid_exclude(batch, scores.device)))
+        self._valid_ranks.append(
+            target_ranks(scores, batch["target"], self.valid_exclude(batch, scores.device))
+        )
         if "candidates" in batch:
             self._valid_hits.append(candidate_hits_at_1(scores, batch["candidates"]).float())
 
@@ -46,6 +48,14 @@ class RankingValidationMixin:
         ranks = self.all_gather(torch.cat(self._valid_ranks)).reshape(-1)
         metrics = ranking_metrics(ranks.cpu(), self.eval_ks)
         if self._valid_hits:
-            metrics[CANDIDATE_METRIC] = self.all_gather(torch.cat(self._valid_hits)).float().mean().item()
+            metrics[CANDIDATE_METRIC] = (
+                self.all_gather(torch.cat(self._valid_hits)).float().mean().item()
+            )
         for name, value in metrics.items():
-            self.log(f"valid/{name}", value, prog_bar=name in ("ndcg@10", "hr@10"), sync_dist=False, rank_zero_only=False)
+            self.log(
+                f"valid/{name}",
+                value,
+                prog_bar=name in ("ndcg@10", "hr@10"),
+                sync_dist=False,
+                rank_zero_only=False,
+            )

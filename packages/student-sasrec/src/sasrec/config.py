@@ -20,7 +20,9 @@ class StudentConfig:
     def check_group(cls, values: dict, prefix: str) -> None:
         hidden, heads = values.get("hidden_size"), values.get("num_heads")
         if isinstance(hidden, int) and isinstance(heads, int) and heads and hidden % heads:
-            raise UserError(f"{prefix}hidden_size={hidden} must be divisible by {prefix}num_heads={heads}")
+            raise UserError(
+                f"{prefix}hidden_size={hidden} must be divisible by {prefix}num_heads={heads}"
+            )
 
 
 SCHEMAS = [Schema("student", "student", StudentConfig)]

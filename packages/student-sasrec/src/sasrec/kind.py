@@ -16,6 +16,8 @@ def student_scorer(path: Path, dataset, *, device: str, cache_dir=None, precisio
     from sasrec.module import load_sasrec
 
     kind = read_card(path)["kind"]
-    model, _ = load_sasrec(path, fingerprint=dataset.fingerprint, num_items=dataset.num_items, kinds=(kind,))
+    model, _ = load_sasrec(
+        path, fingerprint=dataset.fingerprint, num_items=dataset.num_items, kinds=(kind,)
+    )
     model.to(device)
     return lambda batch: model.score(batch["history"].to(device)).float().cpu()

@@ -71,7 +71,9 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(c.num_items + 1, c.hidden_size, padding_idx=0)
         self.pos_emb = nn.Embedding(c.max_seq_len, c.hidden_size)
         self.emb_drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(Block(c.hidden_size, c.num_heads, c.dropout) for _ in range(c.num_blocks))
+        self.blocks = nn.ModuleList(
+            Block(c.hidden_size, c.num_heads, c.dropout) for _ in range(c.num_blocks)
+        )
         self.final_norm = nn.LayerNorm(c.hidden_size)
         self.apply(self._init)
 
@@ -94,7 +96,10 @@ class SASRec(nn.Module):
         table = self.item_table() if item_table is None else item_table
         real = history > 0
         if history.shape[1] > self.config.max_seq_len:
-            history, real = history[:, -self.config.max_seq_len :], real[:, -self.config.max_seq_len :]
+            history, real = (
+                history[:, -self.config.max_seq_len :],
+                real[:, -self.config.max_seq_len :],
+            )
         positions = (real.cumsum(1) - 1).clamp(min=0)
         x = table[history] * math.sqrt(self.config.hidden_size) + self.pos_emb(positions)
         x = self.emb_drop(x) * real.unsqueeze(-1)
@@ -107,7 +112,9 @@ class SASRec(nn.Module):
             x = block(x, mask)
         return self.final_norm(x)
 
-    def last_state(self, history: torch.Tensor, item_table: torch.Tensor | None = None) -> torch.Tensor:
+    def last_state(
+        self, history: torch.Tensor, item_table: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The state at the newest item: column -1 under left padding."""
         return self.encode(history, item_table)[:, -1]
 
@@ -126,7 +133,9 @@ def item_scores(states: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         return states.float() @ table.float().T
 
 
-def next_item_cross_entropy(states: torch.Tensor, targets: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def next_item_cross_entropy(
+    states: torch.Tensor, targets: torch.Tensor, table: torch.Tensor
+) -> torch.Tensor:
     """Full-softmax CE over items 1..N at every position that has a target (> 0)."""
     keep = targets > 0
     logits = item_scores(states[keep], table)

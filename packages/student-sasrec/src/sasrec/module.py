@@ -17,7 +17,9 @@ from sasrec.model import SASRec, SASRecConfig, next_item_cross_entropy
 class SASRecModule(RankingValidationMixin, L.LightningModule):
     checkpoint_kind = KIND.name
 
-    def __init__(self, config: SASRecConfig, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 42):
+    def __init__(
+        self, config: SASRecConfig, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 42
+    ):
         super().__init__()
         self.model = SASRec(config)
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
@@ -44,14 +46,22 @@ class SASRecModule(RankingValidationMixin, L.LightningModule):
 
     # -- checkpoint contract --------------------------------------------------------------
     def checkpoint_payload(self) -> dict:
-        return {"tensors": self.model.state_dict(), "hparams": {"model": self.model.config.to_dict()}}
+        return {
+            "tensors": self.model.state_dict(),
+            "hparams": {"model": self.model.config.to_dict()},
+        }
 
     def load_payload(self, tensors: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(tensors)
 
 
-def load_sasrec(path: Path, *, fingerprint: str | None = None, num_items: int | None = None,
-                kinds: tuple[str, ...] = (KIND.name,)) -> tuple[SASRec, dict]:  # fmt: skip
+def load_sasrec(
+    path: Path,
+    *,
+    fingerprint: str | None = None,
+    num_items: int | None = None,
+    kinds: tuple[str, ...] = (KIND.name,),
+) -> tuple[SASRec, dict]:
     """Rebuild a plain SASRec from a checkpoint directory (validated before any work)."""
     ckpt = load_checkpoint(path, kinds=kinds, fingerprint=fingerprint, num_items=num_items)
     model = SASRec(SASRecConfig(**ckpt.hparams["model"]))

@@ -15,7 +15,12 @@ def student_config(cfg: DictConfig, num_items: int) -> SASRecConfig:
 
 
 def build_student(cfg: DictConfig, num_items: int) -> SASRecModule:
-    return SASRecModule(student_config(cfg, num_items), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, seed=cfg.seed)
+    return SASRecModule(
+        student_config(cfg, num_items),
+        lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+        seed=cfg.seed,
+    )
 
 
 @hydra_entry("run_student")

@@ -33,24 +33,48 @@ ITEM_EMBEDDINGS_FILE = "item_embeddings.safetensors"
 
 
 def student_reference(path: Path, card: dict) -> dict:
-    return {"path": str(Path(path).resolve()), "kind": card["kind"],
-            "weights_sha256": sha256_file(Path(path) / WEIGHTS_FILE)}  # fmt: skip
+    return {
+        "path": str(Path(path).resolve()),
+        "kind": card["kind"],
+        "weights_sha256": sha256_file(Path(path) / WEIGHTS_FILE),
+    }
 
 
 # Architecture fields added after the first teacher checkpoints, with the value that rebuilds
 # what those checkpoints trained (a card without them predates the field).
-LEGACY_DEFAULTS = {"prompt_mode": "prefix", "normalize_state": False, "residual_student_state": True}
+LEGACY_DEFAULTS = {
+    "prompt_mode": "prefix",
+    "normalize_state": False,
+    "residual_student_state": True,
+}
 
 
-def build_teacher(config: TeacherConfig, student: SASRec, titles: list[str], *, device: str = "cpu",
-                  precision: str = "auto", use_flash_attention="auto", gradient_checkpointing: bool = False,
-                  cache_dir: Path | None = None, title_states: torch.Tensor | None = None):  # fmt: skip
+def build_teacher(
+    config: TeacherConfig,
+    student: SASRec,
+    titles: list[str],
+    *,
+    device: str = "cpu",
+    precision: str = "auto",
+    use_flash_attention="auto",
+    gradient_checkpointing: bool = False,
+    cache_dir: Path | None = None,
+    title_states: torch.Tensor | None = None,
+):
     """Load the base LLM and wrap it as an iLoRA teacher; returns (teacher, llm_info)."""
-    llm, tokenizer, info = load_llm(config.llm_model_name, device=device, precision=precision,
-                                    use_flash_attention=use_flash_attention,
-                                    gradient_checkpointing=gradient_checkpointing, cache_dir=cache_dir,
-                                    random_init=config.llm_random_init, num_layers=config.llm_num_layers)  # fmt: skip
-    teacher = ILoRATeacher(llm, tokenizer, student, titles, config, title_states=title_states).to(device)
+    llm, tokenizer, info = load_llm(
+        config.llm_model_name,
+        device=device,
+        precision=precision,
+        use_flash_attention=use_flash_attention,
+        gradient_checkpointing=gradient_checkpointing,
+        cache_dir=cache_dir,
+        random_init=config.llm_random_init,
+        num_layers=config.llm_num_layers,
+    )
+    teacher = ILoRATeacher(llm, tokenizer, student, titles, config, title_states=title_states).to(
+        device
+    )
     return teacher, info
 
 
@@ -58,25 +82,37 @@ def config_from_card(hparams: dict, where: Path) -> TeacherConfig:
     """The TeacherConfig a card was trained with; refuses an unknown prompt mode or field."""
     values = {**LEGACY_DEFAULTS, **hparams.get("teacher", {})}
     if values["prompt_mode"] not in PROMPT_MODES:
-        raise CheckpointError(f"{where}: unknown teacher prompt_mode {values['prompt_mode']!r} "
-                              f"(this version knows {', '.join(PROMPT_MODES)})")  # fmt: skip
+        raise CheckpointError(
+            f"{where}: unknown teacher prompt_mode {values['prompt_mode']!r} "
+            f"(this version knows {', '.join(PROMPT_MODES)})"
+        )
     unknown = sorted(set(values) - set(TeacherConfig.__dataclass_fields__))
     if unknown:
-        raise CheckpointError(f"{where}: teacher card has fields this version does not know: {', '.join(unknown)}")
+        raise CheckpointError(
+            f"{where}: teacher card has fields this version does not know: {', '.join(unknown)}"
+        )
     return TeacherConfig(**values)
 
 
 def teacher_payload(teacher: ILoRATeacher, llm_info, student_ref: dict) -> dict:
     return {
         "tensors": teacher.checkpoint_tensors(),
-        "hparams": {"teacher": teacher.config.to_dict(), "student": teacher.student.config.to_dict()},
+        "hparams": {
+            "teacher": teacher.config.to_dict(),
+            "student": teacher.student.config.to_dict(),
+        },
         "extra": {
-            "base_llm": {"name": llm_info.name, "digest": llm_info.digest, "source": llm_info.source,
-                         "hidden_size": llm_info.hidden_size, "dtype": llm_info.dtype,
-                         "attn_implementation": llm_info.attn_implementation},
+            "base_llm": {
+                "name": llm_info.name,
+                "digest": llm_info.digest,
+                "source": llm_info.source,
+                "hidden_size": llm_info.hidden_size,
+                "dtype": llm_info.dtype,
+                "attn_implementation": llm_info.attn_implementation,
+            },
             "student_checkpoint": student_ref,
         },
-    }  # fmt: skip
+    }
 
 
 def teacher_window(card: dict, where: Path) -> tuple[TeacherConfig, int]:
@@ -90,25 +126,48 @@ def teacher_window(card: dict, where: Path) -> tuple[TeacherConfig, int]:
     return config, window
 
 
-def load_teacher(path: Path, dataset: PreparedDataset, *, device: str = "cpu", precision: str = "auto",
-                 cache_dir: Path | None = None) -> tuple[ILoRATeacher, Checkpoint]:  # fmt: skip
+def load_teacher(
+    path: Path,
+    dataset: PreparedDataset,
+    *,
+    device: str = "cpu",
+    precision: str = "auto",
+    cache_dir: Path | None = None,
+) -> tuple[ILoRATeacher, Checkpoint]:
     """Rebuild a trained teacher for inference, validating data, student and base LLM first."""
     # the card's student_checkpoint and base_llm entries are required by its kind (read_card)
-    ckpt = load_checkpoint(path, kinds=KIND.name, fingerprint=dataset.fingerprint, num_items=dataset.num_items)
+    ckpt = load_checkpoint(
+        path, kinds=KIND.name, fingerprint=dataset.fingerprint, num_items=dataset.num_items
+    )
     ref = ckpt.card["student_checkpoint"]
     student_dir = Path(ref["path"])
     if not (student_dir / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"{path}: its student checkpoint {student_dir} is missing")
     if sha256_file(student_dir / WEIGHTS_FILE) != ref["weights_sha256"]:
-        raise CheckpointError(f"{path}: student checkpoint {student_dir} changed since the teacher was trained")
-    student, _ = load_sasrec(student_dir, fingerprint=dataset.fingerprint, num_items=dataset.num_items,
-                             kinds=(ref["kind"],))  # fmt: skip
+        raise CheckpointError(
+            f"{path}: student checkpoint {student_dir} changed since the teacher was trained"
+        )
+    student, _ = load_sasrec(
+        student_dir,
+        fingerprint=dataset.fingerprint,
+        num_items=dataset.num_items,
+        kinds=(ref["kind"],),
+    )
     config = config_from_card(ckpt.hparams, path)
-    teacher, info = build_teacher(config, student, dataset.titles, device=device, precision=precision,
-                                  cache_dir=cache_dir, title_states=ckpt.tensors.get("title_states"))  # fmt: skip
+    teacher, info = build_teacher(
+        config,
+        student,
+        dataset.titles,
+        device=device,
+        precision=precision,
+        cache_dir=cache_dir,
+        title_states=ckpt.tensors.get("title_states"),
+    )
     if info.digest != ckpt.card["base_llm"]["digest"]:
-        raise CheckpointError(f"{path}: base LLM {config.llm_model_name!r} now has digest {info.digest[:16]}…, "
-                              f"the teacher was trained on {ckpt.card['base_llm']['digest'][:16]}…")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: base LLM {config.llm_model_name!r} now has digest {info.digest[:16]}…, "
+            f"the teacher was trained on {ckpt.card['base_llm']['digest'][:16]}…"
+        )
     load_trained(teacher, ckpt.tensors, ckpt.path)
     return teacher.eval(), ckpt
 
@@ -118,8 +177,10 @@ def load_trained(teacher: ILoRATeacher, tensors: dict[str, torch.Tensor], where:
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     wrong = [k for k in expected.keys() & tensors.keys() if expected[k].shape != tensors[k].shape]
     if missing or unexpected or wrong:
-        raise CheckpointError(f"{where} does not match the teacher built from its card: missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}")  # fmt: skip
+        raise CheckpointError(
+            f"{where} does not match the teacher built from its card: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}"
+        )
     teacher.load_state_dict(tensors, strict=False)
 
 

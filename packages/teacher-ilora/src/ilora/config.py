@@ -39,10 +39,18 @@ OPT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 class TeacherConfig:
     """Architecture knobs: what rebuilds a trained teacher (its card's `hparams.teacher`)."""
 
-    llm_model_name: str = "embedded:smollm2-135m"  # hub name, local dir, .gguf, or embedded:smollm2-135m
-    llm_random_init: bool = checked(False, BOOLEAN)  # control: the LLM's architecture with random (seeded) weights
-    llm_num_layers: int | None = checked(None, optional_integer(1))  # keep the first N decoder layers; null = all
-    hidden_size: int = checked(256, integer(1))  # projector MLP width (SASRec d -> hidden_size -> LLM hidden)
+    llm_model_name: str = (
+        "embedded:smollm2-135m"  # hub name, local dir, .gguf, or embedded:smollm2-135m
+    )
+    llm_random_init: bool = checked(
+        False, BOOLEAN
+    )  # control: the LLM's architecture with random (seeded) weights
+    llm_num_layers: int | None = checked(
+        None, optional_integer(1)
+    )  # keep the first N decoder layers; null = all
+    hidden_size: int = checked(
+        256, integer(1)
+    )  # projector MLP width (SASRec d -> hidden_size -> LLM hidden)
     num_lora_experts: int = checked(4, integer(1))
     lora_r: int = checked(8, integer(1))  # total rank, lora_r / num_lora_experts per expert
     lora_alpha: float = checked(32.0, number(0, strict_low=True))
@@ -52,17 +60,29 @@ class TeacherConfig:
     gate_hidden_size: int = checked(64, integer(1))
     max_history: int = checked(10, integer(1))  # prefix mode: items shown in the prompt
     max_title_tokens: int = checked(12, integer(1))
-    use_item_embeddings_head: bool = checked(True, BOOLEAN)  # score against the student's (trainable) item table
+    use_item_embeddings_head: bool = checked(
+        True, BOOLEAN
+    )  # score against the student's (trainable) item table
     # true: query = the student's state + head(LLM state), head zero-initialised (starts as the student)
     residual_student_state: bool = checked(False, BOOLEAN)
     # scores += student_mix x the student's scores (an ensemble; needs residual_student_state=false)
     student_mix: float = checked(0.0, number(0))
-    student_dropout_in_training: bool = checked(False, BOOLEAN)  # u from the student with its dropout on
+    student_dropout_in_training: bool = checked(
+        False, BOOLEAN
+    )  # u from the student with its dropout on
     normalize_state: bool = checked(True, BOOLEAN)  # LayerNorm on the LLM state before the head
-    prompt_mode: str = checked("sequence", one_of(PROMPT_MODES))  # sequence: one pass per window | prefix: iLoRA's
-    sequence_titles: bool = checked(False, BOOLEAN)  # sequence mode: `title [ItemEmb]` per item (~10x the tokens)
-    use_title_projector: bool = checked(True, BOOLEAN)  # sequence mode: item token += title_projector(title state)
-    max_sequence_items: int | None = checked(None, optional_integer(1))  # sequence window; null = student's max_seq_len
+    prompt_mode: str = checked(
+        "sequence", one_of(PROMPT_MODES)
+    )  # sequence: one pass per window | prefix: iLoRA's
+    sequence_titles: bool = checked(
+        False, BOOLEAN
+    )  # sequence mode: `title [ItemEmb]` per item (~10x the tokens)
+    use_title_projector: bool = checked(
+        True, BOOLEAN
+    )  # sequence mode: item token += title_projector(title state)
+    max_sequence_items: int | None = checked(
+        None, optional_integer(1)
+    )  # sequence window; null = student's max_seq_len
     sequence_window_stride: int | None = checked(None, optional_integer(1))  # null = window // 2
 
     def __post_init__(self) -> None:
@@ -72,15 +92,21 @@ class TeacherConfig:
     def check_group(cls, values: dict, prefix: str) -> None:
         mix, residual = values.get("student_mix"), values.get("residual_student_state")
         if mix == "auto" and residual:
-            raise UserError(f"{prefix}student_mix=auto ensembles a teacher with its own query and its student: "
-                            f"set {prefix}residual_student_state=false")  # fmt: skip
+            raise UserError(
+                f"{prefix}student_mix=auto ensembles a teacher with its own query and its student: "
+                f"set {prefix}residual_student_state=false"
+            )
         if isinstance(mix, int | float) and mix > 0 and residual:
-            raise UserError(f"{prefix}student_mix mixes the student's scores into a teacher with its own query: "
-                            f"set {prefix}residual_student_state=false (the residual head already adds the student)")  # fmt: skip
+            raise UserError(
+                f"{prefix}student_mix mixes the student's scores into a teacher with its own query: "
+                f"set {prefix}residual_student_state=false (the residual head already adds the student)"
+            )
         experts, rank = values.get("num_lora_experts"), values.get("lora_r")
         if isinstance(experts, int) and isinstance(rank, int) and experts >= 1 and rank % experts:
-            raise UserError(f"{prefix}lora_r={rank} must be a multiple of {prefix}num_lora_experts={experts} "
-                            "(each expert gets rank lora_r / num_lora_experts)")  # fmt: skip
+            raise UserError(
+                f"{prefix}lora_r={rank} must be a multiple of {prefix}num_lora_experts={experts} "
+                "(each expert gets rank lora_r / num_lora_experts)"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,7 +115,9 @@ class TeacherConfig:
     def from_settings(cls, values: dict, student_mix: float) -> TeacherConfig:
         """The architecture of a `teacher` group (a mix chosen on valid after training starts at 0)."""
         names = cls.__dataclass_fields__
-        return cls(**{**{k: v for k, v in values.items() if k in names}, "student_mix": student_mix})
+        return cls(
+            **{**{k: v for k, v in values.items() if k in names}, "student_mix": student_mix}
+        )
 
 
 @dataclass
@@ -98,7 +126,9 @@ class TeacherSettings(TeacherConfig):
 
     # auto = the weight w of scores + w x student chosen on valid after training (recorded in the card)
     student_mix: Any = checked("auto", number_or("auto", 0))
-    rec_model_checkpoint_path: str | None = None  # student checkpoints/best; null = the newest student run
+    rec_model_checkpoint_path: str | None = (
+        None  # student checkpoints/best; null = the newest student run
+    )
     train_samples: str = "all"  # all | last_n_per_user=N: the training keys the teacher learns from
     # embedding imitation: the item-embedding head's table is pulled toward the student's
     imitation_lambda: float = checked(1.0, number(0))
@@ -106,10 +136,14 @@ class TeacherSettings(TeacherConfig):
     contrastive_temperature: float = checked(0.1, number(0, strict_low=True))
     imitation_decay_type: str = checked("linear", one_of(DECAY_TYPES))
     imitation_min_lambda: float = checked(0.0, number(0))
-    imitation_decay_steps: int | None = checked(None, optional_integer(1))  # null = the run's total optimizer steps
+    imitation_decay_steps: int | None = checked(
+        None, optional_integer(1)
+    )  # null = the run's total optimizer steps
     # hardware
     precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
-    use_flash_attention: Any = "auto"  # auto = FlashAttention-2 on CUDA when flash-attn is installed
+    use_flash_attention: Any = (
+        "auto"  # auto = FlashAttention-2 on CUDA when flash-attn is installed
+    )
     gradient_checkpointing: bool = checked(False, BOOLEAN)
     # the earlier guide's names (section 3.2.1)
     distill_lambda: float | None = alias_of("imitation_lambda")
@@ -126,9 +160,15 @@ class TeacherSettings(TeacherConfig):
 class TeacherTrainConfig(TrainConfig):
     """The teacher's `train` preset: warm-up + cosine lr, and the item table's own lr."""
 
-    lr_schedule: str = checked("cosine", one_of(LR_SCHEDULES))  # cosine (warm-up, then decay to 0) | constant
-    warmup_ratio: float = checked(0.05, number(0, 1, strict_high=True))  # fraction of the run's optimizer steps
-    item_table_lr_scale: float = checked(1.0, at_least(0))  # the item table's lr = lr x this; 0 keeps it
+    lr_schedule: str = checked(
+        "cosine", one_of(LR_SCHEDULES)
+    )  # cosine (warm-up, then decay to 0) | constant
+    warmup_ratio: float = checked(
+        0.05, number(0, 1, strict_high=True)
+    )  # fraction of the run's optimizer steps
+    item_table_lr_scale: float = checked(
+        1.0, at_least(0)
+    )  # the item table's lr = lr x this; 0 keeps it
 
 
 SCHEMAS = [

@@ -23,7 +23,9 @@ MIX_GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 def own_and_student_scores(teacher, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, N+1) scores of the teacher alone (w = 0) and of its frozen student, at the last position."""
     state, u = teacher.encode(history)
-    return teacher.scores_from_state(state, u, student_mix=0.0)[:, 0], item_scores(u[:, 0], teacher.student.item_table())
+    return teacher.scores_from_state(state, u, student_mix=0.0)[:, 0], item_scores(
+        u[:, 0], teacher.student.item_table()
+    )
 
 
 def ranks_by_mix(own, student, target, exclude, grid=MIX_GRID) -> dict[float, torch.Tensor]:
@@ -32,8 +34,9 @@ def ranks_by_mix(own, student, target, exclude, grid=MIX_GRID) -> dict[float, to
 
 
 @torch.no_grad()
-def valid_metric_by_mix(teacher, loader, num_items: int, *, metric: str, ks, mask_history: bool, device,
-                        grid=MIX_GRID) -> dict[float, float]:  # fmt: skip
+def valid_metric_by_mix(
+    teacher, loader, num_items: int, *, metric: str, ks, mask_history: bool, device, grid=MIX_GRID
+) -> dict[float, float]:
     """{w: valid ``metric`` of teacher + w * student} over ``grid``, by one pass over ``loader``."""
     teacher.eval()
     own, student, targets, excluded = [], [], [], []
@@ -42,22 +45,46 @@ def valid_metric_by_mix(teacher, loader, num_items: int, *, metric: str, ks, mas
         own.append(batch_own.cpu())
         student.append(batch_student.cpu())
         targets.append(batch["target"])
-        excluded.append(history_mask(batch["full_history"], num_items, keep=batch["target"]) if mask_history else None)
+        excluded.append(
+            history_mask(batch["full_history"], num_items, keep=batch["target"])
+            if mask_history
+            else None
+        )
     exclude = torch.cat(excluded) if mask_history else None
     ranks = ranks_by_mix(torch.cat(own), torch.cat(student), torch.cat(targets), exclude, grid)
     return {w: ranking_metrics(r, ks)[metric] for w, r in ranks.items()}
 
 
-def choose_student_mix(teacher, loader, num_items: int, *, metric: str, ks, mask_history: bool, device,
-                       by_mix: dict[float, float] | None = None) -> tuple[float, dict]:  # fmt: skip
+def choose_student_mix(
+    teacher,
+    loader,
+    num_items: int,
+    *,
+    metric: str,
+    ks,
+    mask_history: bool,
+    device,
+    by_mix: dict[float, float] | None = None,
+) -> tuple[float, dict]:
     """Set ``teacher.config.student_mix`` to the grid's best weight on valid (the first of ties);
     returns (weight, {w: metric}). ``by_mix``: the figures the best checkpoint's own validation
     already measured (`TeacherModule` records them), else one pass over ``loader``."""
     if by_mix is None:
-        by_mix = valid_metric_by_mix(teacher, loader, num_items, metric=metric, ks=ks, mask_history=mask_history,
-                                     device=device)  # fmt: skip
+        by_mix = valid_metric_by_mix(
+            teacher,
+            loader,
+            num_items,
+            metric=metric,
+            ks=ks,
+            mask_history=mask_history,
+            device=device,
+        )
     best = max(by_mix, key=lambda w: (by_mix[w], -w))
     teacher.config.student_mix = best
-    log.info("student_mix chosen on valid (%s): %s -> %g", metric,
-             "  ".join(f"{w:g}: {v:.4f}" for w, v in by_mix.items()), best)  # fmt: skip
+    log.info(
+        "student_mix chosen on valid (%s): %s -> %g",
+        metric,
+        "  ".join(f"{w:g}: {v:.4f}" for w, v in by_mix.items()),
+        best,
+    )
     return best, by_mix

@@ -26,7 +26,9 @@ def teacher_digest(checkpoint_dir: Path) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()
 
 
-def topk_with_history_masked(scores: torch.Tensor, history: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_with_history_masked(
+    scores: torch.Tensor, history: torch.Tensor | None, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's top-K (descending) over items 1..N, history items excluded when given."""
     scores = scores.float().clone()
     scores[:, 0] = -torch.inf
@@ -57,8 +59,13 @@ def window_scores(teacher, windows: torch.Tensor, read: torch.Tensor, device="cp
     return teacher.score_all_positions(windows.to(device)).float().cpu()[read]
 
 
-def topk_excluding_history(scores: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
-                           full_history: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_excluding_history(
+    scores: torch.Tensor,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+    full_history: torch.Tensor | None,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-K (items, scores) of each read-out row of :func:`window_scores`: the key at position p
     of window ``rows[m]``; ``full_history`` (B, P), each window's whole prefix items[:end]
     (left-padded), excludes the items of the key's own history items[:p], which may start before
@@ -72,7 +79,9 @@ def topk_excluding_history(scores: torch.Tensor, rows: torch.Tensor, positions: 
     return items, values
 
 
-def window_batch(histories: list[list[int]], first_positions: list[int], width: int) -> dict[str, torch.Tensor]:
+def window_batch(
+    histories: list[list[int]], first_positions: list[int], width: int
+) -> dict[str, torch.Tensor]:
     """The window batch :class:`recdata.datamodule.WindowTrainDataset` builds, from each window's
     whole prefix items[:end] and its first read-out key: ``history`` (the last ``width`` items,
     left-padded, all-padding columns dropped), ``read`` (B, L) bool and ``positions`` (B, L) (the
@@ -84,5 +93,10 @@ def window_batch(histories: list[list[int]], first_positions: list[int], width: 
     windows = full[:, -width:]
     positions = readout_positions(ends, width)
     read = readout_mask(positions, torch.tensor(first_positions), windows)
-    batch = {"history": windows, "read": read, "positions": positions, "full_history": full[:, -max(int(ends.max()), 1) :]}
+    batch = {
+        "history": windows,
+        "read": read,
+        "positions": positions,
+        "full_history": full[:, -max(int(ends.max()), 1) :],
+    }
     return trim_padding_columns(batch, ("history", "read", "positions"))

@@ -19,5 +19,7 @@ def teacher_scorer(path: Path, dataset, *, device: str, cache_dir=None, precisio
     """Scores of a trained teacher, for eval-all (validated against the data, student and LLM)."""
     from ilora.checkpoint import load_teacher
 
-    teacher, _ = load_teacher(path, dataset, device=device, precision=precision, cache_dir=cache_dir)
+    teacher, _ = load_teacher(
+        path, dataset, device=device, precision=precision, cache_dir=cache_dir
+    )
     return lambda batch: teacher(batch["history"].to(device)).float().cpu()

@@ -138,9 +138,7 @@ def select_dtype(
     """
     key = str(precision).strip().lower()
     if key not in _PRECISIONS:
-        raise UserError(
-            f"unknown precision {precision!r}; expected one of auto, fp32, bf16, fp16"
-        )
+        raise UserError(f"unknown precision {precision!r}; expected one of auto, fp32, bf16, fp16")
     requested = _PRECISIONS[key]
     if device_type != "cuda":
         if requested not in (None, torch.float32):
@@ -254,12 +252,31 @@ def _install_command(spec: str, target: Path) -> list[list[str]]:
     cmds = []
     if uv:
         cmds.append(
-            [uv, "pip", "install", "--quiet", "--no-deps", "--python", sys.executable,
-             "--target", str(target), spec]
+            [
+                uv,
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--python",
+                sys.executable,
+                "--target",
+                str(target),
+                spec,
+            ]
         )
     cmds.append(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-         spec]
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+            spec,
+        ]
     )
     return cmds
 
@@ -423,7 +440,9 @@ def _random_like(source: str, *, dtype, attn: str, device: torch.device, revisio
 
     config = AutoConfig.from_pretrained(source, revision=revision)
     config._attn_implementation = attn
-    torch.manual_seed(RANDOM_INIT_SEED)  # load_llm runs under fork_rng: the caller's RNG is untouched
+    torch.manual_seed(
+        RANDOM_INIT_SEED
+    )  # load_llm runs under fork_rng: the caller's RNG is untouched
     return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device), attn
 
 
@@ -433,8 +452,14 @@ def keep_first_layers(model, num_layers: int) -> None:
     a CPU budget a shallower teacher trains for more epochs."""
     total = int(model.config.num_hidden_layers)
     if not 1 <= num_layers <= total:
-        raise UserError(f"teacher.llm_num_layers={num_layers} must be in 1..{total} (the LLM's layers)")
-    stacks = [m for m in model.base_model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == total]
+        raise UserError(
+            f"teacher.llm_num_layers={num_layers} must be in 1..{total} (the LLM's layers)"
+        )
+    stacks = [
+        m
+        for m in model.base_model.modules()
+        if isinstance(m, torch.nn.ModuleList) and len(m) == total
+    ]
     if not stacks:
         raise UserError(f"cannot find the {total} decoder layers of {type(model).__name__} to cut")
     del stacks[0][num_layers:]
@@ -450,12 +475,16 @@ def _from_pretrained(source: str, *, dtype, attn: str, device: torch.device, rev
     if device.type != "cpu":  # load straight onto the accelerator, no full host copy
         kwargs["device_map"] = str(device)
     try:
-        return AutoModelForCausalLM.from_pretrained(source, attn_implementation=attn, **kwargs), attn
+        return AutoModelForCausalLM.from_pretrained(
+            source, attn_implementation=attn, **kwargs
+        ), attn
     except ValueError as exc:
         msg = str(exc).lower()
         if attn != "eager" and ("does not support" in msg or "attn_implementation" in msg):
             log.warning("%s: %s; falling back to eager attention", source, exc)
-            model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager", **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, attn_implementation="eager", **kwargs
+            )
             return model, "eager"
         raise
 
@@ -485,13 +514,31 @@ def load_llm(
     # randomly initialised model) and a cached run does not, and the teacher's adapters are
     # initialised right after, so both runs would otherwise train different teachers.
     with torch.random.fork_rng(devices=[]):
-        return _load_llm(name, device=device, precision=precision, use_flash_attention=use_flash_attention,
-                         gradient_checkpointing=gradient_checkpointing, cache_dir=cache_dir, revision=revision,
-                         random_init=random_init, num_layers=num_layers)
+        return _load_llm(
+            name,
+            device=device,
+            precision=precision,
+            use_flash_attention=use_flash_attention,
+            gradient_checkpointing=gradient_checkpointing,
+            cache_dir=cache_dir,
+            revision=revision,
+            random_init=random_init,
+            num_layers=num_layers,
+        )
 
 
-def _load_llm(name, *, device, precision, use_flash_attention, gradient_checkpointing, cache_dir, revision,
-              random_init=False, num_layers=None):
+def _load_llm(
+    name,
+    *,
+    device,
+    precision,
+    use_flash_attention,
+    gradient_checkpointing,
+    cache_dir,
+    revision,
+    random_init=False,
+    num_layers=None,
+):
     from transformers import AutoTokenizer
 
     t_start = time.perf_counter()
@@ -506,7 +553,7 @@ def _load_llm(name, *, device, precision, use_flash_attention, gradient_checkpoi
     convert_seconds: float | None = None
     extra: dict[str, Any] = {}
     if name.startswith(EMBEDDED_PREFIX):
-        key = name[len(EMBEDDED_PREFIX):]
+        key = name[len(EMBEDDED_PREFIX) :]
         path, digest, convert_seconds = resolve_embedded(key, cache_dir)
         source, load_from = "embedded", str(path)
     elif _looks_like_path(name) or Path(name).expanduser().exists():
@@ -567,7 +614,9 @@ def _load_llm(name, *, device, precision, use_flash_attention, gradient_checkpoi
         if enable is not None:
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:  # transformers < 5.x
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         model.config.use_cache = False
 
     cfg = model.config
@@ -591,6 +640,11 @@ def _load_llm(name, *, device, precision, use_flash_attention, gradient_checkpoi
     )
     log.info(
         "loaded LLM %s (%s, %.1fM params, %s, %s) in %.2fs",
-        name, source, info.num_parameters / 1e6, info.dtype, attn, info.load_seconds,
+        name,
+        source,
+        info.num_parameters / 1e6,
+        info.dtype,
+        attn,
+        info.load_seconds,
     )
     return model, tokenizer, info

@@ -30,12 +30,17 @@ from sasrec.model import SASRec, item_scores
 
 
 @torch.no_grad()
-def mean_title_states(llm: nn.Module, prompts, batch_size: int = 64, gate_experts: int | None = None) -> torch.Tensor:
+def mean_title_states(
+    llm: nn.Module, prompts, batch_size: int = 64, gate_experts: int | None = None
+) -> torch.Tensor:
     """(N+1, H_llm): the LLM's mean last-layer state over each item's title tokens (row 0 = zeros),
     always in eval mode (no dropout). ``gate_experts``: run MoE-LoRA adapters at the uniform gate
     over that many experts; None for a model without adapters."""
     device = llm.get_input_embeddings().weight.device
-    titles = [prompts.item_piece(i)[:-1] or [prompts.pad_token_id] for i in range(1, prompts.num_items + 1)]
+    titles = [
+        prompts.item_piece(i)[:-1] or [prompts.pad_token_id]
+        for i in range(1, prompts.num_items + 1)
+    ]
     rows = [torch.zeros(llm.config.hidden_size)]
     was_training = llm.training
     llm.eval()
@@ -49,9 +54,15 @@ def mean_title_states(llm: nn.Module, prompts, batch_size: int = 64, gate_expert
                 ids[r, width - len(t) :], mask[r, width - len(t) :] = torch.tensor(t), 1
             ids, mask = ids.to(device), mask.to(device)
             if gate_experts:
-                set_gate(llm, torch.full((len(chunk), gate_experts), 1 / gate_experts, device=device))
-            states = llm.base_model(input_ids=ids, attention_mask=mask,
-                                    position_ids=(mask.cumsum(1) - 1).clamp(min=0), use_cache=False).last_hidden_state  # fmt: skip
+                set_gate(
+                    llm, torch.full((len(chunk), gate_experts), 1 / gate_experts, device=device)
+                )
+            states = llm.base_model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                use_cache=False,
+            ).last_hidden_state
             pooled = (states.float() * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
             rows.extend(pooled.cpu())
     finally:
@@ -64,8 +75,16 @@ def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
 
 
 class ILoRATeacher(nn.Module):
-    def __init__(self, llm: nn.Module, tokenizer, student: SASRec, item_titles: list[str], config: TeacherConfig,
-                 *, title_states: torch.Tensor | None = None):  # fmt: skip
+    def __init__(
+        self,
+        llm: nn.Module,
+        tokenizer,
+        student: SASRec,
+        item_titles: list[str],
+        config: TeacherConfig,
+        *,
+        title_states: torch.Tensor | None = None,
+    ):
         """``title_states``: the sequence mode's (N+1, H_llm) title states as saved with a
         checkpoint; computed from the base LLM (adapters not yet injected) when not given."""
         super().__init__()
@@ -75,20 +94,38 @@ class ILoRATeacher(nn.Module):
         d, width = student.config.hidden_size, llm.config.hidden_size
         self.sequence_mode = config.prompt_mode == "sequence"
         if self.sequence_mode:
-            self.prompts = SequencePromptBuilder(tokenizer, item_titles, with_titles=config.sequence_titles,
-                                                 max_title_tokens=config.max_title_tokens)  # fmt: skip
+            self.prompts = SequencePromptBuilder(
+                tokenizer,
+                item_titles,
+                with_titles=config.sequence_titles,
+                max_title_tokens=config.max_title_tokens,
+            )
             self.window = int(config.max_sequence_items or student.config.max_seq_len)
         else:
-            self.prompts = PromptBuilder(tokenizer, item_titles, max_history=config.max_history,
-                                         max_title_tokens=config.max_title_tokens)  # fmt: skip
+            self.prompts = PromptBuilder(
+                tokenizer,
+                item_titles,
+                max_history=config.max_history,
+                max_title_tokens=config.max_title_tokens,
+            )
         self.title_projector = None
         if self.sequence_mode and config.use_title_projector:
-            if title_states is None:  # the base LLM's view of each title: adapters are not injected yet
+            if (
+                title_states is None
+            ):  # the base LLM's view of each title: adapters are not injected yet
                 title_states = standardise_rows(mean_title_states(llm, self.prompts))
             self.register_buffer("title_states", title_states.float().clone())
             self.title_projector = _mlp(width, config.hidden_size, width)
-        inject_moe_lora(llm, MoELoRAConfig(r=config.lora_r, num_experts=config.num_lora_experts, alpha=config.lora_alpha,
-                                           dropout=config.lora_dropout, target_modules=list(config.target_modules)))  # fmt: skip
+        inject_moe_lora(
+            llm,
+            MoELoRAConfig(
+                r=config.lora_r,
+                num_experts=config.num_lora_experts,
+                alpha=config.lora_alpha,
+                dropout=config.lora_dropout,
+                target_modules=list(config.target_modules),
+            ),
+        )
         self.llm = llm
         self.projector = _mlp(d, config.hidden_size, width)
         self.gate = GateNetwork(d, config.num_lora_experts, hidden=config.gate_hidden_size)
@@ -129,14 +166,18 @@ class ILoRATeacher(nn.Module):
         return tensors
 
     # -- encoding ------------------------------------------------------------------------------
-    def encode(self, history: torch.Tensor, *, all_positions: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, history: torch.Tensor, *, all_positions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) left-padded item ids -> (LLM states (B, R, H_llm), frozen-student states u
         (B, R, d)) at the readout positions: the newest item (R = 1), or with ``all_positions``
         (sequence mode) every column of ``history`` (R = L; padding columns are meaningless)."""
         if self.sequence_mode:
             return self._encode_sequence(history, all_positions)
         if all_positions:
-            raise ValueError("prefix mode reads out one state per prompt; all_positions needs prompt_mode=sequence")
+            raise ValueError(
+                "prefix mode reads out one state per prompt; all_positions needs prompt_mode=sequence"
+            )
         return self._encode_prefix(history)
 
     def _encode_prefix(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,13 +190,19 @@ class ILoRATeacher(nn.Module):
         out = self._run_llm(prompt, slots > 0, vectors)
         return out[:, -1:].float(), u.unsqueeze(1)
 
-    def _encode_sequence(self, history: torch.Tensor, all_positions: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_sequence(
+        self, history: torch.Tensor, all_positions: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         width = history.shape[1]
         if all_positions and width > self.window:
-            raise ValueError(f"a window of {width} items exceeds teacher.max_sequence_items={self.window}")
+            raise ValueError(
+                f"a window of {width} items exceeds teacher.max_sequence_items={self.window}"
+            )
         window = history[:, -self.window :]
         real_columns = (window > 0).any(0).nonzero()
-        window = window[:, int(real_columns[0]) :] if len(real_columns) else window[:, -1:]  # drop all-padding columns
+        window = (
+            window[:, int(real_columns[0]) :] if len(real_columns) else window[:, -1:]
+        )  # drop all-padding columns
         with torch.no_grad():
             u = self.student.encode(window)  # (B, L', d): u_t = the state of the prefix ending at t
         prompt = {k: v.to(history.device) for k, v in self.prompts.build(window.cpu()).items()}
@@ -174,7 +221,9 @@ class ILoRATeacher(nn.Module):
         (it precedes every item) and for padding."""
         experts = item_gates.shape[-1]
         gathered = item_gates.gather(1, owner.clamp(min=0).unsqueeze(-1).expand(-1, -1, experts))
-        return torch.where(owner.unsqueeze(-1) >= 0, gathered, torch.full_like(gathered, 1 / experts))
+        return torch.where(
+            owner.unsqueeze(-1) >= 0, gathered, torch.full_like(gathered, 1 / experts)
+        )
 
     def item_vectors(self, item_ids: torch.Tensor) -> torch.Tensor:
         """Input vectors of ``[ItemEmb]`` tokens: projector(SASRec item vector), plus in sequence
@@ -184,16 +233,24 @@ class ILoRATeacher(nn.Module):
             vectors = vectors + self.title_projector(self.title_states[item_ids])
         return vectors
 
-    def _run_llm(self, prompt: dict, item_tokens: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    def _run_llm(
+        self, prompt: dict, item_tokens: torch.Tensor, vectors: torch.Tensor
+    ) -> torch.Tensor:
         """Last-layer states (B, T, H_llm) with the ``[ItemEmb]`` inputs replaced by ``vectors``."""
         embeds = self.llm.get_input_embeddings()(prompt["input_ids"])
         embeds = embeds.masked_scatter(item_tokens.unsqueeze(-1), vectors.to(embeds.dtype))
-        out = self.llm.base_model(inputs_embeds=embeds, attention_mask=prompt["attention_mask"],
-                                  position_ids=prompt["position_ids"], use_cache=False)  # fmt: skip
+        out = self.llm.base_model(
+            inputs_embeds=embeds,
+            attention_mask=prompt["attention_mask"],
+            position_ids=prompt["position_ids"],
+            use_cache=False,
+        )
         return out.last_hidden_state
 
     # -- scoring ----------------------------------------------------------------------------------
-    def scores_from_state(self, state: torch.Tensor, u: torch.Tensor, student_mix: float | None = None) -> torch.Tensor:
+    def scores_from_state(
+        self, state: torch.Tensor, u: torch.Tensor, student_mix: float | None = None
+    ) -> torch.Tensor:
         """(..., H_llm) LLM states and (..., d) student states -> (..., N+1) fp32 scores, column 0
         -inf: the teacher's own scores plus ``student_mix`` (default: the config's) times the
         student's. The head runs in fp32 also under autocast (bf16 scores would tie items)."""
@@ -209,7 +266,9 @@ class ILoRATeacher(nn.Module):
                     scores = scores + item_scores(u, self.student.item_table())
             if mix:
                 scores = scores + mix * item_scores(u, self.student.item_table())
-        return scores.index_fill(-1, torch.zeros(1, dtype=torch.long, device=scores.device), -torch.inf)
+        return scores.index_fill(
+            -1, torch.zeros(1, dtype=torch.long, device=scores.device), -torch.inf
+        )
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         """(B, N+1) scores for the item after each history; column 0 (padding) is -inf."""
@@ -232,4 +291,6 @@ class ILoRATeacher(nn.Module):
         """(N+1, H_llm): the teacher's item vectors for distillation -- the LLM's mean state over
         each item's title tokens with the adapters at the uniform gate, in eval mode (row 0 =
         zeros). Computed once per checkpoint."""
-        return mean_title_states(self.llm, self.prompts, batch_size, gate_experts=self.config.num_lora_experts)
+        return mean_title_states(
+            self.llm, self.prompts, batch_size, gate_experts=self.config.num_lora_experts
+        )

@@ -23,24 +23,46 @@ def lr_scheduler_config(optimizer, kind: str, warmup_ratio: float, total_steps: 
 
     total = max(int(total_steps), 1)
     warmup = int(warmup_ratio * total)
-    scheduler = (get_cosine_schedule_with_warmup(optimizer, warmup, total) if kind == "cosine"
-                 else get_constant_schedule_with_warmup(optimizer, warmup))  # fmt: skip
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+    scheduler = (
+        get_cosine_schedule_with_warmup(optimizer, warmup, total)
+        if kind == "cosine"
+        else get_constant_schedule_with_warmup(optimizer, warmup)
+    )
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
+    }
 
 
 class TeacherModule(RankingValidationMixin, L.LightningModule):
     checkpoint_kind = KIND.name
 
-    def __init__(self, teacher: ILoRATeacher, *, llm_info, student_ref: dict, lr: float = 5e-4,
-                 weight_decay: float = 0.0, schedule: DecaySchedule, loss_type: str = "mse",
-                 contrastive_temperature: float = 0.1, seed: int = 42, item_table_lr_scale: float = 1.0,
-                 lr_schedule: str = "cosine", warmup_ratio: float = 0.05):  # fmt: skip
+    def __init__(
+        self,
+        teacher: ILoRATeacher,
+        *,
+        llm_info,
+        student_ref: dict,
+        lr: float = 5e-4,
+        weight_decay: float = 0.0,
+        schedule: DecaySchedule,
+        loss_type: str = "mse",
+        contrastive_temperature: float = 0.1,
+        seed: int = 42,
+        item_table_lr_scale: float = 1.0,
+        lr_schedule: str = "cosine",
+        warmup_ratio: float = 0.05,
+    ):
         super().__init__()
         self.teacher, self.llm_info, self.student_ref = teacher, llm_info, student_ref
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
         self.item_table_lr_scale = item_table_lr_scale
         self.lr_schedule, self.warmup_ratio = lr_schedule, warmup_ratio
-        self.schedule, self.loss_type, self.temperature = schedule, loss_type, contrastive_temperature
+        self.schedule, self.loss_type, self.temperature = (
+            schedule,
+            loss_type,
+            contrastive_temperature,
+        )
         self.strict_loading = False  # Lightning's last.ckpt holds only the trained tensors
         # teacher.student_mix=auto: every validation also ranks the teacher mixed with its student
         # at each weight of this grid, so w is chosen after training without another LLM pass
@@ -64,14 +86,21 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
             return super().validation_step(batch, batch_idx)
         own, student = own_and_student_scores(self.teacher, batch["history"])
         self.record_valid_scores(own, batch)  # model selection: the teacher alone
-        self._mix_ranks.append(ranks_by_mix(own, student, batch["target"], self.valid_exclude(batch, own.device), self.mix_grid))
+        self._mix_ranks.append(
+            ranks_by_mix(
+                own, student, batch["target"], self.valid_exclude(batch, own.device), self.mix_grid
+            )
+        )
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         if self.mix_grid is None or not self._mix_ranks:
             return
         self.valid_by_mix[int(self.global_step)] = {
-            w: ranking_metrics(self.all_gather(torch.cat([r[w] for r in self._mix_ranks])).reshape(-1).cpu(), self.eval_ks)
+            w: ranking_metrics(
+                self.all_gather(torch.cat([r[w] for r in self._mix_ranks])).reshape(-1).cpu(),
+                self.eval_ks,
+            )
             for w in self.mix_grid
         }
 
@@ -94,8 +123,13 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
         loss = ce
         if self.teacher.item_table is not None and lam > 0:
             rows = torch.cat([batch["history"].flatten(), targets])
-            imitation = imitation_loss(self.teacher.item_table, self.teacher.initial_item_table,
-                                       self.loss_type, temperature=self.temperature, rows=rows)  # fmt: skip
+            imitation = imitation_loss(
+                self.teacher.item_table,
+                self.teacher.initial_item_table,
+                self.loss_type,
+                temperature=self.temperature,
+                rows=rows,
+            )
             loss = ce + lam * imitation
             self.log("train/imitation", imitation, batch_size=len(scores))
         self.log_dict({"train/ce": ce, "train/lambda": lam}, batch_size=len(scores))
@@ -110,14 +144,20 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
         others = [p for p in self.teacher.parameters() if p.requires_grad and p is not table]
         groups = [{"params": others, "name": "teacher"}]  # names: TensorBoard's lr/<name> curves
         if table is not None and self.item_table_lr_scale > 0:
-            groups.append({"params": [table], "lr": self.lr * self.item_table_lr_scale, "name": "item_table"})
+            groups.append(
+                {"params": [table], "lr": self.lr * self.item_table_lr_scale, "name": "item_table"}
+            )
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
-        return lr_scheduler_config(optimizer, self.lr_schedule, self.warmup_ratio, self.trainer.estimated_stepping_batches)
+        return lr_scheduler_config(
+            optimizer, self.lr_schedule, self.warmup_ratio, self.trainer.estimated_stepping_batches
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Keep last.ckpt small: the frozen LLM and student are rebuilt from their sources.
         trained = {f"teacher.{k}" for k in self.teacher.checkpoint_tensors()}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in trained
+        }
         checkpoint["valid_by_mix"] = self.valid_by_mix
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

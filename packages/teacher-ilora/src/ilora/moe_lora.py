@@ -139,10 +139,14 @@ class MoELoRALinear(nn.Module):
         self.scaling = alpha / expert_rank
         device = base_layer.weight.device
         self.lora_A = nn.Parameter(
-            torch.empty(num_experts, expert_rank, self.in_features, device=device, dtype=adapter_dtype)
+            torch.empty(
+                num_experts, expert_rank, self.in_features, device=device, dtype=adapter_dtype
+            )
         )
         self.lora_B = nn.Parameter(
-            torch.empty(num_experts, self.out_features, expert_rank, device=device, dtype=adapter_dtype)
+            torch.empty(
+                num_experts, self.out_features, expert_rank, device=device, dtype=adapter_dtype
+            )
         )
         self.dropout = LoRADropout(dropout) if dropout > 0 else nn.Identity()
         self.gate_state = gate_state if gate_state is not None else GateState()
@@ -172,7 +176,9 @@ class MoELoRALinear(nn.Module):
                 "`with gate_context(model, gates):` around the forward"
             )
         er = self.num_experts * self.expert_rank
-        g = state.expanded(self.expert_rank, self.scaling, self.lora_A.dtype)  # (B, E*r_e) or (B, T, E*r_e)
+        g = state.expanded(
+            self.expert_rank, self.scaling, self.lora_A.dtype
+        )  # (B, E*r_e) or (B, T, E*r_e)
         g = self._broadcast_gate(g, x)
         a = self.lora_A.reshape(er, self.in_features)  # view: (E*r_e, in)
         b = self.lora_B.permute(1, 0, 2).reshape(self.out_features, er)  # (out, E*r_e)
@@ -213,11 +219,16 @@ class GateNetwork(nn.Module):
 
     ``hidden=None`` (or 0) gives a single linear layer."""
 
-    def __init__(self, in_dim: int, num_experts: int, hidden: int | None = 64, dropout: float = 0.0):
+    def __init__(
+        self, in_dim: int, num_experts: int, hidden: int | None = 64, dropout: float = 0.0
+    ):
         super().__init__()
         if hidden:
             self.net: nn.Module = nn.Sequential(
-                nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_experts)
+                nn.Linear(in_dim, hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, num_experts),
             )
         else:
             self.net = nn.Linear(in_dim, num_experts)

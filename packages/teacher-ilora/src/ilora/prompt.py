@@ -92,8 +92,16 @@ class _PromptPieces:
     the instruction, the separator, each item's (truncated) title, the ``[ItemEmb]`` token and
     the pad id."""
 
-    def __init__(self, tokenizer, item_titles: Sequence[str], *, max_title_tokens: int,
-                 instruction: str, separator: str, title_prefix: str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        tokenizer,
+        item_titles: Sequence[str],
+        *,
+        max_title_tokens: int,
+        instruction: str,
+        separator: str,
+        title_prefix: str,
+    ) -> None:
         if max_title_tokens < 1:
             raise UserError(f"max_title_tokens must be >= 1, got {max_title_tokens}")
         self.tokenizer = tokenizer
@@ -127,7 +135,9 @@ class _PromptPieces:
             if not 0 < i <= self.num_items:
                 raise UserError(f"item id {i} is outside 1..{self.num_items} (no title known)")
 
-    def _left_pad(self, rows: list[list[int]], *columns: list[list[int]], fill: int = 0) -> tuple[torch.Tensor, ...]:
+    def _left_pad(
+        self, rows: list[list[int]], *columns: list[list[int]], fill: int = 0
+    ) -> tuple[torch.Tensor, ...]:
         """Left-pad token rows (with the pad id) and per-token columns aligned with them (with
         ``fill``): ``(input_ids, attention_mask, position_ids, *columns)``, (B, T) long each.
         Position ids count from each row's first real token: Hugging Face models do not derive
@@ -183,8 +193,14 @@ class PromptBuilder(_PromptPieces):
     ) -> None:
         if max_history < 1:
             raise UserError(f"max_history must be >= 1, got {max_history}")
-        super().__init__(tokenizer, item_titles, max_title_tokens=max_title_tokens, instruction=instruction,
-                         separator=separator, title_prefix=title_prefix)  # fmt: skip
+        super().__init__(
+            tokenizer,
+            item_titles,
+            max_title_tokens=max_title_tokens,
+            instruction=instruction,
+            separator=separator,
+            title_prefix=title_prefix,
+        )
         self.max_history = int(max_history)
         self._cue = self._encode_text(answer_cue)
         fixed = len(self._prefix) + len(self._cue)
@@ -266,11 +282,25 @@ class SequencePromptBuilder(_PromptPieces):
     item tokens themselves). Batches are LEFT-padded, so the newest item's token is at index -1.
     """
 
-    def __init__(self, tokenizer, item_titles: Sequence[str], *, with_titles: bool = False,
-                 max_title_tokens: int = 24, instruction: str = DEFAULT_INSTRUCTION,
-                 separator: str = ",", title_prefix: str = " ") -> None:  # fmt: skip
-        super().__init__(tokenizer, item_titles, max_title_tokens=max_title_tokens, instruction=instruction,
-                         separator=separator, title_prefix=title_prefix)  # fmt: skip
+    def __init__(
+        self,
+        tokenizer,
+        item_titles: Sequence[str],
+        *,
+        with_titles: bool = False,
+        max_title_tokens: int = 24,
+        instruction: str = DEFAULT_INSTRUCTION,
+        separator: str = ",",
+        title_prefix: str = " ",
+    ) -> None:
+        super().__init__(
+            tokenizer,
+            item_titles,
+            max_title_tokens=max_title_tokens,
+            instruction=instruction,
+            separator=separator,
+            title_prefix=title_prefix,
+        )
         self.with_titles = bool(with_titles)
 
     def piece(self, item_id: int, first: bool) -> list[int]:
@@ -310,10 +340,18 @@ class SequencePromptBuilder(_PromptPieces):
             offset = width - len(items)  # window column of the row's first real item
             rows.append(ids), slot_rows.append(slots)
             owner_rows.append([o + offset if o >= 0 else -1 for o in owner])
-        input_ids, attention_mask, position_ids, slots, owner = self._left_pad(rows, slot_rows, owner_rows, fill=-1)
+        input_ids, attention_mask, position_ids, slots, owner = self._left_pad(
+            rows, slot_rows, owner_rows, fill=-1
+        )
         slots = slots.clamp(min=0)
         readout = torch.zeros(windows.shape, dtype=torch.long)
         row, col = (slots > 0).nonzero(as_tuple=True)
         readout[row, owner[row, col]] = col
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-                "item_slot_ids": slots, "token_item_column": owner, "readout_columns": readout}  # fmt: skip
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "item_slot_ids": slots,
+            "token_item_column": owner,
+            "readout_columns": readout,
+        }

@@ -5,7 +5,79 @@ from __future__ import annotations
 
 import torch
 
-WORDS = ["the", "a", "user", "has", "watched", "following", "movies", "in", "order", "will", "watch", "next", "given", "history", "movie", "predict", "what", "and", "of", "to", "is", ",", ".", ":", "(", ")", "-", "!", "?", "'", "star", "wars", "toy", "story", "fargo", "heat", "casino", "jumanji", "babe", "seven", "clueless", "braveheart", "apollo", "13", "batman", "forever", "love", "hate", "long", "short", "title", "very", "extremely", "an", "incredibly", "quite", "adventure", "night", "day", "man", "woman", "city", "return", "1977", "1995", "1996", "1994", "1993", "ii", "iii", "part"]
+WORDS = [
+    "the",
+    "a",
+    "user",
+    "has",
+    "watched",
+    "following",
+    "movies",
+    "in",
+    "order",
+    "will",
+    "watch",
+    "next",
+    "given",
+    "history",
+    "movie",
+    "predict",
+    "what",
+    "and",
+    "of",
+    "to",
+    "is",
+    ",",
+    ".",
+    ":",
+    "(",
+    ")",
+    "-",
+    "!",
+    "?",
+    "'",
+    "star",
+    "wars",
+    "toy",
+    "story",
+    "fargo",
+    "heat",
+    "casino",
+    "jumanji",
+    "babe",
+    "seven",
+    "clueless",
+    "braveheart",
+    "apollo",
+    "13",
+    "batman",
+    "forever",
+    "love",
+    "hate",
+    "long",
+    "short",
+    "title",
+    "very",
+    "extremely",
+    "an",
+    "incredibly",
+    "quite",
+    "adventure",
+    "night",
+    "day",
+    "man",
+    "woman",
+    "city",
+    "return",
+    "1977",
+    "1995",
+    "1996",
+    "1994",
+    "1993",
+    "ii",
+    "iii",
+    "part",
+]
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
 
 
@@ -58,9 +130,19 @@ def smollm2_135m_config(**overrides):
     weights (speed does not depend on the weights) where the model itself is not at hand."""
     from transformers import LlamaConfig
 
-    cfg = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-               num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5,
-               rope_theta=100000.0, tie_word_embeddings=True, attn_implementation="sdpa")  # fmt: skip
+    cfg = dict(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     cfg.update(overrides)
     return LlamaConfig(**cfg)
 
@@ -77,10 +159,19 @@ def save_tiny_llm(directory, seed: int = 0):
 
 def tiny_teacher_overrides(llm_dir, student_best) -> list[str]:
     """Overrides that make `train-teacher` a seconds-long run on a tiny LLM."""
-    return [f"teacher.llm_model_name={llm_dir}", f"teacher.rec_model_checkpoint_path={student_best}",
-            "teacher.target_modules=[q_proj,v_proj]", "teacher.train_samples=all", "teacher.hidden_size=16",
-            "teacher.gate_hidden_size=8", "train.max_epochs=1", "train.batch_size=4", "train.eval_batch_size=8",
-            "train.limit_val_batches=1.0", "train.lr=0.003"]  # fmt: skip
+    return [
+        f"teacher.llm_model_name={llm_dir}",
+        f"teacher.rec_model_checkpoint_path={student_best}",
+        "teacher.target_modules=[q_proj,v_proj]",
+        "teacher.train_samples=all",
+        "teacher.hidden_size=16",
+        "teacher.gate_hidden_size=8",
+        "train.max_epochs=1",
+        "train.batch_size=4",
+        "train.eval_batch_size=8",
+        "train.limit_val_batches=1.0",
+        "train.lr=0.003",
+    ]
 
 
 def train_tiny_pipeline(root) -> dict:
@@ -96,7 +187,20 @@ def train_tiny_pipeline(root) -> dict:
     root = Path(root)
     data = make_prepared(root / "data", cyclic_sequences())
     llm = save_tiny_llm(root / "tiny-llm")
-    run_cli(student_train.main, tiny_run_overrides(data, root / "runs" / "student", "train.max_epochs=20", "train.patience=20"))
+    run_cli(
+        student_train.main,
+        tiny_run_overrides(
+            data, root / "runs" / "student", "train.max_epochs=20", "train.patience=20"
+        ),
+    )
     student = root / "runs" / "student" / "checkpoints" / "best"
-    run_cli(teacher_train.main, tiny_run_overrides(data, root / "runs" / "teacher", *tiny_teacher_overrides(llm, student)))
-    return {"data": data, "llm": llm, "student": student, "teacher": root / "runs" / "teacher" / "checkpoints" / "best"}
+    run_cli(
+        teacher_train.main,
+        tiny_run_overrides(data, root / "runs" / "teacher", *tiny_teacher_overrides(llm, student)),
+    )
+    return {
+        "data": data,
+        "llm": llm,
+        "student": student,
+        "teacher": root / "runs" / "teacher" / "checkpoints" / "best",
+    }

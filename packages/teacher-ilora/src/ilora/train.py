@@ -42,15 +42,30 @@ def teacher_config(cfg: DictConfig) -> TeacherConfig:
 def finalize_teacher(module: TeacherModule, best_dir: Path, *, cfg: DictConfig, dm) -> None:
     """After training, on the best weights: the student mix (when auto), then the item embeddings."""
     if mix_is_auto(cfg):
-        monitor = cfg.train.monitor if cfg.train.monitor.split("@")[0] in ("hr", "ndcg") and "_of_" not in cfg.train.monitor else "ndcg@10"
+        monitor = (
+            cfg.train.monitor
+            if cfg.train.monitor.split("@")[0] in ("hr", "ndcg") and "_of_" not in cfg.train.monitor
+            else "ndcg@10"
+        )
         card = read_card(best_dir)
-        measured = module.valid_by_mix.get(card["metrics"].get("global_step"))  # by the best's own validation
-        weight, by_mix = choose_student_mix(module.teacher, dm.loader("valid"), dm.num_items, metric=monitor,
-                                            ks=tuple(cfg.eval.ks), mask_history=bool(cfg.eval.mask_history),
-                                            device=module.device,
-                                            by_mix={w: m[monitor] for w, m in measured.items()} if measured else None)  # fmt: skip
+        measured = module.valid_by_mix.get(
+            card["metrics"].get("global_step")
+        )  # by the best's own validation
+        weight, by_mix = choose_student_mix(
+            module.teacher,
+            dm.loader("valid"),
+            dm.num_items,
+            metric=monitor,
+            ks=tuple(cfg.eval.ks),
+            mask_history=bool(cfg.eval.mask_history),
+            device=module.device,
+            by_mix={w: m[monitor] for w, m in measured.items()} if measured else None,
+        )
         card["hparams"]["teacher"]["student_mix"] = weight
-        card["metrics"]["valid_by_student_mix"] = {"metric": monitor, **{f"{w:g}": v for w, v in by_mix.items()}}
+        card["metrics"]["valid_by_student_mix"] = {
+            "metric": monitor,
+            **{f"{w:g}": v for w, v in by_mix.items()},
+        }
         write_json(best_dir / CARD_FILE, card)
     save_item_embeddings(module, best_dir)
 
@@ -66,27 +81,55 @@ def teacher_datamodule(cfg: DictConfig, config: TeacherConfig, student_path: Pat
     length (its student's max_seq_len unless set) that read out every training key once, and
     evaluation batches grouped by history length (padding costs a full LLM pass per token)."""
     if config.prompt_mode == "prefix":
-        return build_datamodule(cfg, max_seq_len=cfg.student.max_seq_len, train_mode="prefixes",
-                                train_samples=cfg.teacher.train_samples)  # fmt: skip
+        return build_datamodule(
+            cfg,
+            max_seq_len=cfg.student.max_seq_len,
+            train_mode="prefixes",
+            train_samples=cfg.teacher.train_samples,
+        )
     window = config.max_sequence_items or read_card(student_path)["hparams"]["model"]["max_seq_len"]
-    return build_datamodule(cfg, max_seq_len=window, train_mode="windows", train_samples=cfg.teacher.train_samples,
-                            window_stride=config.sequence_window_stride, eval_order="length")  # fmt: skip
+    return build_datamodule(
+        cfg,
+        max_seq_len=window,
+        train_mode="windows",
+        train_samples=cfg.teacher.train_samples,
+        window_stride=config.sequence_window_stride,
+        eval_order="length",
+    )
 
 
 def build_module(cfg: DictConfig, dm, config: TeacherConfig, student_path: Path) -> TeacherModule:
     t = cfg.teacher
-    student, student_card = load_sasrec(student_path, fingerprint=dm.fingerprint, num_items=dm.num_items)
+    student, student_card = load_sasrec(
+        student_path, fingerprint=dm.fingerprint, num_items=dm.num_items
+    )
     teacher, info = build_teacher(
-        config, student, dm.dataset.titles, device=resolve_device(cfg.trainer.accelerator, cfg.trainer.devices),
-        precision=t.precision, use_flash_attention=t.use_flash_attention,
-        gradient_checkpointing=t.gradient_checkpointing, cache_dir=Path(cfg.paths.cache_dir),
-    )  # fmt: skip
-    schedule = DecaySchedule(t.imitation_lambda, t.imitation_min_lambda, t.imitation_decay_type, t.imitation_decay_steps)
-    return TeacherModule(teacher, llm_info=info, student_ref=student_reference(student_path, student_card),
-                         lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, schedule=schedule,
-                         loss_type=t.imitation_loss_type, contrastive_temperature=t.contrastive_temperature,
-                         seed=cfg.seed, item_table_lr_scale=cfg.train.item_table_lr_scale,
-                         lr_schedule=cfg.train.lr_schedule, warmup_ratio=cfg.train.warmup_ratio)  # fmt: skip
+        config,
+        student,
+        dm.dataset.titles,
+        device=resolve_device(cfg.trainer.accelerator, cfg.trainer.devices),
+        precision=t.precision,
+        use_flash_attention=t.use_flash_attention,
+        gradient_checkpointing=t.gradient_checkpointing,
+        cache_dir=Path(cfg.paths.cache_dir),
+    )
+    schedule = DecaySchedule(
+        t.imitation_lambda, t.imitation_min_lambda, t.imitation_decay_type, t.imitation_decay_steps
+    )
+    return TeacherModule(
+        teacher,
+        llm_info=info,
+        student_ref=student_reference(student_path, student_card),
+        lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+        schedule=schedule,
+        loss_type=t.imitation_loss_type,
+        contrastive_temperature=t.contrastive_temperature,
+        seed=cfg.seed,
+        item_table_lr_scale=cfg.train.item_table_lr_scale,
+        lr_schedule=cfg.train.lr_schedule,
+        warmup_ratio=cfg.train.warmup_ratio,
+    )
 
 
 @hydra_entry("run_teacher")

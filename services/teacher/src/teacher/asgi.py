@@ -29,8 +29,14 @@ class RequestLimits:
         headers = Headers(scope=scope)
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
-            return await _refuse(415, f"send the body as JSON with 'Content-Type: application/json' "
-                                      f"(got {media_type or 'no content type'!r})", scope, receive, send)  # fmt: skip
+            return await _refuse(
+                415,
+                f"send the body as JSON with 'Content-Type: application/json' "
+                f"(got {media_type or 'no content type'!r})",
+                scope,
+                receive,
+                send,
+            )
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body_bytes:  # refused unread
             return await _refuse(413, self._too_large(int(declared)), scope, receive, send)
@@ -57,8 +63,10 @@ class RequestLimits:
 
     def _too_large(self, size: int | None) -> str:
         body = f"request body of {size} bytes" if size is not None else "request body"
-        return (f"{body} exceeds the service's limit of {self.max_body_bytes} bytes; "
-                "send fewer histories per call")  # fmt: skip
+        return (
+            f"{body} exceeds the service's limit of {self.max_body_bytes} bytes; "
+            "send fewer histories per call"
+        )
 
 
 class _Disconnected(Exception):

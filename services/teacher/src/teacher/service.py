@@ -133,19 +133,25 @@ class TopKRequest(StrictBody):
             return self
         available = n - len(set(self.history)) if self.exclude_history else n
         if self.k > available:
-            raise ValueError(f"k={self.k} exceeds the {available} rankable items "
-                             f"({n} items{', minus the history' if self.exclude_history else ''})")  # fmt: skip
+            raise ValueError(
+                f"k={self.k} exceeds the {available} rankable items "
+                f"({n} items{', minus the history' if self.exclude_history else ''})"
+            )
         return self
 
 
 class WindowRequest(TopKRequest):
-    first_position: StrictInt = Field(description="the first key position read out (1..len(history)); "
-                                      "the item at position p is scored from items[:p]")
+    first_position: StrictInt = Field(
+        description="the first key position read out (1..len(history)); "
+        "the item at position p is scored from items[:p]"
+    )
 
     @model_validator(mode="after")
     def _first_position_fits(self) -> WindowRequest:
         if not 1 <= self.first_position <= len(self.history):
-            raise ValueError(f"first_position={self.first_position} must be in 1..{len(self.history)} (the history's length)")
+            raise ValueError(
+                f"first_position={self.first_position} must be in 1..{len(self.history)} (the history's length)"
+            )
         return self
 
 
@@ -214,8 +220,10 @@ class TeacherService:
         self.max_seq_len = int(teacher.student.config.max_seq_len)
         self.window = int(teacher.window) if teacher.sequence_mode else None
         self.num_items = int(dataset.num_items)
-        self.embeddings = ItemEmbeddings(shape=list(embeddings.shape),
-                                         data=base64.b64encode(embeddings.numpy().astype("<f4").tobytes()).decode())  # fmt: skip
+        self.embeddings = ItemEmbeddings(
+            shape=list(embeddings.shape),
+            data=base64.b64encode(embeddings.numpy().astype("<f4").tobytes()).decode(),
+        )
         base = ckpt.card.get("base_llm", {})
         self.info_payload = {
             "teacher_digest": digest,
@@ -243,8 +251,12 @@ class TeacherService:
         SERVED.num_items, SERVED.digest = self.num_items, digest
         log.info("teacher %s ready: %d items, digest %s…", checkpoint, self.num_items, digest[:12])
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS,
-                 input_spec=TopKCall)  # fmt: skip
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=MAX_BATCH_SIZE,
+        max_latency_ms=MAX_LATENCY_MS,
+        input_spec=TopKCall,
+    )
     def topk(self, requests: list[TopKRequest]) -> list[TopKResult]:
         """The teacher's top-K per request (merged across concurrent calls by the batcher)."""
         import torch
@@ -272,8 +284,12 @@ class TeacherService:
                 results[row] = TopKResult(topk_items=it, topk_scores=va)
         return results  # type: ignore[return-value]
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS,
-                 input_spec=WindowCall)  # fmt: skip
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=MAX_BATCH_SIZE,
+        max_latency_ms=MAX_LATENCY_MS,
+        input_spec=WindowCall,
+    )
     def topk_windows(self, requests: list[WindowRequest]) -> list[WindowResult]:
         """Sequence-mode teachers: the top-K of every key a window reads out (one pass per window)."""
         import torch
@@ -281,9 +297,12 @@ class TeacherService:
         from ilora.inference import topk_excluding_history, window_batch, window_scores
 
         if self.window is None:
-            raise bentoml.exceptions.InvalidArgument("this is a prefix-mode teacher: it scores one history per "
-                                                     "pass, use /topk")  # fmt: skip
-        batch = window_batch([r.history for r in requests], [r.first_position for r in requests], self.window)
+            raise bentoml.exceptions.InvalidArgument(
+                "this is a prefix-mode teacher: it scores one history per pass, use /topk"
+            )
+        batch = window_batch(
+            [r.history for r in requests], [r.first_position for r in requests], self.window
+        )
         scores = window_scores(self.teacher, batch["history"], batch["read"], self.device)
         rows, positions = batch["read"].nonzero()[:, 0], batch["positions"][batch["read"]]
         results: list[WindowResult | None] = [None] * len(requests)
@@ -292,12 +311,20 @@ class TeacherService:
             groups.setdefault((r.k, r.exclude_history), []).append(i)
         for (k, exclude), members in groups.items():
             mine = torch.isin(rows, torch.as_tensor(members))
-            items, values = topk_excluding_history(scores[mine], rows[mine], positions[mine],
-                                                   batch["full_history"] if exclude else None, k)  # fmt: skip
+            items, values = topk_excluding_history(
+                scores[mine],
+                rows[mine],
+                positions[mine],
+                batch["full_history"] if exclude else None,
+                k,
+            )
             for i in members:
                 own = rows[mine] == i
-                results[i] = WindowResult(positions=positions[mine][own].tolist(), topk_items=items[own].tolist(),
-                                          topk_scores=values[own].tolist())  # fmt: skip
+                results[i] = WindowResult(
+                    positions=positions[mine][own].tolist(),
+                    topk_items=items[own].tolist(),
+                    topk_scores=values[own].tolist(),
+                )
         return results  # type: ignore[return-value]
 
     @bentoml.api(input_spec=StrictBody)

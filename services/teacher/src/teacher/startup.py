@@ -52,9 +52,11 @@ def check_settings(checkpoint: str | None, data: str) -> None:
     from runkit.checkpoint import read_card
 
     if not checkpoint:
-        raise ServiceStartupError("TEACHER_CHECKPOINT is not set: point it at a teacher checkpoint directory, e.g. "
-                                  "TEACHER_CHECKPOINT=result/<run>/checkpoints/best bentoml serve "
-                                  "teacher.service:TeacherService")  # fmt: skip
+        raise ServiceStartupError(
+            "TEACHER_CHECKPOINT is not set: point it at a teacher checkpoint directory, e.g. "
+            "TEACHER_CHECKPOINT=result/<run>/checkpoints/best bentoml serve "
+            "teacher.service:TeacherService"
+        )
     path = Path(checkpoint).expanduser()
     if not path.is_dir():
         raise ServiceStartupError(f"TEACHER_CHECKPOINT={checkpoint!r} is not a directory")
@@ -71,8 +73,10 @@ def check_settings(checkpoint: str | None, data: str) -> None:
         )
     fingerprint = card.get("data", {}).get("fingerprint")
     if fingerprint != dataset.fingerprint:
-        raise ServiceStartupError(f"teacher {checkpoint!r} was trained on other data (fingerprint {str(fingerprint)[:12]}…) "
-                                  f"than TEACHER_DATA={data!r} ({dataset.fingerprint[:12]}…)")  # fmt: skip
+        raise ServiceStartupError(
+            f"teacher {checkpoint!r} was trained on other data (fingerprint {str(fingerprint)[:12]}…) "
+            f"than TEACHER_DATA={data!r} ({dataset.fingerprint[:12]}…)"
+        )
     check_weights(path, card)
 
 
@@ -91,12 +95,16 @@ def check_weights(path: Path, card: dict) -> None:
             with safe_open(file, framework="pt"):
                 pass
         except (SafetensorError, OSError) as error:
-            raise ServiceStartupError(f"{file} is not a readable safetensors file ({error}); "
-                                      "re-export or re-train the teacher") from None  # fmt: skip
+            raise ServiceStartupError(
+                f"{file} is not a readable safetensors file ({error}); "
+                "re-export or re-train the teacher"
+            ) from None
     for name, expected in (card.get("weights") or {}).items():
         if (digest := sha256_file(path / name)) != expected:
-            raise ServiceStartupError(f"{path / name} does not match its card (sha256 {digest[:12]}…, card.json "
-                                      f"lists {str(expected)[:12]}…): the file changed after it was written")  # fmt: skip
+            raise ServiceStartupError(
+                f"{path / name} does not match its card (sha256 {digest[:12]}…, card.json "
+                f"lists {str(expected)[:12]}…): the file changed after it was written"
+            )
 
 
 def load_state(checkpoint: str | None, data: str, device: str, cache_dir: str | None):
@@ -110,8 +118,12 @@ def load_state(checkpoint: str | None, data: str, device: str, cache_dir: str | 
     path = Path(checkpoint).expanduser()
     try:
         dataset = load_prepared(Path(data).expanduser())
-        teacher, ckpt = load_teacher(path, dataset, device=device,
-                                     cache_dir=Path(cache_dir).expanduser() if cache_dir else None)  # fmt: skip
+        teacher, ckpt = load_teacher(
+            path,
+            dataset,
+            device=device,
+            cache_dir=Path(cache_dir).expanduser() if cache_dir else None,
+        )
         embeddings = load_item_embeddings(ckpt.path).float().contiguous()
         digest = teacher_digest(path)
     except (UserError, OSError, KeyError, ValueError) as error:

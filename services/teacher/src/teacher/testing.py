@@ -29,20 +29,47 @@ class ServiceProcess:
     group), ready once /readyz answers 200. Use as a context manager or call `stop()`;
     `kill()` + `start()` is a crash and a restart on the same port."""
 
-    def __init__(self, checkpoint: Path, data: Path, *, port: int | None = None, env: dict | None = None,
-                 log_file: Path | None = None, startup_timeout: float = 180.0):  # fmt: skip
+    def __init__(
+        self,
+        checkpoint: Path,
+        data: Path,
+        *,
+        port: int | None = None,
+        env: dict | None = None,
+        log_file: Path | None = None,
+        startup_timeout: float = 180.0,
+    ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_file, self.startup_timeout = log_file, startup_timeout
-        self.environ = {**os.environ, "TEACHER_CHECKPOINT": str(checkpoint), "TEACHER_DATA": str(data),
-                        "BENTOML_DO_NOT_TRACK": "True", **(env or {})}  # fmt: skip
+        self.environ = {
+            **os.environ,
+            "TEACHER_CHECKPOINT": str(checkpoint),
+            "TEACHER_DATA": str(data),
+            "BENTOML_DO_NOT_TRACK": "True",
+            **(env or {}),
+        }
         self._log = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
         self.start()
 
     def start(self) -> None:
-        command = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(self.port)]
-        self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=self.environ, stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            SERVICE_TARGET,
+            "--port",
+            str(self.port),
+        ]
+        self.process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=self.environ,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             self.wait_ready(self.startup_timeout)
         except BaseException:
