@@ -53,9 +53,14 @@ demo: data
 	done; \
 	printf "demo step times:$$times\n  total: %d s\n" $$(( $$(date +%s) - start ))
 
-# serve the newest teacher (or TEACHER=<checkpoint dir>) on 127.0.0.1:3000
+# serve the newest teacher built on the dataset (or TEACHER=<checkpoint dir>) on 127.0.0.1:3000;
+# DATASET=<name> for a dataset of your own (default ml-100k)
+DATASET ?= ml-100k
+NEWEST_TEACHER := from recdata.contract import read_meta; from runkit.runs import find_newest_checkpoint as f; \
+	import sys; print(f("result", ("ilora-teacher",), fingerprint=read_meta(sys.argv[1])["fingerprint"]))
 serve: setup
-	TEACHER_CHECKPOINT="$${TEACHER:-$$($(RUN) python -c 'from recdata.runs import find_newest_checkpoint as f; print(f("result", ("ilora-teacher",)))')}" \
+	@data=data/processed/$(DATASET); \
+	TEACHER_DATA=$$data TEACHER_CHECKPOINT="$${TEACHER:-$$($(RUN) python -c '$(NEWEST_TEACHER)' $$data)}" \
 		$(RUN) bentoml serve teacher.service:TeacherService --port 3000
 
 lint: setup
@@ -64,9 +69,11 @@ lint: setup
 test: lint
 	$(RUN) pytest -q
 
+# bench is a package run as modules from the repository root: speed benchmarks, then the
+# distillation experiment (bench/__init__.py lists the groups)
 bench: data
-	$(RUN) python bench/data.py
-	$(RUN) python bench/student.py
-	$(RUN) python bench/teacher.py
-	$(RUN) python bench/distill.py
-	$(RUN) python bench/service.py
+	$(RUN) python -m bench.speed.data
+	$(RUN) python -m bench.speed.student
+	$(RUN) python -m bench.speed.teacher
+	$(RUN) python -m bench.quality.distill
+	$(RUN) python -m bench.speed.service

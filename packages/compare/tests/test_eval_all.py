@@ -306,3 +306,19 @@ def test_stored_files_must_belong_to_the_checkpoint_and_the_samples(runs, tmp_pa
         "no test_metrics.json + test_predictions.parquet"
         in reuse_stored_result(best, card, expected, keys)[1]
     )
+
+
+def test_runs_on_another_dataset_are_left_out_even_when_newer(tmp_path):
+    """Two datasets share one result dir: eval-all on the first evaluates the first's student,
+    not the second's newer one (which would fail its fingerprint check)."""
+    first = make_prepared(tmp_path / "first", cyclic_sequences())
+    second = make_prepared(tmp_path / "second", cyclic_sequences(num_users=12, cycle=44, step=3))
+    results = tmp_path / "results"
+    run_cli(train_student, tiny_run_overrides(first, results / "on_first", "train.max_epochs=2"))
+    run_cli(train_student, tiny_run_overrides(second, results / "on_second", "train.max_epochs=2"))
+    run_cli(main, tiny_run_overrides(first, results / "eval"))
+    entry = json.loads((results / "eval" / "all_evaluation_results.json").read_text())[
+        "baseline_student"
+    ]
+    assert entry["status"] == "ok"
+    assert entry["checkpoint"] == str(results / "on_first" / "checkpoints" / "best")

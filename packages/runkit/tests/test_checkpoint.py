@@ -151,9 +151,9 @@ def test_broken_checkpoint_directories(tmp_path):
     assert not (tmp_path / "other").exists()
 
 
-def run(root, name, kind="sasrec", complete=True):
+def run(root, name, kind="sasrec", complete=True, data=DATA):
     """A run directory with an exported best checkpoint, complete (test metrics + marker) or not."""
-    best = save(root / name / "checkpoints" / "best", kind=kind)
+    best = save(root / name / "checkpoints" / "best", kind=kind, data=data)
     if complete:
         write_json(root / name / "test_metrics.json", {"metrics": {}})
         mark_complete(root / name)
@@ -181,7 +181,7 @@ def test_newest_run_lookup_skips_incomplete_runs_and_says_which(tmp_path, caplog
     (tmp_path / "result_3" / "test_metrics.json").unlink()  # killed while writing its metrics
     resumed = run(tmp_path, "result_5")
     mark_incomplete(resumed.parents[1])  # resumed, so running again
-    with caplog.at_level("WARNING", logger="recdata.runs"):
+    with caplog.at_level("WARNING", logger="runkit.runs"):
         assert find_newest_checkpoint(tmp_path, ("sasrec",)) == done
     (message,) = [r.getMessage() for r in caplog.records]
     assert "skipped 3" in message
@@ -197,6 +197,22 @@ def test_newest_run_lookup_skips_incomplete_runs_and_says_which(tmp_path, caplog
         match=r"no complete sasrec run found under .* \(skipped 4 incomplete or unreadable\)",
     ):
         find_newest_checkpoint(tmp_path, ("sasrec",))
+
+
+def test_newest_run_lookup_keeps_to_the_dataset_it_is_asked_for(tmp_path):
+    """Several datasets share one result dir: a lookup for one dataset never picks another's
+    newer run, and says why none was found when only other datasets have runs."""
+    mine = run(tmp_path, "result_1")
+    time.sleep(0.01)
+    run(tmp_path, "result_2", data={**DATA, "dataset": "other", "fingerprint": "f" * 64})
+    assert find_newest_checkpoint(tmp_path, ("sasrec",)) != mine  # unfiltered: the newer one
+    assert find_newest_checkpoint(tmp_path, ("sasrec",), fingerprint=DATA["fingerprint"]) == mine
+    with pytest.raises(
+        CheckpointError,
+        match=r"no complete sasrec run on this dataset \(fingerprint 0{12}…\) "
+        r"found under .* \(2 built on other datasets\)",
+    ):
+        find_newest_checkpoint(tmp_path, ("sasrec",), fingerprint="0" * 64)
 
 
 # --- what loading refuses ------------------------------------------------------------------------

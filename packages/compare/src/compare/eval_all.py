@@ -28,11 +28,12 @@ from recdata.atomic import atomic_file, write_json
 from recdata.datamodule import SequentialDataModule
 from recdata.errors import UserError
 from runkit.checkpoint import check_card
+from runkit.data import build_datamodule, dataset_fingerprint
 from runkit.device import resolve_device
 from runkit.entry import announce_run_dir, hydra_entry, hydra_run_dir
 from runkit.evaluation import EvalResult, evaluate
 from runkit.kinds import checkpoint_kind
-from runkit.recipe import build_datamodule, eval_protocol, save_config, seed_run
+from runkit.recipe import eval_protocol, save_config, seed_run
 
 log = logging.getLogger(__name__)
 RESULTS_JSON, RESULTS_MD, RESULTS_PNG = (
@@ -134,7 +135,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     seed_run(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
-    targets = [resolve_model(cfg, key, kind, option) for key, kind, option in MODELS]
+    fingerprint = dataset_fingerprint(cfg)
+    targets = [resolve_model(cfg, key, kind, option, fingerprint) for key, kind, option in MODELS]
     dm = build_datamodule(cfg, max_seq_len=history_window(cfg, targets))
     device = resolve_device(cfg.trainer.accelerator)
     expected = expected_protocol(cfg, dm)

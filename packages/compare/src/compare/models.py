@@ -34,12 +34,14 @@ class ComparedModel:
     reuse_declined: str | None = None  # why the run's stored test predictions were not reused
 
 
-def resolve_checkpoint(configured: str | None, kind: str, result_dir: Path) -> Path:
+def resolve_checkpoint(
+    configured: str | None, kind: str, result_dir: Path, fingerprint: str
+) -> Path:
     """The configured checkpoint directory (a run directory is accepted for its
-    checkpoints/best), or the newest of this kind under result_dir."""
+    checkpoints/best), or the newest of this kind under result_dir built on this dataset."""
     if not configured:
-        path = find_newest_checkpoint(result_dir, (kind,))
-        log.info("%s: using the newest checkpoint %s", kind, path)
+        path = find_newest_checkpoint(result_dir, (kind,), fingerprint=fingerprint)
+        log.info("%s: using the newest checkpoint on this dataset %s", kind, path)
         return path
     path = Path(configured)
     if not (path / CARD_FILE).is_file() and (path / "checkpoints" / "best" / CARD_FILE).is_file():
@@ -47,10 +49,13 @@ def resolve_checkpoint(configured: str | None, kind: str, result_dir: Path) -> P
     return path
 
 
-def resolve_model(cfg: DictConfig, key: str, kind: str, option: str) -> ComparedModel:
+def resolve_model(
+    cfg: DictConfig, key: str, kind: str, option: str, fingerprint: str
+) -> ComparedModel:
     target = ComparedModel(key, kind)
     try:
-        target.path = resolve_checkpoint(cfg.eval.get(option), kind, Path(cfg.paths.result_dir))
+        result_dir = Path(cfg.paths.result_dir)
+        target.path = resolve_checkpoint(cfg.eval.get(option), kind, result_dir, fingerprint)
         if not target.path.exists():
             raise CheckpointError(f"checkpoint {target.path} does not exist (eval.{option})")
         target.card = read_card(target.path)

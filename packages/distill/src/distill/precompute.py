@@ -35,9 +35,10 @@ from ilora.kind import KIND as TEACHER_KIND
 from recdata.errors import UserError
 from recdata.splits import SampleKeys, select_samples, split_keys
 from runkit.checkpoint import read_card
+from runkit.data import build_datamodule
 from runkit.device import resolve_device
 from runkit.entry import hydra_entry
-from runkit.recipe import build_datamodule, seed_run
+from runkit.recipe import seed_run
 from runkit.runs import checkpoint_or_newest
 
 log = logging.getLogger(__name__)

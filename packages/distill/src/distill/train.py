@@ -14,8 +14,9 @@ from distill.soft_labels import SoftLabels, read_soft_labels
 from ilora.inference import teacher_digest
 from recdata.errors import UserError
 from runkit.checkpoint import WEIGHTS_FILE, CheckpointError
+from runkit.data import build_datamodule
 from runkit.entry import hydra_entry
-from runkit.recipe import build_datamodule, run_training, seed_run
+from runkit.recipe import run_training, seed_run
 from sasrec.train import student_config
 
 log = logging.getLogger(__name__)

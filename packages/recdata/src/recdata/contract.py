@@ -105,9 +105,10 @@ class PreparedDataset:
         return self.items[self.offsets[user_id - 1] : self.offsets[user_id]]
 
 
-def load_prepared(path: Path) -> PreparedDataset:
-    path = Path(path)
-    meta_path = path / META_FILE
+def read_meta(path: Path) -> dict:
+    """A prepared dataset's meta.json (its name, counts, fingerprint), checked for this schema;
+    cheap: no table is read."""
+    meta_path = Path(path) / META_FILE
     if not meta_path.is_file():
         raise DataError(
             f"{path} is not a prepared dataset (no {META_FILE}); run `recdata prepare <dataset>`"
@@ -118,6 +119,12 @@ def load_prepared(path: Path) -> PreparedDataset:
             f"{meta_path}: schema_version {meta.get('schema_version')} is not "
             f"{SCHEMA_VERSION}; re-run `recdata prepare {meta.get('dataset', '<dataset>')}`"
         )
+    return meta
+
+
+def load_prepared(path: Path) -> PreparedDataset:
+    path = Path(path)
+    meta = read_meta(path)
     items = pq.read_table(path / ITEMS_FILE, columns=["item_id", "title"])
     item_ids = items.column("item_id").to_numpy()
     if not np.array_equal(item_ids, np.arange(1, len(item_ids) + 1)):

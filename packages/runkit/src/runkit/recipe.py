@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 from recdata.atomic import atomic_file, write_json
 from recdata.datamodule import SequentialDataModule
 from recdata.errors import UserError
-from recdata.prepare import ensure_prepared
 from runkit.callbacks import (
     LAST_CKPT,
     AtomicCheckpointIO,
@@ -35,6 +34,7 @@ from runkit.callbacks import (
 )
 from runkit.checkpoint import CARD_FILE, WEIGHTS_FILE, read_card, read_tensors
 from runkit.config import check_monitor
+from runkit.data import data_card
 from runkit.entry import announce_run_dir, discard_run_dir, hydra_run_dir
 from runkit.evaluation import EvalResult, evaluate, write_eval_result
 from runkit.protocol import TrainableModule
@@ -52,53 +52,6 @@ def seed_training_step(seed: int, epoch: int, batch_idx: int) -> None:
     """Random draws (dropout, sampled negatives) depend only on (seed, epoch, batch), so a
     resumed run repeats an uninterrupted one step for step. Call from on_train_batch_start."""
     torch.manual_seed((seed * 1_000_003 + epoch) * 100_003 + batch_idx)
-
-
-def build_datamodule(
-    cfg: DictConfig,
-    *,
-    max_seq_len: int,
-    train_mode: str = "user_sequences",
-    batch_size: int | None = None,
-    train_samples: str = "all",
-    window_stride: int | None = None,
-    eval_order: str = "key",
-) -> SequentialDataModule:
-    data = cfg.dataset
-    processed = ensure_prepared(
-        data.name,
-        Path(data.data_dir),
-        Path(data.processed_dir),
-        Path(cfg.paths.cache_dir),
-        data.min_user_interactions,
-    )
-    dm = SequentialDataModule(
-        processed,
-        max_seq_len=max_seq_len,
-        batch_size=batch_size or cfg.train.batch_size,
-        eval_batch_size=cfg.train.eval_batch_size,
-        limit_data_rows=data.limit_data_rows,
-        train_mode=train_mode,
-        num_workers=cfg.train.num_workers,
-        num_candidates=cfg.eval.num_candidates,
-        candidate_seed=cfg.eval.candidate_seed,
-        seed=cfg.seed,
-        train_samples=train_samples,
-        window_stride=window_stride,
-        eval_order=eval_order,
-    )
-    dm.setup()
-    return dm
-
-
-def data_card(dm: SequentialDataModule) -> dict:
-    return {
-        "dataset": dm.dataset.name,
-        "fingerprint": dm.fingerprint,
-        "num_items": dm.num_items,
-        "limit_data_rows": dm.limit_data_rows,
-        "train_samples": len(dm.keys["train"]),
-    }
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[Callback]) -> L.Trainer:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from runkit.data import build_datamodule
 from runkit.entry import hydra_entry
-from runkit.recipe import build_datamodule, run_training, seed_run
+from runkit.recipe import run_training, seed_run
 from sasrec.model import SASRecConfig
 from sasrec.module import SASRecModule
 

@@ -15,9 +15,10 @@ from ilora.imitation import DecaySchedule
 from ilora.module import TeacherModule
 from recdata.atomic import write_json
 from runkit.checkpoint import CARD_FILE, add_weights_file, read_card
+from runkit.data import build_datamodule
 from runkit.device import resolve_device
 from runkit.entry import hydra_entry
-from runkit.recipe import build_datamodule, run_training, seed_run
+from runkit.recipe import run_training, seed_run
 from runkit.runs import checkpoint_or_newest
 from sasrec.module import load_sasrec
 
