@@ -1,4 +1,5 @@
-"""Run a pipeline command as a child process and measure wall time and peak RSS."""
+"""Shared by the benchmarks and experiments (``from bench.runner import ...``): run a pipeline
+command as a child process and measure its wall time and peak RSS, read its metrics and card."""
 
 from __future__ import annotations
 

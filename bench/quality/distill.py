@@ -1,7 +1,7 @@
 """Does distillation help? Baseline SASRec vs the DLLM2Rec-distilled SASRec on ML-100K.
 
-    uv run python bench/distill.py [--teacher PATH] [--epochs N] [--samples SPEC] [--seeds S ...]
-                                   [--parallel J] [--no-ablations] [--soft-labels DIR] [overrides...]
+    uv run python -m bench.quality.distill [--teacher PATH] [--epochs N] [--samples SPEC] [--seeds S ...]
+                                           [--parallel J] [--no-ablations] [--soft-labels DIR] [overrides...]
 
 With the newest `ilora-teacher` under result/ (or --teacher), computes the teacher's soft labels
 with `precompute-soft-labels` unless valid ones already exist, then trains the baseline student
@@ -27,11 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# This file is named like the `distill` package: move its directory behind the installed
-# packages, so `import distill` finds the package and `_runner` is still found here.
-BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH] + [str(BENCH)]
-from _runner import child_env, read_metrics, run_all, run_measured  # noqa: E402
+from bench.runner import child_env, read_metrics, run_all, run_measured
 
 TARGET_RATIO = 1.05
 ABLATIONS = [  # (row name, distill overrides); "full" is the main distilled run
@@ -45,7 +41,7 @@ ABLATIONS = [  # (row name, distill overrides); "full" is the main distilled run
 
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.quality.distill", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--teacher", type=Path, help="teacher checkpoints/best (default: newest under --result-dir)"
     )

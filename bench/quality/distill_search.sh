@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # The documented distillation settings search: chosen on VALID only (test is read once, after).
 #
-#   bash bench/distill_search.sh TEACHER_CHECKPOINT [ROOT] [overrides...]
+#   bash bench/quality/distill_search.sh TEACHER_CHECKPOINT [ROOT] [overrides...]
 #
 # One knob at a time from the defaults of conf/distill/dllm2rec.yaml, seed 42, the CPU demo's
 # settings (soft labels on every training prefix): Hydra multiruns, each run in its own directory
 # under ROOT (default result/distill_search), then `summarize ROOT --split valid` prints the
 # validation metrics of every run's best checkpoint beside the keys it changed. The winner on
-# valid NDCG@10 becomes the default; `bench/distill.py --seeds 42 1 2` then reads test once.
+# valid NDCG@10 becomes the default; `python -m bench.quality.distill --seeds 42 1 2` then reads test once.
 # Each run is a full `distill` (~5 min on 2 cores); set OMP_NUM_THREADS to share the machine.
 set -euo pipefail
-teacher=${1:?usage: bench/distill_search.sh TEACHER_CHECKPOINT [ROOT] [overrides...]}
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n "2,/^set /p" "$0" | sed "\$d; s/^# \{0,1\}//"; exit 0; fi
+teacher=${1:?usage: bench/quality/distill_search.sh TEACHER_CHECKPOINT [ROOT] [overrides...]}
 root=${2:-result/distill_search}
 shift $(( $# >= 2 ? 2 : 1 ))
 run=(uv run --frozen distill -m experiment=cpu_demo "paths.result_dir=$root"

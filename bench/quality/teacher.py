@@ -1,6 +1,6 @@
 """Does the teacher beat its own student? The sequence-mode teacher and its controls on ML-100K.
 
-    uv run python bench/teacher_quality.py --student result/<run>/checkpoints/best [...]
+    uv run python -m bench.quality.teacher --student result/<run>/checkpoints/best [...]
         [--seeds S ...] [--runs main two-epochs three-epochs random-llm no-title-projector residual prefix longer]
         [--parallel J] [--out DIR] [--prefix-steps N] [--threads T] [overrides...]
 
@@ -27,13 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.append(str(BENCH))
-from _runner import child_env, read_metrics, run_all, run_measured  # noqa: E402
+from bench.runner import child_env, read_metrics, run_all, run_measured
 
 RUNS = {
     "main": ["train.validate_at_start=true"],  # the curve's starting point (the demo skips it)
@@ -49,7 +46,7 @@ TARGET_RATIO = 1.05
 
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.quality.teacher", description=__doc__.split("\n\n")[0])
     parser.add_argument("--student", type=Path, nargs="+", required=True,
                         help="the student's checkpoints/best, one per --seeds entry")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="teacher seeds, one per --student")

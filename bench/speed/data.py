@@ -6,7 +6,7 @@ Each prepare runs in its own child process; its wall time is measured inside the
 (parse + write, no interpreter start-up) and its peak RSS is read from the child's own rusage
 (`os.wait4`), so one measurement never leaks into the next.
 
-    uv run python bench/data.py [--keep DIR] [--only ml-100k|ml-1m]
+    uv run python -m bench.speed.data [--keep DIR] [--only ml-100k|ml-1m]
 
 Targets for (b): under 30 s and under 2 GiB.
 """
@@ -110,7 +110,7 @@ def write_synthetic_ml1m(raw_dir: Path, seed: int = 0) -> None:
     (raw_dir / "users.dat").write_text(
         "\n".join(f"{u}::M::25::4::12345" for u in user_ids.tolist()) + "\n", encoding="latin-1"
     )
-    (raw_dir / "README").write_text("synthetic MovieLens-1M-sized data for bench/data.py\n")
+    (raw_dir / "README").write_text("synthetic MovieLens-1M-sized data for bench/speed/data.py\n")
 
 
 def child(dataset: str, raw_dir: str, out_dir: str) -> None:
@@ -135,7 +135,7 @@ def child(dataset: str, raw_dir: str, out_dir: str) -> None:
 
 
 def measure(dataset: str, raw_dir: Path, out_dir: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", dataset, str(raw_dir), str(out_dir)]
+    cmd = [sys.executable, "-m", "bench.speed.data", "--child", dataset, str(raw_dir), str(out_dir)]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     stdout = proc.stdout.read()  # type: ignore[union-attr]
@@ -176,7 +176,7 @@ def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
         child(*sys.argv[2:])
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.speed.data", description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
     parser.add_argument("--only", choices=("ml-100k", "ml-1m"))
     args = parser.parse_args()

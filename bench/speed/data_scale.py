@@ -6,7 +6,7 @@ Each prepare is a fresh `recdata` process run under /usr/bin/time -v (its own wa
 maximum RSS; without GNU time, the child's rusage from os.wait4), so start-up and imports are
 counted and nothing of the generator's memory is.
 
-    uv run python bench/data_scale.py [--sizes 1000000,10000000] [--keep DIR]
+    uv run python -m bench.speed.data_scale [--sizes 1000000,10000000] [--keep DIR]
 
 Targets at 10M: <= 60 s and <= 4 GB peak RSS on a 2-core machine.
 """
@@ -59,7 +59,7 @@ def run_prepare(args: list[str]) -> tuple[float, int, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.speed.data_scale", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000000,10000000", help="interaction counts, comma-separated")
     parser.add_argument("--keep", type=Path, help="keep the CSV files and prepared data here")
     parser.add_argument("--seed", type=int, default=0)

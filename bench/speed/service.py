@@ -20,10 +20,10 @@ BentoML service, and the service's latency under concurrent single-history clien
 The service is started here (`bentoml serve teacher.service:TeacherService` on a free localhost
 port) and stopped at the end.
 
-    uv run python bench/service.py [--checkpoint result/<run>/checkpoints/best] [--data data/processed/ml-100k]
-                                   [--samples 32] [--batch-size 8] [--requests 32] [--levels 1,4,16]
-                                   [--duration 60] [--restart]
-    uv run python bench/service.py --all-prefixes [--batch-size 16] [--checkpoint ...]
+    uv run python -m bench.speed.service [--checkpoint result/<run>/checkpoints/best] [--data data/processed/ml-100k]
+                                         [--samples 32] [--batch-size 8] [--requests 32] [--levels 1,4,16]
+                                         [--duration 60] [--restart]
+    uv run python -m bench.speed.service --all-prefixes [--batch-size 16] [--checkpoint ...]
 """
 
 from __future__ import annotations
@@ -31,20 +31,14 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# bench/ holds teacher.py and distill.py, named like the `teacher` and `distill` packages: drop
-# this directory from the import path so the packages are found.
-BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
-
-import httpx  # noqa: E402
-import torch  # noqa: E402
+import httpx
+import torch
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -81,13 +75,11 @@ def in_process(teacher, dataset, n: int, batch_size: int, k: int):
 
 
 def label_all(checkpoint: Path, data: Path, batch_size: int, k: int) -> None:
-    """(a'): every training prefix, in-process (precompute's units and batches) vs the service."""
-    import pyarrow as pa
-
+    """(a'): every training prefix, in-process (precompute's units, shards and batches) vs the service."""
     from distill.labelling import labelling_units
-    from distill.precompute import score_shard, training_keys
-    from distill.shards import shard_ranges
-    from distill.soft_labels import SoftLabels, table_columns
+    from distill.precompute import scorer, training_keys
+    from distill.shards import label_shard, merge_shards, shard_path, shard_ranges
+    from distill.soft_labels import SoftLabels
     from distill.teacher_client import fetch_soft_labels
     from ilora.checkpoint import load_teacher, teacher_window
     from recdata.datamodule import SequentialDataModule
@@ -96,16 +88,21 @@ def label_all(checkpoint: Path, data: Path, batch_size: int, k: int) -> None:
 
     config, window = teacher_window(read_card(checkpoint), checkpoint)
     sequence_mode = config.prompt_mode == "sequence"
-    dm = SequentialDataModule(data, max_seq_len=window, train_mode="windows" if sequence_mode else "prefix",
-                              window_stride=config.sequence_window_stride)  # fmt: skip
+    dm = SequentialDataModule(data, max_seq_len=window)  # as precompute-soft-labels builds it
     dm.setup()
     keys = training_keys(dm, "all")
     teacher, _ = load_teacher(checkpoint, dm.dataset)
-    units = labelling_units(dm, keys, sequence_mode)
-    t0 = time.perf_counter()
-    tables = [score_shard(teacher, units, lo, hi, k, True, batch_size, "cpu") for _, lo, hi in shard_ranges(len(units))]
-    local_s = time.perf_counter() - t0
-    local = SoftLabels(*table_columns(pa.concat_tables(tables), k), torch.zeros(1), {}).aligned_to(keys)
+    units = labelling_units(dm.store, dm.keys["train"], keys, sequence_mode=sequence_mode, width=window,
+                            stride=config.sequence_window_stride)  # fmt: skip
+    label = scorer(units, teacher, k, True, "cpu")
+    with tempfile.TemporaryDirectory(prefix="bench-service-shards-") as shards:
+        t0 = time.perf_counter()
+        paths = []
+        for index, lo, hi in shard_ranges(len(units)):
+            paths.append(shard_path(Path(shards), index))
+            label_shard(paths[-1], lo, hi, batch_size, label, b"bench")
+        local_s = time.perf_counter() - t0
+        local = SoftLabels(*merge_shards(paths, k), torch.zeros(1), {}).aligned_to(keys)
     print(f"in-process (precompute) {len(keys) / local_s:7.1f} prefixes/s  ({len(keys)} prefixes in {len(units)} "
           f"{'windows' if sequence_mode else 'prompts'}, batch {batch_size}, {local_s:.0f} s)")  # fmt: skip
     del teacher
@@ -201,7 +198,7 @@ def _port_free(port: int) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.speed.service", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--checkpoint",
         type=Path,

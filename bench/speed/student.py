@@ -1,6 +1,6 @@
 """Quality and speed of the SASRec student on ML-100K (issue: student acceptance).
 
-    uv run python bench/student.py [hydra overrides...]
+    uv run python -m bench.speed.student [hydra overrides...]
 
 Trains with the default config in a child process and prints test NDCG@10 / HR@10 (history
 masked and unmasked), epochs to best valid, seconds per epoch, training throughput, total wall
@@ -10,18 +10,23 @@ RecBole 1.2.1 SASRec 0.052 / 0.106 (23 min), SASRec.pytorch 0.0875 / 0.173 (874 
 
 from __future__ import annotations
 
+import argparse
 import re
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _runner import best_card, read_metrics, run_measured  # noqa: E402
+from bench.runner import best_card, read_metrics, run_measured
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.speed.student", description=__doc__.split("\n\n")[0],
+                                     epilog="extra arguments are Hydra overrides of train-student, e.g. train.max_epochs=1")  # fmt: skip
+    _, overrides = parser.parse_known_args()
+    bad = [o for o in overrides if o.startswith("-") or "=" not in o]
+    if bad:
+        parser.error(f"unrecognised arguments {bad} (extra arguments must be Hydra overrides key=value)")
     out = Path(tempfile.mkdtemp(prefix="bench-student-"))
-    cmd = ["uv", "run", "--frozen", "train-student", f"paths.result_dir={out}", "trainer.enable_progress_bar=false", *sys.argv[1:]]
+    cmd = ["uv", "run", "--frozen", "train-student", f"paths.result_dir={out}", "trainer.enable_progress_bar=false", *overrides]
     seconds, peak, run_dir = run_measured(cmd, out / "train.log")
     metrics, card = read_metrics(run_dir), best_card(run_dir)
     log_text = (Path(run_dir) / "train.log").read_text()  # Hydra's per-run log

@@ -19,8 +19,8 @@ Adapters (``--section adapters``, batch 8 x 96 tokens):
 Uses the embedded SmolLM2-135M-Instruct when its converted copy is cached, else a randomly
 initialised Llama with the same config. Medians of interleaved repeats after warm-up.
 
-    uv run python bench/teacher.py [--section modes|adapters|all] [--repeats 5] [--threads 2]
-                                   [--windows 8] [--batches 4]
+    uv run python -m bench.speed.teacher [--section modes|adapters|all] [--repeats 5] [--threads 2]
+                                          [--windows 8] [--batches 4]
 
 Labelling all 97,171 ML-100K training prefixes is measured by the real command (its log prints
 the wall time): ``uv run precompute-soft-labels distill.soft_label_samples=all``.
@@ -30,14 +30,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
-
-sys.path.append(str(Path(__file__).resolve().parent))
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BATCH, SEQ, NUM_ITEMS, SASREC_DIM = 8, 96, 1682, 64
@@ -198,8 +195,8 @@ def _times(fn, repeats):
 
 
 def time_mode(teacher, history: torch.Tensor, targets: torch.Tensor, repeats: int) -> tuple[float, float]:
-    """(s per training step, s per scoring batch), see _teacher_steps."""
-    from _teacher_steps import step_functions
+    """(s per training step, s per scoring batch), see bench.speed.teacher_steps."""
+    from bench.speed.teacher_steps import step_functions
 
     train_step, score = step_functions(teacher, history, targets)
     return timed(train_step, repeats), timed(score, repeats)
@@ -241,7 +238,7 @@ def compare_modes(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.speed.teacher", description=__doc__.splitlines()[0])
     ap.add_argument("--section", choices=("modes", "adapters", "all"), default="all")
     ap.add_argument("--windows", type=int, default=8, help="windows per batch (modes section; the trainer's: 8)")
     ap.add_argument("--batches", type=int, default=4, help="training batches, one per length stratum (modes section)")

@@ -1,5 +1,5 @@
 """One teacher training step and one scoring pass on a fixed window batch, for the speed benches
-(bench/teacher.py on the CPU, bench/gpu_bench.py on a GPU): prefix mode on one prompt per window
+(bench.speed.teacher on the CPU, bench.gpu.bench on a GPU): prefix mode on one prompt per window
 (its newest prefix, the last 10 items shown), sequence mode on the whole windows."""
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Quality experiments: `uv run python -m bench.quality.<name> --help` (and distill_search.sh)."""

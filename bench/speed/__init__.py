@@ -1,0 +1,1 @@
+"""Speed and memory of each pipeline step: `uv run python -m bench.speed.<name> --help`."""
