@@ -1,4 +1,4 @@
-"""Speed of the GPU path (issue 12), run by bench/gpu_check.sh on one CUDA GPU.
+"""Speed of the GPU path (issue 12), run by bench/gpu/check.sh on one CUDA GPU.
 
 Measures, in one process:
 * the GPU's bf16 matmul peak (8192^3 torch.matmul, CUDA-event timed), at the start and the end;
@@ -10,8 +10,8 @@ Measures, in one process:
 Each prints seconds, tokens/s and the achieved fraction of the measured matmul peak, from the
 model FLOPs stated with it. Medians of timed repeats after warm-up.
 
-    python bench/gpu_bench.py            # on the GPU (PYTHONPATH: the packages' src dirs)
-    python bench/gpu_bench.py --dry-run  # the same code at toy sizes, fp32 on this CPU (seconds)
+    python -m bench.gpu.bench            # on the GPU (PYTHONPATH: the packages' src dirs)
+    python -m bench.gpu.bench --dry-run  # the same code at toy sizes, fp32 on this CPU (seconds)
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def synthetic_dataset(root: Path, sizes: Sizes) -> Path:
 
 
 def window_batch(processed: Path, sizes: Sizes, batch: int) -> dict[str, torch.Tensor]:
-    """`batch` random training windows of the sequence teacher (as bench/teacher.py draws them)."""
+    """`batch` random training windows of the sequence teacher (as bench.speed.teacher draws them)."""
     from recdata.datamodule import SequentialDataModule
 
     dm = SequentialDataModule(processed, max_seq_len=sizes.window, train_mode="windows", num_candidates=0)
@@ -152,7 +152,7 @@ def autocast(device: str):
 def time_teacher(teacher, batch: dict, sizes: Sizes) -> dict:
     """Seconds per training step and per scoring pass; prefix mode on one prompt per window (its
     last 10 items), sequence mode on the whole windows."""
-    from _teacher_steps import PREFIX_ITEMS, step_functions
+    from bench.speed.teacher_steps import PREFIX_ITEMS, step_functions
 
     prefix = not teacher.sequence_mode
     history, targets = batch["history"].to(sizes.device), batch["targets"].to(sizes.device)
@@ -259,7 +259,7 @@ def run(sizes: Sizes) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.gpu.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="toy sizes, fp32 on the CPU")
     run(DRY if ap.parse_args().dry_run else FULL)
 
