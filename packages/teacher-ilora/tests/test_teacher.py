@@ -403,3 +403,38 @@ def test_student_dropout_acts_only_while_the_teacher_trains_and_only_when_asked(
     assert teacher.student.training and teacher.student.blocks[0].drop.training
     teacher.eval()
     assert not teacher.student.training  # validation, test and scoring see the plain student
+
+
+def test_a_dataset_without_item_text_trains_on_item_tokens_alone(tiny_pipeline, tmp_path):
+    """No text, no invented titles: the teacher drops the title projector (and titles in the
+    prompt), says so once, and its card records the architecture it trained."""
+    from recdata.cli import main as recdata_main
+    from sasrec.train import main as train_student
+
+    rows = ["user,item,time"] + [
+        f"u{u},i{item},{t}"
+        for u, seq in enumerate(cyclic_sequences(), 1)
+        for t, item in enumerate(seq)
+    ]
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+    data = tmp_path / "processed"
+    recdata_main(["prepare", "notext", "--from", str(tmp_path / "log.csv"), "--user-col", "user",
+                  "--item-col", "item", "--time-col", "time", "--out", str(data)])  # fmt: skip
+    assert not load_prepared(data).has_item_text
+    student = tmp_path / "student"
+    run_cli(train_student, tiny_run_overrides(data, student, "train.max_epochs=2"))
+    overrides = tiny_teacher_overrides(tiny_pipeline["llm"], student / "checkpoints" / "best")
+    run_cli(
+        teacher_train.main,
+        tiny_run_overrides(data, tmp_path / "teacher", *overrides, "train.max_steps=2"),
+    )
+    log = "".join(p.read_text() for p in (tmp_path / "teacher").glob("*.log"))
+    said = [line.split("] - ")[-1] for line in log.splitlines() if "no item text" in line]
+    assert said == [
+        "notext has no item text: the teacher reads item tokens alone (no titles, no title projector)"
+    ]
+    card = json.loads((tmp_path / "teacher" / "checkpoints" / "best" / "card.json").read_text())
+    assert card["hparams"]["teacher"]["use_title_projector"] is False
+    teacher, _ = load_teacher(tmp_path / "teacher" / "checkpoints" / "best", load_prepared(data))
+    assert teacher.title_projector is None
+    assert all(teacher.prompts.item_piece(i) == [teacher.item_token_id] for i in range(1, 41))

@@ -97,6 +97,11 @@ class PreparedDataset:
     def num_users(self) -> int:
         return len(self.offsets) - 1
 
+    @property
+    def has_item_text(self) -> bool:
+        """Whether any item has text (a title, or the text columns a dataset was prepared with)."""
+        return any(self.titles[1:])
+
     @cached_property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)

@@ -8,7 +8,7 @@ The earlier guide's names of the embedding-imitation knobs (`teacher.distill_*`,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from recdata.errors import UserError
@@ -60,6 +60,9 @@ class TeacherConfig:
     gate_hidden_size: int = checked(64, integer(1))
     max_history: int = checked(10, integer(1))  # prefix mode: items shown in the prompt
     max_title_tokens: int = checked(12, integer(1))
+    # the prompt's words around the items (the prefix mode ends with the answer cue)
+    instruction: str = "A user watched these movies in order:"
+    answer_cue: str = "\nThe next movie they watch:"
     use_item_embeddings_head: bool = checked(
         True, BOOLEAN
     )  # score against the student's (trainable) item table
@@ -110,6 +113,11 @@ class TeacherConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def without_item_text(self) -> TeacherConfig:
+        """This architecture for a dataset whose items have no text: item tokens alone (no titles
+        in the prompt, no title projector); nothing invents a title."""
+        return replace(self, use_title_projector=False, sequence_titles=False)
 
     @classmethod
     def from_settings(cls, values: dict, student_mix: float) -> TeacherConfig:

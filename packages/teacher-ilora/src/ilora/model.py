@@ -99,6 +99,7 @@ class ILoRATeacher(nn.Module):
                 item_titles,
                 with_titles=config.sequence_titles,
                 max_title_tokens=config.max_title_tokens,
+                instruction=config.instruction,
             )
             self.window = int(config.max_sequence_items or student.config.max_seq_len)
         else:
@@ -107,12 +108,13 @@ class ILoRATeacher(nn.Module):
                 item_titles,
                 max_history=config.max_history,
                 max_title_tokens=config.max_title_tokens,
+                instruction=config.instruction,
+                answer_cue=config.answer_cue,
             )
         self.title_projector = None
         if self.sequence_mode and config.use_title_projector:
-            if (
-                title_states is None
-            ):  # the base LLM's view of each title: adapters are not injected yet
+            # the base LLM's view of each title: adapters are not injected yet
+            if title_states is None:
                 title_states = standardise_rows(mean_title_states(llm, self.prompts))
             self.register_buffer("title_states", title_states.float().clone())
             self.title_projector = _mlp(width, config.hidden_size, width)

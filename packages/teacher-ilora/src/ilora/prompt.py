@@ -20,12 +20,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ilora.config import TeacherConfig
 from recdata.errors import UserError
 
 ITEM_TOKEN = "[ItemEmb]"
-# Short on purpose: every prompt token costs a full LLM pass on CPU.
-DEFAULT_INSTRUCTION = "A user watched these movies in order:"
-DEFAULT_ANSWER_CUE = "\nThe next movie they watch:"
+# Short on purpose: every prompt token costs a full LLM pass on CPU (teacher.instruction and
+# teacher.answer_cue set them).
+DEFAULT_INSTRUCTION = TeacherConfig.instruction
+DEFAULT_ANSWER_CUE = TeacherConfig.answer_cue
 
 
 def add_item_token(tokenizer, token: str = ITEM_TOKEN) -> int:
@@ -67,11 +69,12 @@ def ensure_item_token(tokenizer, model: nn.Module | None = None, token: str = IT
     return token_id
 
 
-def _title_text(title, item_id: int) -> str:
+def _title_text(title) -> str:
+    """An item's text, or "" when it has none (an item of a dataset without text is shown by its
+    [ItemEmb] token alone: nothing invents a title)."""
     if title is None or (isinstance(title, float) and title != title):  # None / NaN
-        return f"item {item_id}"
-    text = str(title).strip()
-    return text or f"item {item_id}"
+        return ""
+    return str(title).strip()
 
 
 def _special_prefix(tokenizer) -> list[int]:
@@ -114,8 +117,9 @@ class _PromptPieces:
         self._prefix = _special_prefix(tokenizer) + self._encode_text(instruction)
         self._sep = self._encode_text(separator)
         self.num_items = len(item_titles) - 1
-        titles = [f"{title_prefix}{_title_text(t, i)}" for i, t in enumerate(item_titles)]
-        batch = tokenizer(titles, add_special_tokens=False)["input_ids"] if titles else []
+        titles = [_title_text(t) for t in item_titles]
+        shown = [f"{title_prefix}{t}" if t else "" for t in titles]
+        batch = tokenizer(shown, add_special_tokens=False)["input_ids"] if shown else []
         self._title_ids: list[list[int]] = [
             [i for i in ids if i != self.item_token_id][: self.max_title_tokens] for ids in batch
         ]

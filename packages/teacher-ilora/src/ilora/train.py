@@ -139,6 +139,13 @@ def main(cfg: DictConfig) -> None:
     seed_run(cfg)
     student_path = resolve_student_path(cfg)
     dm = teacher_datamodule(cfg, config, student_path)
+    if not dm.dataset.has_item_text:
+        log.info(
+            "%s has no item text: the teacher reads item tokens alone (no titles, no title "
+            "projector)",
+            dm.dataset.name,
+        )
+        config = config.without_item_text()
     module = build_module(cfg, dm, config, student_path)
     if mix_is_auto(cfg):
         module.mix_grid = MIX_GRID
