@@ -1,5 +1,6 @@
 """Teacher service speed on this machine (CPU): soft-label throughput in-process vs through the
-BentoML service, and the service's latency under concurrent single-history clients.
+BentoML service, the service's latency under concurrent single-history clients, and what a crash
+of the server mid-fetch costs.
 
 (a) throughput (samples/s, after one warm-up batch each) over the first `--samples` training prefixes (last_n_per_user=1, the
     distill default): in-process precompute-style scoring (`teacher(history)` + top-K, batches of
@@ -9,21 +10,25 @@ BentoML service, and the service's latency under concurrent single-history clien
     `--requests` calls per level shared by its clients (or, with `--duration S`, as many calls as
     each client makes in S seconds), errors, /readyz probes during the level, and the mean model
     batch the adaptive batcher formed (from the service's /metrics);
+(c) with `--restart`: the soft-label fetch of (a) again, with the server killed (SIGKILL) as the
+    first label call after a third of them is sent and restarted on the same port: seconds until
+    the port is free, until the restarted server is ready and until the fetch resumed, prefixes
+    lost and whether the labels are bitwise equal to the uninterrupted fetch. The calls counted are
+    those of the endpoint the fetch uses: /topk for a prefix-mode teacher, /topk_windows for a
+    sequence-mode teacher (the default);
 (a') with `--all-prefixes`, instead of (a)-(c): soft labels for every training prefix
-    (`distill.soft_label_samples=all`), in-process by precompute-soft-labels' own units and
-    batches (windows in sequence mode) vs `fetch_soft_labels` through the service at the same
-    batch size: seconds, prefixes/s, their ratio and whether the labels are bitwise equal;
-(c) with `--restart`: the soft-label fetch of (a) again, with the server killed (SIGKILL) after
-    a third of its calls and restarted on the same port: seconds until the port is free, seconds
-    until the fetch resumed, samples lost and whether the labels equal the uninterrupted fetch.
+    (`distill.soft_label_samples=all`), in-process by precompute-soft-labels' own units, shards
+    and batches (windows in sequence mode; `--no-in-process` skips this) vs `fetch_soft_labels`
+    through the service at the same batch size: seconds, prefixes/s, their ratio and whether the
+    labels are bitwise equal; with `--restart`, (c) on this whole fetch;
 
 The service is started here (`bentoml serve teacher.service:TeacherService` on a free localhost
-port) and stopped at the end.
+port) and stopped at the end. `fetch_with_restart` is reusable (tests/test_bench_service.py).
 
     uv run python -m bench.speed.service [--checkpoint result/<run>/checkpoints/best] [--data data/processed/ml-100k]
                                          [--samples 32] [--batch-size 8] [--requests 32] [--levels 1,4,16]
                                          [--duration 60] [--restart]
-    uv run python -m bench.speed.service --all-prefixes [--batch-size 16] [--checkpoint ...]
+    uv run python -m bench.speed.service --all-prefixes [--restart] [--no-in-process] [--batch-size 16] [--checkpoint ...]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -74,8 +80,10 @@ def in_process(teacher, dataset, n: int, batch_size: int, k: int):
     return time.perf_counter() - start, torch.cat(items), torch.cat(scores)
 
 
-def label_all(checkpoint: Path, data: Path, batch_size: int, k: int) -> None:
-    """(a'): every training prefix, in-process (precompute's units, shards and batches) vs the service."""
+def label_all(checkpoint: Path, data: Path, batch_size: int, k: int, restart: bool = False,
+              in_process: bool = True) -> None:  # fmt: skip
+    """(a'): every training prefix, in-process (precompute's units, shards and batches) vs the
+    service; with `restart`, (c) on this whole fetch."""
     from distill.labelling import labelling_units
     from distill.precompute import scorer, training_keys
     from distill.shards import label_shard, merge_shards, shard_path, shard_ranges
@@ -91,29 +99,39 @@ def label_all(checkpoint: Path, data: Path, batch_size: int, k: int) -> None:
     dm = SequentialDataModule(data, max_seq_len=window)  # as precompute-soft-labels builds it
     dm.setup()
     keys = training_keys(dm, "all")
-    teacher, _ = load_teacher(checkpoint, dm.dataset)
-    units = labelling_units(dm.store, dm.keys["train"], keys, sequence_mode=sequence_mode, width=window,
-                            stride=config.sequence_window_stride)  # fmt: skip
-    label = scorer(units, teacher, k, True, "cpu")
-    with tempfile.TemporaryDirectory(prefix="bench-service-shards-") as shards:
-        t0 = time.perf_counter()
-        paths = []
-        for index, lo, hi in shard_ranges(len(units)):
-            paths.append(shard_path(Path(shards), index))
-            label_shard(paths[-1], lo, hi, batch_size, label, b"bench")
-        local_s = time.perf_counter() - t0
-        local = SoftLabels(*merge_shards(paths, k), torch.zeros(1), {}).aligned_to(keys)
-    print(f"in-process (precompute) {len(keys) / local_s:7.1f} prefixes/s  ({len(keys)} prefixes in {len(units)} "
-          f"{'windows' if sequence_mode else 'prompts'}, batch {batch_size}, {local_s:.0f} s)")  # fmt: skip
-    del teacher
+    local = None
+    if in_process:
+        teacher, _ = load_teacher(checkpoint, dm.dataset)
+        units = labelling_units(dm.store, dm.keys["train"], keys, sequence_mode=sequence_mode, width=window,
+                                stride=config.sequence_window_stride)  # fmt: skip
+        label = scorer(units, teacher, k, True, "cpu")
+        with tempfile.TemporaryDirectory(prefix="bench-service-shards-") as shards:
+            t0 = time.perf_counter()
+            paths = []
+            for index, lo, hi in shard_ranges(len(units)):
+                paths.append(shard_path(Path(shards), index))
+                label_shard(paths[-1], lo, hi, batch_size, label, b"bench")
+            local_s = time.perf_counter() - t0
+            local = SoftLabels(*merge_shards(paths, k), torch.zeros(1), {}).aligned_to(keys)
+        print(f"in-process (precompute) {len(keys) / local_s:7.1f} prefixes/s  ({len(keys)} prefixes in {len(units)} "
+              f"{'windows' if sequence_mode else 'prompts'}, batch {batch_size}, {local_s:.0f} s)", flush=True)  # fmt: skip
+        del teacher
     log = Path(tempfile.mkdtemp(prefix="bench-service-")) / "serve.log"
     with ServiceProcess(checkpoint, data, log_file=log, startup_timeout=600) as service:
         t0 = time.perf_counter()
         served = fetch_soft_labels(service.url, dm, keys, k=k, batch_size=batch_size, timeout=1800)
         served_s = time.perf_counter() - t0
-    same = torch.equal(served.topk_items, local.topk_items) and torch.equal(served.topk_scores, local.topk_scores)
-    print(f"through the service     {len(keys) / served_s:7.1f} prefixes/s  ({served_s:.0f} s incl. info + item "
-          f"embeddings; x{served_s / local_s:.2f} the in-process time; labels bitwise equal: {same})")  # fmt: skip
+        versus = ""
+        if local is not None:
+            same = torch.equal(served.topk_items, local.topk_items) and torch.equal(served.topk_scores, local.topk_scores)
+            versus = f"; x{served_s / local_s:.2f} the in-process time; labels bitwise equal: {same}"
+        print(f"through the service     {len(keys) / served_s:7.1f} prefixes/s  ({len(keys)} prefixes, {served_s:.0f} s "
+              f"incl. info + item embeddings{versus}; log {log})", flush=True)  # fmt: skip
+        if restart:
+            t0 = time.perf_counter()
+            report = fetch_with_restart(service, dm, keys, k=k, batch_size=batch_size, reference=served)
+            print(f"restart mid-fetch       {report.text()}; {time.perf_counter() - t0:.0f} s in all "
+                  f"(x{(time.perf_counter() - t0) / served_s:.2f} the uninterrupted fetch)")  # fmt: skip
 
 
 def latency_level(url: str, histories: list[list[int]], clients: int, total: int, k: int,
@@ -155,46 +173,122 @@ def latency_level(url: str, histories: list[list[int]], clients: int, total: int
     return [t for times, _ in results for t in times], sum(e for _, e in results), probes.result()
 
 
-def restart_mid_fetch(service, dm, keys, batch_size: int, k: int, reference) -> None:
-    """(c): kill -9 the server after a third of the fetch's calls, restart it, let the fetch finish."""
-    from distill.teacher_client import fetch_soft_labels
+# -- (c) a crash and a restart mid-fetch ----------------------------------------------------------
+def label_endpoint_and_calls(info: dict, dm, keys, batch_size: int, shard_size: int | None = None) -> tuple[str, int]:
+    """(the endpoint, the number of calls) of `fetch_soft_labels` for `keys` from a service that
+    answers /info with `info`: a prefix-mode teacher is asked /topk per batch of prefixes, a
+    sequence-mode teacher (the default) /topk_windows per batch of user windows; each shard is cut
+    into batches from its start. The units are built as fetch_soft_labels builds them."""
+    from distill.labelling import labelling_units
+    from distill.shards import shard_ranges
 
-    calls, events = [0], {}
-    kill_at = max(1, -(-len(keys) // batch_size) // 3)
-    restart = threading.Thread(target=service.start)
-
-    class KillMidway(httpx.HTTPTransport):
-        def handle_request(self, request):
-            if request.url.path == "/topk":
-                calls[0] += 1
-                if calls[0] == kill_at:
-                    t0 = time.perf_counter()
-                    service.kill()
-                    while not _port_free(service.port) and time.perf_counter() - t0 < 30:
-                        time.sleep(0.05)
-                    events["port_free"], events["killed"] = time.perf_counter() - t0, t0
-                    restart.start()
-            response = super().handle_request(request)
-            if request.url.path == "/topk" and "killed" in events and "resumed" not in events:
-                events["resumed"] = time.perf_counter() - events["killed"]
-            return response
-
-    with tempfile.TemporaryDirectory() as cache:
-        labels = fetch_soft_labels(service.url, dm, keys, k=k, batch_size=batch_size, timeout=1800,
-                                   cache_dir=Path(cache), transport=KillMidway())  # fmt: skip
-    restart.join()
-    lost = len(keys) - len(labels.user_ids)
-    same = torch.equal(labels.topk_items, reference[0]) and torch.equal(labels.topk_scores, reference[1])
-    print(f"restart mid-fetch       server killed before call {kill_at} of {-(-len(keys) // batch_size)}; port free after "
-          f"{events['port_free']:.2f} s; fetch resumed {events['resumed']:.1f} s after the kill; "
-          f"{lost} of {len(keys)} samples lost; labels equal to the uninterrupted fetch: {same}")  # fmt: skip
+    sequence_mode = info.get("prompt_mode") == "sequence"
+    units = labelling_units(dm.store, dm.keys["train"], keys, sequence_mode=sequence_mode,
+                            width=int(info["window"]) if sequence_mode else dm.max_seq_len,
+                            stride=info.get("window_stride"))  # fmt: skip
+    calls = sum(-(-(hi - lo) // batch_size) for _, lo, hi in shard_ranges(len(units), shard_size))
+    return ("/topk_windows" if sequence_mode else "/topk"), calls
 
 
-def _port_free(port: int) -> bool:
+def wait_port_free(port: int, timeout: float = 30.0) -> float | None:
+    """Seconds until nothing accepts connections on `port` (None: still taken after `timeout`)."""
     import socket
 
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return time.perf_counter() - t0
+        time.sleep(0.05)
+    return None
+
+
+@dataclass
+class RestartReport:
+    """A fetch during which the server was SIGKILLed and restarted on the same port."""
+
+    endpoint: str  # the label endpoint the fetch used (and the kill counted)
+    calls: int  # label calls of an uninterrupted fetch
+    kill_at: int  # the server was killed as label call kill_at was sent (kill_at - 1 answered)
+    port_free_s: float | None  # kill -> nothing listens on the port (None: still taken after 30 s)
+    restart_s: float  # kill -> the restarted server answered /readyz
+    resumed_s: float  # kill -> the first label call answered after it
+    sent: int  # label requests sent, retries included
+    lost: int  # keys without a label at the end
+    equal: bool | None  # labels bitwise equal to the reference (None: no reference given)
+    labels: object  # the fetched SoftLabels
+
+    def text(self) -> str:
+        port = f"{self.port_free_s:.2f} s" if self.port_free_s is not None else "NEVER (still taken after 30 s)"
+        return (f"server SIGKILLed as {self.endpoint} call {self.kill_at} of {self.calls} was sent; port free after "
+                f"{port}; restarted (ready) {self.restart_s:.1f} s and the fetch resumed {self.resumed_s:.1f} s after "
+                f"the kill; {self.sent - self.calls} requests retried; {self.lost} of {len(self.labels.user_ids) + self.lost} "
+                f"prefixes lost; labels bitwise equal to the uninterrupted fetch: {self.equal}")  # fmt: skip
+
+
+class KillMidFetch(httpx.HTTPTransport):
+    """An httpx transport that counts the label calls to `endpoint` and, as call `kill_at` is
+    sent, SIGKILLs the server (`service.kill()`), waits for its port to be free and restarts it
+    on the same port in a thread (`service.start()`); the call itself then fails and is retried
+    by the client until the restarted server answers."""
+
+    def __init__(self, service, endpoint: str, kill_at: int):
+        super().__init__()
+        self.service, self.endpoint, self.kill_at = service, endpoint, kill_at
+        self.sent, self.events = 0, {}
+        self.restart = threading.Thread(target=self._restart, daemon=True)
+
+    def _restart(self) -> None:
+        self.service.start()
+        self.events["ready"] = time.perf_counter() - self.events["killed"]
+
+    def handle_request(self, request):
+        label_call = request.url.path == self.endpoint
+        if label_call:
+            self.sent += 1
+            if self.sent == self.kill_at and "killed" not in self.events:
+                self.events["killed"] = time.perf_counter()
+                self.service.kill()
+                self.events["port_free"] = wait_port_free(self.service.port)
+                self.restart.start()
+        response = super().handle_request(request)
+        if label_call and "killed" in self.events and "resumed" not in self.events and response.status_code == 200:
+            self.events["resumed"] = time.perf_counter() - self.events["killed"]
+        return response
+
+    def report(self, calls: int, keys, labels, reference) -> RestartReport:
+        if "killed" not in self.events:
+            raise RuntimeError(f"the fetch sent {self.sent} {self.endpoint} calls and never reached call {self.kill_at}: "
+                               "the server was not killed")  # fmt: skip
+        self.restart.join()
+        if "ready" not in self.events:
+            raise RuntimeError("the killed server did not restart (see its log)")
+        equal = None
+        if reference is not None:
+            equal = all(torch.equal(getattr(labels, f), getattr(reference, f))
+                        for f in ("user_ids", "positions", "topk_items", "topk_scores"))  # fmt: skip
+        return RestartReport(self.endpoint, calls, self.kill_at, self.events["port_free"], self.events["ready"],
+                             self.events["resumed"], self.sent, len(keys) - len(labels.user_ids), equal, labels)  # fmt: skip
+
+
+def fetch_with_restart(service, dm, keys, *, k: int, batch_size: int, reference=None, fraction: float = 1 / 3,
+                       shard_size: int | None = None, retry_budget: float = 600.0, timeout: float = 1800.0,
+                       cache_dir: Path | None = None) -> RestartReport:  # fmt: skip
+    """`fetch_soft_labels` of `keys` from `service` (a `teacher.testing.ServiceProcess`) with the
+    server SIGKILLed as the first label call after `fraction` of them is sent and restarted on the
+    same port; the report compares the labels with `reference` (an uninterrupted fetch) bitwise.
+    Works for both teacher modes: the calls counted are those of the endpoint the fetch uses."""
+    from distill.teacher_client import TeacherClient, fetch_soft_labels
+
+    with TeacherClient(service.url, timeout=timeout) as client:
+        info = client.info()
+    endpoint, calls = label_endpoint_and_calls(info, dm, keys, batch_size, shard_size)
+    transport = KillMidFetch(service, endpoint, kill_at=int(calls * fraction) + 1)
+    with tempfile.TemporaryDirectory(prefix="bench-restart-") as scratch:
+        labels = fetch_soft_labels(service.url, dm, keys, k=k, batch_size=batch_size, timeout=timeout,
+                                   retry_budget=retry_budget, cache_dir=cache_dir or Path(scratch),
+                                   shard_size=shard_size, transport=transport)  # fmt: skip
+    return transport.report(calls, keys, labels, reference)
 
 
 def main() -> None:
@@ -218,7 +312,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--all-prefixes", action="store_true",
-                        help="(a'): label every training prefix in-process and through the service, nothing else")
+                        help="(a'): label every training prefix in-process and through the service (with --restart: "
+                             "(c) on that fetch), nothing else")
+    parser.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=True,
+                        help="--all-prefixes: also label in-process (--no-in-process: the service's figures only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -234,7 +331,7 @@ def main() -> None:
     checkpoint = args.checkpoint or find_newest_checkpoint(Path("result"), ("ilora-teacher",))
     print(f"teacher checkpoint      {checkpoint}")
     if args.all_prefixes:
-        return label_all(checkpoint, args.data, args.batch_size, args.k)
+        return label_all(checkpoint, args.data, args.batch_size, args.k, args.restart, args.in_process)
     t0 = time.perf_counter()
     teacher, ckpt = load_teacher(checkpoint, load_prepared(args.data))
     print(
@@ -293,7 +390,8 @@ def main() -> None:
                 f"{mean_batch:.1f}; /readyz {sum(p == 200 for p in probes)}/{len(probes)} probes 200)"
             )
         if args.restart:
-            restart_mid_fetch(service, dm, keys, args.batch_size, args.k, (labels.topk_items, labels.topk_scores))
+            report = fetch_with_restart(service, dm, keys, k=args.k, batch_size=args.batch_size, reference=labels)
+            print(f"restart mid-fetch       {report.text()}")
 
 
 if __name__ == "__main__":
