@@ -17,7 +17,15 @@ LAYERS = {
     "sasrec": (ROOT / "packages/student-sasrec/src/sasrec", {"recdata", "runkit"}),
     "ilora": (ROOT / "packages/teacher-ilora/src/ilora", {"recdata", "runkit", "sasrec"}),
     "distill": (ROOT / "packages/distill/src/distill", {"recdata", "runkit", "sasrec", "ilora"}),
-    "teacher": (ROOT / "services/teacher/src/teacher", {"recdata", "runkit", "sasrec", "ilora"}),
+    "serving": (ROOT / "services/serving/src/serving", {"recdata", "runkit"}),
+    "teacher": (
+        ROOT / "services/teacher/src/teacher",
+        {"recdata", "runkit", "sasrec", "ilora", "serving"},
+    ),
+    "recommender": (
+        ROOT / "services/recommender/src/recommender",
+        {"recdata", "runkit", "sasrec", "serving"},
+    ),
     "compare": (
         ROOT / "packages/compare/src/compare",
         {"recdata", "runkit", "sasrec", "ilora", "distill"},
@@ -68,7 +76,9 @@ def test_the_layers_are_what_the_pyprojects_declare():
         "sasrec": "student-sasrec",
         "ilora": "teacher-ilora",
         "distill": "distill",
+        "serving": "serving",
         "teacher": "teacher-service",
+        "recommender": "recommender-service",
         "compare": "compare",
     }
     for package, (src, _) in LAYERS.items():

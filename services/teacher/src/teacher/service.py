@@ -37,7 +37,7 @@ Endpoints (POST, JSON):
 
 Every request is validated before it reaches the batcher (a bad request never fails the requests
 it would have been batched with): 415 for a body that is not ``application/json``, 413 for one over
-``MAX_BODY_BYTES`` (refused unread, `teacher.asgi`), 400 with pydantic's message for malformed
+``MAX_BODY_BYTES`` (refused unread, `serving.asgi`), 400 with pydantic's message for malformed
 bodies, unknown fields, empty or too long histories, unknown item ids, non-integers, k out of range,
 too many requests. No request field names a file. Every response carries the served teacher's
 digest in ``x-teacher-digest``.
@@ -58,7 +58,6 @@ from typing import Annotated
 import bentoml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     StrictInt,
@@ -66,6 +65,7 @@ from pydantic import (
     model_validator,
 )
 
+from serving.requests import StrictBody
 from teacher.asgi import RequestLimits, TeacherDigestHeader
 from teacher.startup import (
     ServiceStartupError,
@@ -99,12 +99,6 @@ class _Served:
 
 
 SERVED = _Served()
-
-
-class StrictBody(BaseModel):
-    """A call's top-level JSON object: unknown fields are refused (400), not ignored."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class TopKRequest(StrictBody):

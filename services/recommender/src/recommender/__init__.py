@@ -1,0 +1,1 @@
+"""`recommender-service`: a SASRec student behind BentoML (see `recommender.service`)."""
