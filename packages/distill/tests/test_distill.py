@@ -467,3 +467,37 @@ def test_soft_labels_missing_a_training_sample_are_refused(
         in err[0]
     )
     shutil.rmtree(partial)
+
+
+@pytest.mark.parametrize(("form", "average"), [("pointwise", "all"), ("listwise", "labeled")])
+def test_the_objective_in_row_blocks_equals_the_whole_batch_with_its_gradients(
+    tiny_pipeline, soft_dir, monkeypatch, form, average
+):
+    """A catalogue too large for one positions x items matrix: CE and ranking distillation summed
+    over checkpointed row blocks give the whole batch's loss and gradients."""
+    import runkit.chunking
+
+    dm = SequentialDataModule(tiny_pipeline["data"], max_seq_len=16, batch_size=6, num_candidates=0)
+    dm.setup()
+    labels = read_soft_labels(soft_dir, fingerprint=dm.fingerprint)
+    torch.manual_seed(0)
+    module = DistillModule(
+        SASRecConfig(num_items=dm.num_items, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16),
+        labels=labels, store=dm.store, loss=DLLM2RecLoss(form=form, average=average),
+    ).eval()  # fmt: skip
+    with torch.no_grad():  # a non-zero projection, so the teacher embeddings enter the table
+        module.embedding_distillation.proj.weight.normal_(std=0.1)
+    batch = next(iter(dm.train_dataloader()))
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def loss_and_grads():
+        torch.manual_seed(7)  # the same sampled negatives for both
+        loss = module.training_step(batch, 0)
+        return loss, torch.autograd.grad(loss, params)
+
+    whole, want = loss_and_grads()
+    monkeypatch.setattr(runkit.chunking, "LOGITS_BUDGET", 5 * (dm.num_items + 1))  # 5 rows a block
+    blocked, got = loss_and_grads()
+    torch.testing.assert_close(blocked, whole, rtol=1e-5, atol=1e-6)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)

@@ -87,3 +87,18 @@ def test_scores_stay_fp32_under_bf16_autocast_so_items_do_not_tie():
     assert scores.dtype == torch.float32 and rounded.dtype == torch.bfloat16
     assert all(len(row[1:].unique()) == 3000 for row in scores)
     assert all(len(row[1:].unique()) < 3000 for row in rounded)
+
+
+def test_cross_entropy_in_row_blocks_equals_the_whole_matrix_with_its_gradients():
+    """A catalogue too large for one scores matrix: the blocked loss and its gradients (states and
+    item table) are the unblocked ones."""
+    torch.manual_seed(3)
+    states = torch.randn(4, 9, 8, requires_grad=True)
+    table = torch.randn(31, 8, requires_grad=True)
+    targets = torch.randint(0, 31, (4, 9))  # 0 = no target at that position
+    whole = next_item_cross_entropy(states, targets, table)
+    grads = torch.autograd.grad(whole, (states, table))
+    blocked = next_item_cross_entropy(states, targets, table, budget=5 * 31)  # 5 rows per block
+    torch.testing.assert_close(blocked, whole, rtol=1e-6, atol=1e-6)
+    for got, want in zip(torch.autograd.grad(blocked, (states, table)), grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -268,3 +268,26 @@ def test_an_unknown_prompt_mode_in_the_config_is_refused_with_one_line(
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: teacher.prompt_mode must be one of prefix, sequence, got 'chat'"
     ]
+
+
+def test_the_training_loss_in_row_blocks_equals_the_whole_matrix_with_its_gradients():
+    """A catalogue too large for one scores matrix: the teacher's blocked CE and its gradients
+    (adapters, gate, projectors, head, item table) are the unblocked ones."""
+    teacher = make_teacher().train()
+    for module in teacher.modules():  # dropout off: both passes must see the same network
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    history = torch.tensor([[0, 0, 3, 7, 9, 2], [5, 6, 1, 8, 4, 10]])
+    targets = torch.tensor([[0, 0, 7, 9, 2, 11], [6, 1, 8, 0, 10, 12]])
+    batch = {"history": history, "targets": targets}
+    params = [p for p in teacher.parameters() if p.requires_grad]
+    whole, _ = teacher.training_loss(batch)
+    want = torch.autograd.grad(whole, params, allow_unused=True)
+    blocked, kept = teacher.training_loss(batch, budget=3 * 41)  # 3 rows per block
+    got = torch.autograd.grad(blocked, params, allow_unused=True)
+    assert len(kept) == 9
+    torch.testing.assert_close(blocked, whole, rtol=1e-5, atol=1e-6)
+    for g, w in zip(got, want, strict=True):
+        assert (g is None) == (w is None)
+        if g is not None:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)

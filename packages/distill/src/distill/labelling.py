@@ -89,18 +89,18 @@ class WindowUnits:
         return self.store.window(users, ends, max(int(ends.max()), 1))
 
     def score(self, teacher, lo: int, hi: int, k: int, mask_history: bool, device) -> Rows:
-        from ilora.inference import topk_excluding_history, window_scores
+        from ilora.inference import window_topk
 
         batch = self.dataset.__getitems__(list(range(lo, hi)))
         read = batch["targets"] > 0
-        scores = window_scores(teacher, batch["history"], read, device)
-        rows, positions = read.nonzero()[:, 0], batch["target_positions"][read]
         full = (
             self._prefixes(batch["user_id"], batch["target_positions"].amax(1))
             if mask_history
             else None
         )
-        items, values = topk_excluding_history(scores, rows, positions, full, k)
+        rows, positions, items, values = window_topk(
+            teacher, batch["history"], read, batch["target_positions"], full, k, device
+        )
         return batch["user_id"][rows], positions, items, values
 
     def fetch(self, client, lo: int, hi: int, k: int, mask_history: bool) -> Rows:

@@ -6,6 +6,11 @@ import torch
 
 from recdata.contract import PreparedDataset
 
+# elements of one rows x items block of scores or masks (256 MiB in fp32): steps that need a value
+# per item for many rows at once work in blocks of this size, so memory stays bounded as the
+# catalogue grows (runkit.chunking)
+ITEM_BLOCK_BUDGET = 2**26
+
 
 class SequenceStore:
     """Flat item tensor plus per-user start offsets, indexed directly by user_id."""

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import torch
 
 from recdata.atomic import atomic_file
-from recdata.batching import SequenceStore
+from recdata.batching import ITEM_BLOCK_BUDGET, SequenceStore
 from recdata.contract import PreparedDataset
 from recdata.errors import DataError
 from recdata.splits import split_keys
@@ -32,6 +32,9 @@ def draw_candidates(
     """(S, C): column 0 the target, then C-1 distinct items the user never interacted with,
     uniformly without replacement (top-k of random keys over the allowed items)."""
     generator = torch.Generator().manual_seed(seed)
+    chunk = max(
+        1, min(chunk, ITEM_BLOCK_BUDGET // (store.num_items + 1))
+    )  # bounded on big catalogues
     out = torch.empty(len(user_ids), num_candidates, dtype=torch.int64)
     for lo in range(0, len(user_ids), chunk):
         users = user_ids[lo : lo + chunk]

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from recdata.contract import read_meta
 from recdata.datamodule import SequentialDataModule
 from recdata.prepare import ensure_prepared
+from runkit.chunking import rows_per_block
 
 
 def prepared_dir(cfg: DictConfig) -> Path:
@@ -56,6 +57,8 @@ def build_datamodule(
         eval_order=eval_order,
     )
     dm.setup()
+    # an evaluation batch holds a score per item for each row: bounded on big catalogues
+    dm.eval_batch_size = min(dm.eval_batch_size, rows_per_block(dm.num_items + 1))
     return dm
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runkit.chunking import blocked_cross_entropy
 from sasrec.config import StudentConfig
 
 
@@ -134,10 +135,21 @@ def item_scores(states: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 def next_item_cross_entropy(
-    states: torch.Tensor, targets: torch.Tensor, table: torch.Tensor
+    states: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, budget: int | None = None
 ) -> torch.Tensor:
-    """Full-softmax CE over items 1..N at every position that has a target (> 0)."""
+    """Full-softmax CE over items 1..N at every position that has a target (> 0); in row blocks
+    of bounded memory when the positions x items scores exceed `budget` (runkit.chunking)."""
     keep = targets > 0
-    logits = item_scores(states[keep], table)
+    return blocked_cross_entropy(
+        lambda s: _padding_masked_scores(s, table),
+        (states[keep],),
+        targets[keep],
+        table.shape[0],
+        budget,
+    )
+
+
+def _padding_masked_scores(states: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    logits = item_scores(states, table)
     logits[:, 0] = -torch.inf
-    return F.cross_entropy(logits, targets[keep])
+    return logits

@@ -12,6 +12,7 @@ import torch
 from recdata.atomic import sha256_file
 from recdata.windows import readout_mask, readout_positions, trim_padding_columns
 from runkit.checkpoint import WEIGHTS_FILE, read_card
+from runkit.chunking import blocks
 
 DIGEST_HEADER = "x-teacher-digest"  # the teacher service names its teacher_digest in every response
 
@@ -52,28 +53,45 @@ def first_occurrences(full_history: torch.Tensor, num_items: int) -> torch.Tenso
 
 
 @torch.no_grad()
-def window_scores(teacher, windows: torch.Tensor, read: torch.Tensor, device="cpu") -> torch.Tensor:
-    """(M, N+1) sequence-mode scores at the read-out columns of a window batch (``windows`` (B, L)
-    left-padded, ``read`` (B, L) bool), row-major: one causal pass per window. Shared by
-    precompute-soft-labels and the service, so both give the same numbers."""
-    return teacher.score_all_positions(windows.to(device)).float().cpu()[read]
+def window_topk(
+    teacher, windows: torch.Tensor, read: torch.Tensor, positions: torch.Tensor,
+    full_history: torch.Tensor | None, k: int, device="cpu", budget: int | None = None,
+) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """The teacher's top-K of every read-out key of a window batch, one causal pass per window:
+    (rows, positions, items, scores), row-major over ``read`` (B, L) bool, where ``rows`` is each
+    key's window and ``positions`` (B, L) the key position each column predicts;
+    ``full_history`` excludes each key's own history (None ranks every item). Scores are computed
+    a block of windows at a time when the whole batch's positions x items exceed `budget`
+    (runkit.chunking). Shared by precompute-soft-labels and the service, so both give the same
+    numbers for the same batches."""
+    columns = teacher.student.config.num_items + 1
+    rows = read.nonzero()[:, 0]
+    first = first_occurrences(full_history, columns - 1) if full_history is not None else None
+    items, values = [], []
+    for block in blocks(len(windows), windows.shape[1] * columns, budget):
+        scores = teacher.score_all_positions(windows[block].to(device)).float().cpu()[read[block]]
+        mine = (rows >= block.start) & (rows < block.stop)
+        block_items, block_values = topk_excluding_history(
+            scores, rows[mine], positions[read][mine], first, k
+        )
+        items.append(block_items), values.append(block_values)
+    return rows, positions[read], torch.cat(items), torch.cat(values)
 
 
 def topk_excluding_history(
     scores: torch.Tensor,
     rows: torch.Tensor,
     positions: torch.Tensor,
-    full_history: torch.Tensor | None,
+    first: torch.Tensor | None,
     k: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-K (items, scores) of each read-out row of :func:`window_scores`: the key at position p
-    of window ``rows[m]``; ``full_history`` (B, P), each window's whole prefix items[:end]
-    (left-padded), excludes the items of the key's own history items[:p], which may start before
-    the window. None ranks every item."""
+    """Top-K (items, scores) of read-out rows: the key at position p of window ``rows[m]``;
+    ``first`` (:func:`first_occurrences` of each window's whole prefix items[:end], which may
+    start before the window) excludes the items of the key's own history items[:p]. None ranks
+    every item."""
     scores = scores.clone()
     scores[:, 0] = -torch.inf
-    if full_history is not None:
-        first = first_occurrences(full_history, scores.shape[1] - 1)
+    if first is not None:
         scores.masked_fill_(first[rows] < positions.unsqueeze(1), -torch.inf)
     values, items = scores.topk(k, dim=1)
     return items, values

@@ -25,6 +25,7 @@ from torch import nn
 from ilora.config import TeacherConfig
 from ilora.moe_lora import GateNetwork, MoELoRAConfig, inject_moe_lora, set_gate
 from ilora.prompt import PromptBuilder, SequencePromptBuilder, ensure_item_token
+from runkit.chunking import blocked_cross_entropy
 from runkit.vectors import standardise_rows
 from sasrec.model import SASRec, item_scores
 
@@ -280,14 +281,32 @@ class ILoRATeacher(nn.Module):
         """Sequence mode: (B, L, N+1) scores for the item after every column of the windows."""
         return self.scores_from_state(*self.encode(windows, all_positions=True))
 
-    def training_scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scores (M, N+1), targets (M,)) of a training batch: a window batch (``targets`` at
-        every column, 0 where none) in sequence mode, a prefix batch (``target``) in prefix mode."""
+    def training_readouts(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(LLM states (M, H_llm), student states (M, d), targets (M,)) at the positions of a
+        training batch that have a target: a window batch (``targets`` at every column, 0 where
+        none) in sequence mode, a prefix batch (``target``) in prefix mode."""
         if "targets" in batch:
             keep = batch["targets"] > 0
             states, u = self.encode(batch["history"], all_positions=True)
-            return self.scores_from_state(states[keep], u[keep]), batch["targets"][keep]
-        return self(batch["history"]), batch["target"]
+            return states[keep], u[keep], batch["targets"][keep]
+        states, u = self.encode(batch["history"])
+        return states[:, 0], u[:, 0], batch["target"]
+
+    def training_scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores (M, N+1), targets (M,)) of a training batch (see :meth:`training_readouts`)."""
+        states, u, targets = self.training_readouts(batch)
+        return self.scores_from_state(states, u), targets
+
+    def training_loss(
+        self, batch: dict[str, torch.Tensor], budget: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean full-softmax CE over items, targets) of a training batch, in row blocks of bounded
+        memory when the positions x items scores exceed `budget` (runkit.chunking)."""
+        states, u, targets = self.training_readouts(batch)
+        columns = self.student.config.num_items + 1
+        return blocked_cross_entropy(
+            self.scores_from_state, (states, u), targets, columns, budget
+        ), targets
 
     def item_title_embeddings(self, batch_size: int = 64) -> torch.Tensor:
         """(N+1, H_llm): the teacher's item vectors for distillation -- the LLM's mean state over

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from ilora.checkpoint import load_trained, teacher_payload
 from ilora.ensemble import own_and_student_scores, ranks_by_mix
@@ -117,8 +116,7 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
         seed_training_step(self.seed, self.current_epoch, batch_idx)
 
     def training_step(self, batch, batch_idx):
-        scores, targets = self.teacher.training_scores(batch)
-        ce = F.cross_entropy(scores, targets)
+        ce, targets = self.teacher.training_loss(batch)
         lam = self.schedule(self.global_step + 1)  # after this step: min is reached on the last one
         loss = ce
         if self.teacher.item_table is not None and lam > 0:
@@ -131,9 +129,9 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
                 rows=rows,
             )
             loss = ce + lam * imitation
-            self.log("train/imitation", imitation, batch_size=len(scores))
-        self.log_dict({"train/ce": ce, "train/lambda": lam}, batch_size=len(scores))
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(scores))
+            self.log("train/imitation", imitation, batch_size=len(targets))
+        self.log_dict({"train/ce": ce, "train/lambda": lam}, batch_size=len(targets))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(targets))
         return loss
 
     def configure_optimizers(self):

@@ -286,36 +286,37 @@ class TeacherService:
     )
     def topk_windows(self, requests: list[WindowRequest]) -> list[WindowResult]:
         """Sequence-mode teachers: the top-K of every key a window reads out (one pass per window)."""
-        import torch
 
-        from ilora.inference import topk_excluding_history, window_batch, window_scores
+        from ilora.inference import window_batch, window_topk
 
         if self.window is None:
             raise bentoml.exceptions.InvalidArgument(
                 "this is a prefix-mode teacher: it scores one history per pass, use /topk"
             )
-        batch = window_batch(
-            [r.history for r in requests], [r.first_position for r in requests], self.window
-        )
-        scores = window_scores(self.teacher, batch["history"], batch["read"], self.device)
-        rows, positions = batch["read"].nonzero()[:, 0], batch["positions"][batch["read"]]
         results: list[WindowResult | None] = [None] * len(requests)
         groups: dict[tuple[int, bool], list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault((r.k, r.exclude_history), []).append(i)
-        for (k, exclude), members in groups.items():
-            mine = torch.isin(rows, torch.as_tensor(members))
-            items, values = topk_excluding_history(
-                scores[mine],
-                rows[mine],
-                positions[mine],
-                batch["full_history"] if exclude else None,
-                k,
+        for (k, exclude), members in groups.items():  # one pass per window, in each group
+            batch = window_batch(
+                [requests[i].history for i in members],
+                [requests[i].first_position for i in members],
+                self.window,
             )
-            for i in members:
-                own = rows[mine] == i
+            full = batch["full_history"] if exclude else None
+            rows, positions, items, values = window_topk(
+                self.teacher,
+                batch["history"],
+                batch["read"],
+                batch["positions"],
+                full,
+                k,
+                self.device,
+            )
+            for row, i in enumerate(members):
+                own = rows == row
                 results[i] = WindowResult(
-                    positions=positions[mine][own].tolist(),
+                    positions=positions[own].tolist(),
                     topk_items=items[own].tolist(),
                     topk_scores=values[own].tolist(),
                 )
