@@ -55,3 +55,54 @@ def test_pipeline_chains_by_newest_run_and_compares_all_three(tiny_pipeline, tmp
     assert card["distillation"]["source"] == "precomputed"
     scores = model.score(next(iter(dm.loader("test")))["history"])
     assert torch.isfinite(scores[:, 1:]).all()
+
+
+def test_a_dataset_of_ones_own_runs_every_command_by_its_name(tiny_pipeline, tmp_path):
+    """The documented way in: `recdata prepare NAME --from` a CSV with string ids and an items
+    table with text, then every command with `dataset.name=NAME` (no other data option)."""
+    from ilora import train as teacher_train
+    from ilora.testing import tiny_teacher_overrides
+    from recdata.cli import main as recdata_main
+    from recdata.synthetic import generate
+    from sasrec import train as student_train
+
+    inter, items = generate(60, 80, 900, seed=3, id_style="str").write_csv(tmp_path / "csv")
+    recdata_main(
+        [
+            "prepare",
+            "shop",
+            "--from",
+            str(inter),
+            "--items",
+            str(items),
+            "--data-root",
+            str(tmp_path / "data"),
+        ]
+    )
+    results = tmp_path / "result"
+
+    def run(main, name: str, *extra: str) -> None:
+        overrides = tiny_run_overrides(Path("unused"), results / name, *extra)
+        overrides = [o for o in overrides if not o.startswith("dataset.processed_dir=")]
+        run_cli(main, [*overrides, "dataset.name=shop", f"paths.data_dir={tmp_path / 'data'}"])
+
+    run(student_train.main, "student", "train.max_epochs=3")
+    teacher = tiny_teacher_overrides(
+        tiny_pipeline["llm"], results / "student" / "checkpoints" / "best"
+    )
+    run(teacher_train.main, "teacher", *teacher, "train.max_steps=3")
+    common = ["distill.soft_label_samples=all", "distill.teacher_batch_size=8"]
+    run(precompute.main, "precompute", *common)
+    run(distill_train.main, "distilled", "train.max_epochs=2", *common)
+    run(eval_all.main, "eval")
+    report = json.loads((results / "eval" / "all_evaluation_results.json").read_text())
+    assert [
+        report[k]["status"] for k in ("baseline_student", "distilled_student", "teacher_model")
+    ] == ["ok"] * 3
+    assert report["baseline_student"]["protocol"]["data"]["dataset"] == "shop"
+    assert (
+        json.loads((results / "teacher" / "checkpoints" / "best" / "card.json").read_text())[
+            "data"
+        ]["dataset"]
+        == "shop"
+    )

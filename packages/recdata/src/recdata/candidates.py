@@ -41,9 +41,11 @@ def draw_candidates(
         seen = store.user_item_mask(users)
         allowed = (~seen).sum(1)
         if int(allowed.min()) < num_candidates - 1:
+            user = int(users[int(allowed.argmin())])
             raise DataError(
-                f"a user has only {int(allowed.min())} unseen items; cannot draw "
-                f"{num_candidates - 1} negatives"
+                f"user {user} has only {int(allowed.min())} unseen items: the candidate protocol "
+                f"cannot draw {num_candidates - 1} negatives; lower eval.num_candidates (0 turns "
+                "the protocol off)"
             )
         keys = torch.rand(seen.shape, generator=generator).masked_fill_(seen, -1.0)
         out[lo : lo + chunk, 1:] = keys.topk(num_candidates - 1, dim=1).indices
