@@ -21,6 +21,14 @@ of the server mid-fetch costs.
     and batches (windows in sequence mode; `--no-in-process` skips this) vs `fetch_soft_labels`
     through the service at the same batch size: seconds, prefixes/s, their ratio and whether the
     labels are bitwise equal; with `--restart`, (c) on this whole fetch;
+(d) with `--distill-restart`, instead of all the above: `uv run distill experiment=cpu_demo
+    distill.teacher_source=service` against the served teacher (a fresh label cache), its server
+    SIGKILLed once a third of the fetch's label calls are answered (counted in the service's
+    access log) and restarted on the same port; then `distill experiment=cpu_demo` on the
+    precomputed labels with the same seed (or `--precomputed-run`): port free / resumed / lost,
+    whether the fetched labels equal the precomputed ones bitwise, both runs' test NDCG@10 / HR@10
+    and whether their per-user test predictions are identical. Extra arguments are Hydra
+    overrides of both distill runs.
 
 The service is started here (`bentoml serve teacher.service:TeacherService` on a free localhost
 port) and stopped at the end. `fetch_with_restart` is reusable (tests/test_bench_service.py).
@@ -29,6 +37,8 @@ port) and stopped at the end. `fetch_with_restart` is reusable (tests/test_bench
                                          [--samples 32] [--batch-size 8] [--requests 32] [--levels 1,4,16]
                                          [--duration 60] [--restart]
     uv run python -m bench.speed.service --all-prefixes [--restart] [--no-in-process] [--batch-size 16] [--checkpoint ...]
+    uv run python -m bench.speed.service --distill-restart [--seed 42] [--precomputed-run DIR] [--out DIR]
+                                         [--checkpoint ...] [overrides...]
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -283,12 +294,157 @@ def fetch_with_restart(service, dm, keys, *, k: int, batch_size: int, reference=
     with TeacherClient(service.url, timeout=timeout) as client:
         info = client.info()
     endpoint, calls = label_endpoint_and_calls(info, dm, keys, batch_size, shard_size)
-    transport = KillMidFetch(service, endpoint, kill_at=int(calls * fraction) + 1)
+    # after a `fraction` of the calls, and after at least one when there are several: mid-fetch
+    transport = KillMidFetch(service, endpoint, kill_at=min(calls, max(2, int(calls * fraction) + 1)))
     with tempfile.TemporaryDirectory(prefix="bench-restart-") as scratch:
         labels = fetch_soft_labels(service.url, dm, keys, k=k, batch_size=batch_size, timeout=timeout,
                                    retry_budget=retry_budget, cache_dir=cache_dir or Path(scratch),
                                    shard_size=shard_size, transport=transport)  # fmt: skip
     return transport.report(calls, keys, labels, reference)
+
+
+# -- (d) a real distillation through the service, with the same crash --------------------------
+class AccessLog:
+    """The label calls the service answered (status 200), counted in its access log, which
+    BentoML writes one line per request to (`... (scheme=http,method=POST,path=/topk_windows,...)
+    (status=200,...)`); the log is appended to across restarts, counted from its size now."""
+
+    def __init__(self, path: Path, endpoint: str):
+        self.path, self.offset = Path(path), Path(path).stat().st_size
+        self.pattern = re.compile(rf"path={re.escape(endpoint)}[,)][^\n]*\(status=200\b")
+
+    def answered(self) -> int:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return len(self.pattern.findall(f.read().decode(errors="replace")))
+
+
+def distill_command(out: Path, name: str, checkpoint: Path, data: Path, seed: int, extra: list[str]) -> list[str]:
+    return ["uv", "run", "--frozen", "distill", "experiment=cpu_demo", f"paths.result_dir={out}",
+            f"hydra.run.dir={out / name}", f"dataset.processed_dir={data}", f"distill.teacher_checkpoint_path={checkpoint}",
+            f"seed={seed}", "trainer.enable_progress_bar=false", *extra]  # fmt: skip
+
+
+def run_child(cmd: list[str], log: Path) -> subprocess.Popen:
+    """`cmd` in the background, stderr to `log`, stdout to `log` with suffix .out."""
+    print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd)}  (log {log})", flush=True)
+    with open(log, "w") as err, open(log.with_suffix(".out"), "w") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+
+
+def finished_run(child: subprocess.Popen, cmd: list[str], log: Path) -> Path:
+    """The run dir a finished child printed last (`run_dir: ...`)."""
+    if child.wait() != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {child.returncode}); see {log}")
+    return Path(log.with_suffix(".out").read_text().strip().splitlines()[-1].removeprefix("run_dir: "))
+
+
+def cached_labels(cache: Path, k: int):
+    """The soft labels a service-mode distill fetched: its cache's shards, merged by key."""
+    from distill.shards import merge_shards
+
+    (job,) = [d for d in cache.iterdir() if d.is_dir()]
+    return merge_shards(sorted(job.glob("shard_*.parquet")), k)
+
+
+def distill_restart(args, checkpoint: Path) -> None:
+    """(d): `distill experiment=cpu_demo distill.teacher_source=service` against a served teacher
+    whose server is SIGKILLed a third of the way through the label fetch and restarted on the same
+    port, vs `distill experiment=cpu_demo` on the precomputed labels, same seed."""
+    import pyarrow.parquet as pq
+
+    from distill.precompute import soft_labels_dir, training_keys
+    from distill.soft_labels import SoftLabels, read_soft_labels
+    from distill.teacher_client import TeacherClient
+    from recdata.datamodule import SequentialDataModule
+    from runkit.entry import compose
+    from runkit.evaluation import read_metrics
+    from teacher.testing import ServiceProcess
+
+    out = (args.out or Path(tempfile.mkdtemp(prefix="bench-distill-restart-"))).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint, data = checkpoint.resolve(), args.data.resolve()
+    cache = out / "service_cache"
+    served_by = ["distill.teacher_source=service", f"distill.service_cache_dir={cache}",
+                 f"distill.retry_budget={args.retry_budget}"]  # fmt: skip
+    cmd = distill_command(out, "service", checkpoint, data, args.seed, [*served_by, *args.overrides])
+    cfg = compose("run_distill", [o for o in cmd[4:] if not o.startswith("hydra.")])  # the run's config
+    d = cfg.distill
+    dm = SequentialDataModule(data, max_seq_len=cfg.student.max_seq_len, limit_data_rows=cfg.dataset.limit_data_rows)
+    dm.setup()
+    keys = training_keys(dm, d.soft_label_samples)
+    log = out / "serve.log"
+    t_service = time.perf_counter()
+    with ServiceProcess(checkpoint, data, log_file=log, startup_timeout=600) as service:
+        with TeacherClient(service.url) as client:
+            endpoint, calls = label_endpoint_and_calls(client.info(), dm, keys, d.teacher_batch_size)
+        # answered calls before the kill (the next one is in flight or about to be sent): a third,
+        # and at least one when there are several, so the kill is mid-fetch
+        kill_after = min(calls - 1, max(1, calls // 3))
+        print(f"service on {service.url} ready in {time.perf_counter() - t_service:.0f} s; the fetch of {len(keys)} "
+              f"prefixes makes {calls} {endpoint} calls; SIGKILL after {kill_after} answered (counted in {log})",
+              flush=True)  # fmt: skip
+        answered = AccessLog(log, endpoint)
+        cmd = distill_command(out, "service", checkpoint, data, args.seed,
+                              [*served_by, f"distill.teacher_url={service.url}", *args.overrides])  # fmt: skip
+        t0 = time.perf_counter()
+        child = run_child(cmd, out / "service.log")
+        events: dict[str, float] = {}
+        while child.poll() is None and "resumed" not in events:
+            n = answered.answered()
+            if "killed" not in events and n >= kill_after:
+                events["killed"], events["answered_at_kill"] = time.perf_counter(), n
+                service.kill()
+                events["port_free"] = wait_port_free(service.port)
+                print(f"[{time.strftime('%H:%M:%S')}] killed the server (SIGKILL) after {n} answered calls, "
+                      f"{events['killed'] - t0:.0f} s into the run; port free after {events['port_free'] or float('nan'):.2f} s",
+                      flush=True)  # fmt: skip
+                service.start()
+                events["ready"] = time.perf_counter() - events["killed"]
+                print(f"[{time.strftime('%H:%M:%S')}] restarted on the same port, ready {events['ready']:.1f} s after the kill",
+                      flush=True)  # fmt: skip
+            elif "killed" in events and n > events["answered_at_kill"]:
+                events["resumed"] = time.perf_counter() - events["killed"]
+            time.sleep(0.05)
+        run_service = finished_run(child, cmd, out / "service.log")
+        service_s = time.perf_counter() - t0
+        total_answered = answered.answered()
+    if "resumed" not in events:
+        raise SystemExit(f"the run ended without the kill and a resumed fetch ({events}); see {log}")
+
+    if args.precomputed_run:
+        run_pre, pre_note = args.precomputed_run.resolve(), "given"
+    else:
+        cmd = distill_command(out, "precomputed", checkpoint, data, args.seed, list(args.overrides))
+        t0 = time.perf_counter()
+        run_pre = finished_run(run_child(cmd, out / "precomputed.log"), cmd, out / "precomputed.log")
+        pre_note = f"{time.perf_counter() - t0:.0f} s"
+
+    fetched = cached_labels(cache, d.candidate_topk)
+    lost = len(keys) - len({(int(u), int(p)) for u, p in zip(fetched[0], fetched[1], strict=True)})
+    served = SoftLabels(*fetched, torch.zeros(1), {}).aligned_to(keys)
+    precomputed = read_soft_labels(soft_labels_dir(cfg, checkpoint), fingerprint=dm.fingerprint).aligned_to(keys)
+    labels_equal = (torch.equal(served.user_ids, precomputed.user_ids) and torch.equal(served.positions, precomputed.positions)
+                    and torch.equal(served.topk_items, precomputed.topk_items[:, : served.k])
+                    and torch.equal(served.topk_scores, precomputed.topk_scores[:, : served.k]))  # fmt: skip
+    metrics = {name: read_metrics(run / "test_metrics.json")["metrics_masked"] for name, run in
+               (("service, killed", run_service), ("precomputed", run_pre))}  # fmt: skip
+    tables = [pq.read_table(run / "test_predictions.parquet").sort_by([("user_id", "ascending"), ("position", "ascending")])
+              for run in (run_service, run_pre)]  # fmt: skip
+    print(f"\nteacher                 {checkpoint}")
+    print(f"label fetch             {len(keys)} prefixes, {calls} {endpoint} calls of batch {d.teacher_batch_size}; "
+          f"{total_answered} answered in all ({total_answered - calls} answered twice)")  # fmt: skip
+    port = "NEVER (taken 30 s after)" if events["port_free"] is None else f"{events['port_free']:.2f} s"
+    print(f"server SIGKILLed        after {events['answered_at_kill']} of {calls} calls answered; port free after "
+          f"{port}; restarted (ready) {events['ready']:.1f} s and the fetch resumed "
+          f"{events['resumed']:.1f} s after the kill")  # fmt: skip
+    print(f"prefixes lost           {lost} of {len(keys)}; fetched labels bitwise equal to the precomputed ones: {labels_equal}")
+    for name, run in (("service, killed", run_service), ("precomputed", run_pre)):
+        m = metrics[name]
+        wall = f"{service_s:.0f} s (fetch, restart and training)" if run == run_service else pre_note
+        print(f"distill ({name:15s}) test NDCG@10 {m['ndcg@10']:.6f}  HR@10 {m['hr@10']:.6f}  wall {wall}  {run}")
+    print(f"test metrics identical  {metrics['service, killed'] == metrics['precomputed']}; per-user test predictions "
+          f"identical: {tables[0].equals(tables[1])} ({tables[0].num_rows} users)")  # fmt: skip
 
 
 def main() -> None:
@@ -316,7 +472,20 @@ def main() -> None:
                              "(c) on that fetch), nothing else")
     parser.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=True,
                         help="--all-prefixes: also label in-process (--no-in-process: the service's figures only)")
-    args = parser.parse_args()
+    parser.add_argument("--distill-restart", action="store_true",
+                        help="(d): distill experiment=cpu_demo distill.teacher_source=service with the server killed "
+                             "a third of the way through the fetch and restarted, vs distill on the precomputed labels")
+    parser.add_argument("--seed", type=int, default=42, help="--distill-restart: seed of both distill runs")
+    parser.add_argument("--precomputed-run", type=Path,
+                        help="--distill-restart: an existing precomputed-labels distill run of the same seed and "
+                             "settings to compare with (default: run one)")
+    parser.add_argument("--retry-budget", type=float, default=600.0,
+                        help="--distill-restart: distill.retry_budget, seconds (a restart must fit)")
+    parser.add_argument("--out", type=Path, help="--distill-restart: directory for the runs and logs")
+    args, args.overrides = parser.parse_known_args()
+    bad = [o for o in args.overrides if o.startswith("-") or "=" not in o]
+    if bad or (args.overrides and not args.distill_restart):
+        parser.error(f"unrecognised arguments {bad or args.overrides} (Hydra overrides key=value go with --distill-restart)")
     torch.set_num_threads(args.threads)
 
     from distill.precompute import training_keys
@@ -332,6 +501,8 @@ def main() -> None:
     print(f"teacher checkpoint      {checkpoint}")
     if args.all_prefixes:
         return label_all(checkpoint, args.data, args.batch_size, args.k, args.restart, args.in_process)
+    if args.distill_restart:
+        return distill_restart(args, checkpoint)
     t0 = time.perf_counter()
     teacher, ckpt = load_teacher(checkpoint, load_prepared(args.data))
     print(
