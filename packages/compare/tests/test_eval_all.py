@@ -78,6 +78,9 @@ def test_students_match_their_own_runs_and_missing_teacher_is_an_error(runs, cap
         assert entry["checkpoint"] == str(runs["results"] / source / "checkpoints" / "best")
         assert entry["metrics"] == own["metrics"]
         assert entry["metrics_unmasked"] == own["metrics_unmasked"]
+        assert (
+            entry["metrics_by_slice"] == own["metrics_by_slice"]
+        )  # per slice, the same figures too
         assert entry["protocol"] == own["protocol"]
         assert (
             pq.read_table(run_dir / f"predictions_{key}.parquet").num_rows
@@ -97,6 +100,12 @@ def test_students_match_their_own_runs_and_missing_teacher_is_an_error(runs, cap
         "history items not masked" in md and "- teacher_model: no complete ilora-teacher run" in md
     )
     assert (run_dir / "all_evaluation_results.png").read_bytes()[:4] == b"\x89PNG"
+    assert "By slice: NDCG@5" in md and "| distilled_student | " in md.split("By slice")[1]
+    by_slice = out["distilled_student"]["vs_baseline_by_slice"]
+    assert set(by_slice) == set(out["distilled_student"]["metrics_by_slice"]) >= {"head", "tail"}
+    assert (
+        sum(by_slice[g]["ndcg@5"]["n"] for g in ("head", "tail")) == own["protocol"]["num_samples"]
+    )
     stdout = capsys.readouterr().out.strip().splitlines()
     assert stdout[-1] == f"run_dir: {run_dir}"
     assert any(line.startswith("| distilled_student | sasrec-distilled |") for line in stdout)

@@ -194,3 +194,33 @@ def test_evaluate_writes_files_whose_ranks_recompute_the_metrics(
         assert reported == pytest.approx(expected[name], abs=5e-5)
         assert unmasked == pytest.approx(result.metrics_unmasked[name], abs=5e-5)
         assert masked == pytest.approx(result.metrics_masked[name], abs=5e-5)
+
+
+def test_metrics_by_slice_are_the_metrics_of_the_samples_of_each_group(random_prepared, tmp_path):
+    """Every sample is labelled with its target's and its user's group; each slice's metrics are
+    the reported ranks' metrics over exactly those samples, and the files carry them."""
+    dm = SequentialDataModule(
+        random_prepared.path, max_seq_len=6, eval_batch_size=9, head_fraction=0.3
+    )
+    dm.setup()
+    result = evaluate(
+        make_scorer(dm.num_items), dm.loader("test"), dm.num_items, progress=False, slices=dm.slices
+    )
+    preds = result.predictions.to_pydict()
+    targets, users = np.array(preds["target"]), np.array(preds["user_id"])
+    expected_groups = dm.slices.of(users, targets)
+    ranks = torch.tensor(preds["rank"]) - 1
+    for group, metrics in result.metrics_by_slice.items():
+        column = "target_group" if group in ("head", "tail", "cold") else "history_group"
+        members = np.array(preds[column]) == group
+        np.testing.assert_array_equal(members, expected_groups[group])
+        assert metrics["samples"] == int(members.sum()) > 0
+        again = ranking_metrics(ranks[torch.from_numpy(members)], DEFAULT_KS)
+        assert all(math.isclose(metrics[k], v) for k, v in again.items())
+    assert set(result.metrics_by_slice) == {"head", "tail", "short", "long"}
+    write_eval_result(tmp_path, result, model_kind="sasrec")
+    payload = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert (
+        payload["metrics_by_slice"] == result.metrics_by_slice and "slices" in payload["protocol"]
+    )
+    assert "tail" in (tmp_path / "test_metrics.txt").read_text()

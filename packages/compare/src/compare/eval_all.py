@@ -23,7 +23,7 @@ from compare.models import MODELS, ComparedModel, history_window, resolve_model
 from compare.plots import render_chart
 from compare.report import ratio_k, render_markdown
 from compare.reuse import expected_protocol, reuse_stored_result
-from compare.stats import mean_interval, paired_difference, per_sample
+from compare.stats import in_slice, mean_interval, paired_difference, per_sample
 from recdata.atomic import atomic_file, write_json
 from recdata.datamodule import SequentialDataModule
 from recdata.errors import UserError
@@ -81,6 +81,7 @@ def evaluate_model(
         mask_history=bool(cfg.eval.mask_history),
         progress=bool(cfg.trainer.enable_progress_bar),
         extra_protocol=eval_protocol(cfg, dm),
+        slices=dm.slices,
     )
     return result, "evaluated"
 
@@ -112,9 +113,10 @@ def error_entry(target: ComparedModel, message: str) -> dict:
 
 
 def add_uncertainty(entries: dict, results: dict[str, EvalResult], ks) -> None:
-    """Each evaluated entry gets the bootstrap 95% interval of its metrics (``ci95``) and, against
-    the baseline student, the paired per-user difference of NDCG@K and HR@K (K = the ratio's K)
-    with its SE and bootstrap 95% interval (``vs_baseline``)."""
+    """Each evaluated entry gets the bootstrap 95% interval of its metrics (``ci95``), its metrics by
+    slice, and, against the baseline student, the paired per-user difference of NDCG@K and HR@K
+    (K = the ratio's K) with its SE and bootstrap 95% interval, overall (``vs_baseline``) and on
+    each slice (``vs_baseline_by_slice``)."""
     k = ratio_k(ks)
     base = results.get("baseline_student")
     for key, result in results.items():
@@ -122,13 +124,24 @@ def add_uncertainty(entries: dict, results: dict[str, EvalResult], ks) -> None:
         entry["ci95"] = {
             m: list(mean_interval(per_sample(result.predictions, m))) for m in entry["metrics"]
         }
+        if result.metrics_by_slice:
+            entry["metrics_by_slice"] = result.metrics_by_slice
         if base is not None and key != "baseline_student":
-            entry["vs_baseline"] = {
-                m: paired_difference(
-                    [per_sample(base.predictions, m)], [per_sample(result.predictions, m)]
-                ).to_dict()
-                for m in (f"ndcg@{k}", f"hr@{k}")
-            }
+            entry["vs_baseline"] = versus(base.predictions, result.predictions, k)
+            if result.metrics_by_slice:
+                entry["vs_baseline_by_slice"] = {
+                    group: versus(base.predictions, result.predictions, k, group)
+                    for group in result.metrics_by_slice
+                }
+
+
+def versus(base, other, k: int, group: str | None = None) -> dict:
+    """Paired per-user differences of NDCG@k and HR@k of `other` to `base` (on one slice group)."""
+    keep = slice(None) if group is None else in_slice(base, group)
+    return {
+        m: paired_difference([per_sample(base, m)[keep]], [per_sample(other, m)[keep]]).to_dict()
+        for m in (f"ndcg@{k}", f"hr@{k}")
+    }
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:

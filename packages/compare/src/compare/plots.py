@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from compare.report import metric_columns
+from compare.report import metric_columns, ratio_k
 from recdata.atomic import atomic_file
 
 
@@ -25,11 +25,13 @@ def render_chart(entries: dict, ks, path: Path, masked: bool) -> bool:
     ]
     width = 0.8 / len(ok)
     compared = {k: e["vs_baseline"] for k, e in ok.items() if e.get("vs_baseline")}
+    sliced = {k: e["metrics_by_slice"] for k, e in ok.items() if e.get("metrics_by_slice")}
+    widths = [max(6.0, 1.3 * len(cols))] + [4.5] * bool(compared) + [5.0] * bool(sliced)
     fig, axes = plt.subplots(
         1,
-        2 if compared else 1,
-        figsize=(max(6.0, 1.3 * len(cols)) + (4.5 if compared else 0), 4.0),
-        gridspec_kw={"width_ratios": [max(6.0, 1.3 * len(cols)), 4.5]} if compared else None,
+        len(widths),
+        figsize=(sum(widths), 4.0),
+        gridspec_kw={"width_ratios": widths},
         squeeze=False,
     )
     ax = axes[0][0]
@@ -53,6 +55,8 @@ def render_chart(entries: dict, ks, path: Path, masked: bool) -> bool:
     ax.grid(axis="y", alpha=0.3)
     if compared:
         _difference_panel(axes[0][1], compared, list(ok), plt.get_cmap("tab10"))
+    if sliced:
+        _slice_panel(axes[0][-1], sliced, list(ok), plt.get_cmap("tab10"), ratio_k(ks))
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -75,4 +79,17 @@ def _difference_panel(ax, compared: dict, order: list[str], colours) -> None:
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(names)), [f"Δ{n.upper()}" for n in names])
     ax.set_title("vs baseline: paired per-user difference")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _slice_panel(ax, sliced: dict, order: list[str], colours, k: int) -> None:
+    """NDCG@k of every model on each slice (target popularity, user history)."""
+    groups = list(next(iter(sliced.values())))
+    width = 0.8 / len(sliced)
+    for i, (key, by_slice) in enumerate(sliced.items()):
+        xs = [j - 0.4 + width * (i + 0.5) for j in range(len(groups))]
+        values = [by_slice[g].get(f"ndcg@{k}", math.nan) for g in groups]
+        ax.bar(xs, values, width, label=key, color=colours(order.index(key)))
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_title(f"NDCG@{k} by slice")
     ax.grid(axis="y", alpha=0.3)

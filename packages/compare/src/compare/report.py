@@ -95,6 +95,7 @@ def render_markdown(entries: dict, protocol: dict) -> str:
         )
         lines += ["", f"Distilled / baseline at K={k}: {shown}."]
     lines += _difference_rows(entries, ks)
+    lines += slice_rows(entries, ks, protocol.get("slices"))
     if protocol["full_ranking"]["mask_history"] and any(
         e["status"] == "ok" for e in entries.values()
     ):
@@ -131,3 +132,33 @@ def _difference_rows(entries: dict, ks) -> list[str]:
 def _diff_cell(d: dict) -> str:
     lo, hi = d["ci95"]
     return f"{d['mean']:+.4f} ± {d['se']:.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
+def slice_rows(entries: dict, ks, definition: dict | None) -> list[str]:
+    """NDCG@K of each model on each slice, with the paired difference to the baseline ± SE."""
+    k = ratio_k(ks)
+    ok = {key: e for key, e in entries.items() if e.get("metrics_by_slice")}
+    if not ok:
+        return []
+    groups = list(next(iter(ok.values()))["metrics_by_slice"])
+    samples = {g: next(iter(ok.values()))["metrics_by_slice"][g]["samples"] for g in groups}
+    lines = [
+        "",
+        f"By slice: NDCG@{k}, and the paired difference to the baseline student (± SE; * beyond 2 SE):",
+        "",
+    ]
+    if definition:
+        lines[-1:-1] = [f"Slices: {definition['popularity']}; {definition['history']}."]
+    lines += ["| model | " + " | ".join(f"{g} (n={samples[g]})" for g in groups) + " |"]
+    lines += ["|:--|" + "--:|" * len(groups)]
+    for key, entry in ok.items():
+        cells = []
+        for g in groups:
+            cell = _fmt(entry["metrics_by_slice"][g].get(f"ndcg@{k}"))
+            diff = entry.get("vs_baseline_by_slice", {}).get(g, {}).get(f"ndcg@{k}")
+            if diff:
+                star = "*" if abs(diff["mean"]) > 2 * diff["se"] else ""
+                cell += f" ({diff['mean']:+.4f} ± {diff['se']:.4f}{star})"
+            cells.append(cell)
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines

@@ -32,6 +32,7 @@ def expected_protocol(cfg: DictConfig, dm: SequentialDataModule) -> dict:
             "ties": TIE_RULE,
         },
         **eval_protocol(cfg, dm),
+        "slices": dm.slices.describe(),
     }
 
 
@@ -152,5 +153,6 @@ def reuse_stored_result(
         stored["metrics_masked"],
         stored["protocol"],
         table,
+        stored.get("metrics_by_slice", {}),
     )
     return result, "reused"

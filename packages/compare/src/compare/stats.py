@@ -40,6 +40,19 @@ def per_sample(predictions: pa.Table, metric: str) -> np.ndarray:
     return hit.astype(np.float64) if name == "hr" else np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0)
 
 
+def in_slice(predictions: pa.Table, group: str) -> np.ndarray:
+    """Bool mask, in (user_id, position) order like :func:`per_sample`, of the samples of one
+    slice group (a value of the `target_group` or `history_group` column)."""
+    order = np.lexsort(
+        (predictions.column("position").to_numpy(), predictions.column("user_id").to_numpy())
+    )
+    mask = np.zeros(predictions.num_rows, dtype=bool)
+    for column in ("target_group", "history_group"):
+        if column in predictions.column_names:
+            mask |= np.asarray(predictions.column(column).to_pylist(), dtype=object) == group
+    return mask[order]
+
+
 def read_predictions(run_dir_or_file: Path) -> pa.Table:
     """A run's test_predictions.parquet (or the file given)."""
     path = Path(run_dir_or_file)

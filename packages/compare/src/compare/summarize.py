@@ -4,10 +4,12 @@ A run is a directory holding the resolved `config.yaml` every command writes at 
 (`result_*/`, Hydra multirun `multirun_*/N/`, or any nesting of these); Hydra's own `.hydra/`
 copies and eval-all comparison runs are not runs of a model. Columns: the run directory, the
 model kind, the status, every flattened config key whose value differs across runs (paths and
-Hydra keys left out), then the test metrics -- or, with ``--split valid``, the validation metrics
-of each run's best checkpoint (what a hyperparameter search ranks on, so test is read once, after
-the choice). With ``--baseline RUN`` (test split) two more columns give each run's paired per-user
-difference of NDCG@10 and HR@10 to that run, ± SE [bootstrap 95% interval] (`compare.stats`).
+Hydra keys left out), then the test metrics and NDCG@10 / HR@10 on each slice (`ndcg@10[tail]`:
+target popularity head/tail/cold, user history short/long; recdata.slices) -- or, with
+``--split valid``, the validation metrics of each run's best checkpoint (what a hyperparameter
+search ranks on, so test is read once, after the choice). With ``--baseline RUN`` (test split)
+more columns give each run's paired per-user difference of NDCG@10 and HR@10 to that run, and of
+NDCG@10 on each slice, ± SE [bootstrap 95% interval] (`compare.stats`).
 Writes summary.csv and summary.md and prints the Markdown.
 """
 
@@ -28,6 +30,7 @@ import yaml
 from compare.nested import flatten
 from recdata.atomic import atomic_file
 from recdata.errors import UserError, exit_on_user_error
+from recdata.slices import ITEM_GROUPS, USER_GROUPS
 from runkit.runs import incomplete_reason
 
 CONFIG, METRICS, CARD = "config.yaml", "test_metrics.json", "card.json"
@@ -119,6 +122,10 @@ def read_run(run_dir: Path, root: Path, split: str = "test") -> Run:
         payload = json.loads(metrics_path.read_text())
         run.kind = payload.get("model") or run.kind
         run.metrics = {k: float(v) for k, v in payload["metrics"].items()}
+        for group, metrics in payload.get("metrics_by_slice", {}).items():
+            run.metrics |= {
+                f"{m}[{group}]": float(metrics[m]) for m in VERSUS_METRICS if m in metrics
+            }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         run.status = f"unreadable {METRICS}"
     return run
@@ -152,11 +159,12 @@ def build_table(runs: list[Run]) -> tuple[list[str], list[list[str]], range]:
 
 
 VERSUS_METRICS = ("ndcg@10", "hr@10")
+SLICE_GROUPS = (*ITEM_GROUPS, *USER_GROUPS)
 
 
 def add_paired_differences(runs: list[Run], baseline: Path) -> None:
     """Each complete run's paired per-user difference to the baseline run, on the same test users."""
-    from compare.stats import paired_difference, per_sample, read_predictions
+    from compare.stats import in_slice, paired_difference, per_sample, read_predictions
 
     try:
         base = read_predictions(baseline)
@@ -171,13 +179,22 @@ def add_paired_differences(runs: list[Run], baseline: Path) -> None:
             table = read_predictions(run.path)
         except (OSError, ValueError):  # a run without per-user predictions: no difference to show
             continue
-        for metric in VERSUS_METRICS:
+        groups = [
+            g
+            for g in SLICE_GROUPS
+            if "target_group" in table.column_names and in_slice(table, g).any()
+        ]
+        for metric, group in [(m, None) for m in VERSUS_METRICS] + [("ndcg@10", g) for g in groups]:
+            name = f"Δ{metric}" + (f"[{group}]" if group else "")
             try:
-                diff = paired_difference([per_sample(base, metric)], [per_sample(table, metric)])
+                keep = slice(None) if group is None else in_slice(base, group)
+                diff = paired_difference(
+                    [per_sample(base, metric)[keep]], [per_sample(table, metric)[keep]]
+                )
             except ValueError:  # another test split (data, limit_data_rows) than the baseline's
-                run.versus[f"Δ{metric}"] = "other test users"
+                run.versus[name] = "other test users"
                 continue
-            run.versus[f"Δ{metric}"] = diff.text()
+            run.versus[name] = diff.text()
 
 
 def _plain(canonical: str) -> str:

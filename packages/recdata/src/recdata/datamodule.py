@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +13,7 @@ from recdata.batching import SequenceStore
 from recdata.candidates import load_or_draw_candidates
 from recdata.contract import PreparedDataset, load_prepared
 from recdata.errors import UserError
+from recdata.slices import Slices, sample_slices
 from recdata.splits import SampleKeys, check_limit, select_samples, split_keys
 from recdata.windows import (
     WindowPlan,
@@ -239,6 +241,8 @@ class SequentialDataModule(L.LightningDataModule):
         train_samples: str = "all",
         window_stride: int | None = None,
         eval_order: str = "key",
+        head_fraction: float = 0.2,
+        short_quantile: float = 0.5,
     ):
         super().__init__()
         if train_mode not in TRAIN_MODES:
@@ -265,6 +269,7 @@ class SequentialDataModule(L.LightningDataModule):
             window_stride,
             eval_order,
         )
+        self.head_fraction, self.short_quantile = head_fraction, short_quantile
         self.dataset: PreparedDataset | None = None
 
     # -- setup -------------------------------------------------------------------------------
@@ -287,6 +292,14 @@ class SequentialDataModule(L.LightningDataModule):
             raise UserError(
                 f"{self.processed_dir}: no training samples (limit_data_rows={self.limit_data_rows})"
             )
+
+    @cached_property
+    def slices(self) -> Slices:
+        """The evaluation slices of this data (target popularity, user history; train data only)."""
+        self.setup()
+        return sample_slices(
+            self.dataset, head_fraction=self.head_fraction, short_quantile=self.short_quantile
+        )
 
     @property
     def num_items(self) -> int:

@@ -55,6 +55,8 @@ def build_datamodule(
         train_samples=train_samples,
         window_stride=window_stride,
         eval_order=eval_order,
+        head_fraction=cfg.eval.get("head_fraction", 0.2),
+        short_quantile=cfg.eval.get("short_history_quantile", 0.5),
     )
     dm.setup()
     # an evaluation batch holds a score per item for each row: bounded on big catalogues

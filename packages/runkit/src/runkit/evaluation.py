@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -14,6 +16,7 @@ from tqdm import tqdm
 
 from recdata.atomic import atomic_file, write_json
 from recdata.batching import history_mask
+from recdata.slices import ITEM_GROUPS, USER_GROUPS, Slices
 from runkit.metrics import (
     CANDIDATE_METRIC,
     DEFAULT_KS,
@@ -33,6 +36,8 @@ class EvalResult:
     metrics_masked: dict[str, float]
     protocol: dict
     predictions: pa.Table = field(repr=False)
+    # {slice: metrics following mask_history} (recdata.slices: head/tail/cold, short/long)
+    metrics_by_slice: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def headline(self) -> str:
         return "  ".join(f"{k}={v:.4f}" for k, v in self.metrics.items())
@@ -50,6 +55,7 @@ def evaluate(
     split: str = "test",
     progress: bool = True,
     extra_protocol: dict | None = None,
+    slices: Slices | None = None,
 ) -> EvalResult:
     keys, targets, ranks_raw, ranks_masked, tops, hits = [], [], [], [], [], []
     for batch in tqdm(batches, desc=f"eval {split}", disable=not progress, leave=False):
@@ -102,7 +108,42 @@ def evaluate(
         "full_ranking": {"ks": list(ks), "mask_history": mask_history, "ties": TIE_RULE},
         **(extra_protocol or {}),
     }
-    return EvalResult(m_masked if mask_history else m_raw, m_raw, m_masked, protocol, predictions)
+    by_slice = {}
+    if slices is not None:
+        groups = slices.of(key[:, 0].numpy(), target.numpy())
+        predictions = predictions.append_column(
+            "target_group", pa.array(group_names(groups, ITEM_GROUPS))
+        )
+        predictions = predictions.append_column(
+            "history_group", pa.array(group_names(groups, USER_GROUPS))
+        )
+        by_slice = {
+            g: slice_metrics(chosen, hit, torch.from_numpy(m), ks) for g, m in groups.items()
+        }
+        protocol["slices"] = slices.describe()
+    chosen_metrics = m_masked if mask_history else m_raw
+    return EvalResult(chosen_metrics, m_raw, m_masked, protocol, predictions, by_slice)
+
+
+def group_names(groups: dict[str, np.ndarray], names: tuple[str, ...]) -> list[str]:
+    """Each sample's group among `names` (one of them holds it)."""
+    present = [g for g in names if g in groups]
+    label = np.full(len(groups[present[0]]), "", dtype=object)
+    for g in present:
+        label[groups[g]] = g
+    return label.tolist()
+
+
+def slice_metrics(
+    ranks: torch.Tensor, hit: torch.Tensor | None, mask: torch.Tensor, ks
+) -> dict[str, float]:
+    """The metrics of the samples in `mask` (with their count as "samples")."""
+    metrics = ranking_metrics(ranks[mask], ks)
+    if hit is not None:
+        metrics[CANDIDATE_METRIC] = (
+            hit[mask].double().mean().item() if bool(mask.any()) else math.nan
+        )
+    return {**metrics, "samples": int(mask.sum())}
 
 
 def write_eval_result(
@@ -117,6 +158,7 @@ def write_eval_result(
         "metrics_unmasked": result.metrics_unmasked,
         "metrics_masked": result.metrics_masked,
         "protocol": result.protocol,
+        **({"metrics_by_slice": result.metrics_by_slice} if result.metrics_by_slice else {}),
     }
     write_json(run_dir / f"{prefix}_metrics.json", payload)
     lines = [
@@ -133,6 +175,7 @@ def write_eval_result(
             f"{name.ljust(width)}  {value:9.4f}  {result.metrics_unmasked[name]:9.4f}  "
             f"{result.metrics_masked[name]:9.4f}"
         )
+    lines += slice_lines(result)
     with atomic_file(run_dir / f"{prefix}_metrics.txt") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     with atomic_file(run_dir / f"{prefix}_predictions.parquet") as tmp:
@@ -141,3 +184,15 @@ def write_eval_result(
 
 def read_metrics(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def slice_lines(result: EvalResult) -> list[str]:
+    """The per-slice table of a metrics file (reported masking), or nothing without slices."""
+    if not result.metrics_by_slice:
+        return []
+    names = [n for n in result.metrics if n in next(iter(result.metrics_by_slice.values()))]
+    lines = ["", f"{'slice':<8}{'samples':>8}  " + "  ".join(f"{n:>9}" for n in names)]
+    for group, metrics in result.metrics_by_slice.items():
+        cells = "  ".join(f"{metrics[n]:9.4f}" for n in names)
+        lines.append(f"{group:<8}{metrics['samples']:>8}  {cells}")
+    return lines

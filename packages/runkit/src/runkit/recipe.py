@@ -186,6 +186,7 @@ def test_best(
         mask_history=cfg.eval.mask_history,
         progress=bool(cfg.trainer.enable_progress_bar),
         extra_protocol=eval_protocol(cfg, dm),
+        slices=dm.slices,
     )
 
 

@@ -69,6 +69,10 @@ class EvalConfig:
         20, integer(2, also=(0,))
     )  # target + 19 unseen items, drawn once; 0 = off
     candidate_seed: int = checked(2024, integer(0))
+    # slices (recdata.slices): head = this fraction of the most popular items by training
+    # interactions; short histories = users up to this quantile of training lengths
+    head_fraction: float = checked(0.2, number(0, 1, strict_low=True, strict_high=True))
+    short_history_quantile: float = checked(0.5, number(0, 1, strict_low=True, strict_high=True))
     # eval-all: checkpoints to compare; null = the newest complete run of that kind
     baseline_checkpoint_path: str | None = None
     distilled_checkpoint_path: str | None = None
