@@ -157,7 +157,7 @@ def test_cli_user_history_and_users_file(tiny, recommender, capsys, tmp_path):
     code, out, _ = run([*base, "--user", "3", "-k", "5", "--json"], capsys)
     history = recommender.catalogue.user_history("3")
     expected = recommender.describe(recommender.rank([Query(history, 5)])[0], titles=True)
-    assert code == 0 and json.loads(out) == {"user": "3", **expected}
+    assert code == 0 and json.loads(out) == {"user": "3", **expected, "ignored": []}
     code, out, err = run([*base, "--history", "5,6,nope", "-k", "3", "--json"], capsys)
     answer = json.loads(out)
     assert answer["items"] == recommender.catalogue.raw(
@@ -165,7 +165,7 @@ def test_cli_user_history_and_users_file(tiny, recommender, capsys, tmp_path):
     )
     assert answer["ignored"] == ["nope"] and "ignored unknown item ids" in err
     code, out, _ = run([*base, "--history", "", "-k", "2"], capsys)
-    assert code == 0 and "popularity fallback" in out
+    assert code == 0 and "popularity fallback: empty history" in out
     users = tmp_path / "users.txt"
     users.write_text("1\n3\n\n7\n")
     code, _, _ = run(

@@ -223,7 +223,7 @@ class Recommender:
             "kind": card["kind"],
             "digest": student_digest(path),
             "dataset": dataset.name,
-            "data": str(data),
+            "data": str(Path(data).resolve()),
             "data_fingerprint": dataset.fingerprint,
             "num_items": dataset.num_items,
             "num_users": dataset.num_users,
@@ -416,20 +416,9 @@ def read_users(path: Path) -> list[str]:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.k < 1:
-        raise UserError(f"-k must be at least 1, got {args.k}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.users_file is not None and args.out is None:
-        raise UserError("--users-file writes Parquet: give --out PATH.parquet")
+    check_args(args)
     recommender = Recommender.load(args.checkpoint, args.data, device=args.device)
-    catalogue = recommender.catalogue
-    candidates = id_list(args.candidates)
-    if candidates is not None:
-        candidates = catalogue.item_ids(candidates, "--candidates")
-    exclude = catalogue.item_ids(id_list(args.exclude) or [], "--exclude")
-    users, histories, ignored = who_and_histories(args, catalogue)
-    queries = [Query(h, args.k, not args.keep_history, candidates, exclude) for h in histories]
+    users, queries, ignored = queries_of(args, recommender.catalogue)
     ranked = list(
         chain.from_iterable(
             recommender.rank(queries[lo : lo + args.batch_size])
@@ -440,16 +429,37 @@ def main(argv: list[str] | None = None) -> None:
         {"user": u, **recommender.describe(r, titles=True)}
         for u, r in zip(users, ranked, strict=True)
     ]
-    if ignored:
-        print(
-            f"warning: ignored unknown item ids in --history: {_listed(ignored)}", file=sys.stderr
-        )
-        results[0]["ignored"] = ignored
     if args.out is not None:
         write_parquet(results, args.out)
         print(f"wrote {len(results)} users' recommendations to {args.out}", file=sys.stderr)
     if args.users_file is None:
-        print(json.dumps(results[0]) if args.json else table(results[0]))
+        if ignored:
+            print(
+                f"warning: ignored unknown item ids in --history: {_listed(ignored)}",
+                file=sys.stderr,
+            )
+        result = {**results[0], "ignored": ignored}
+        print(json.dumps(result) if args.json else table(result))
+
+
+def check_args(args) -> None:
+    if args.k < 1:
+        raise UserError(f"-k must be at least 1, got {args.k}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.users_file is not None and args.out is None:
+        raise UserError("--users-file writes Parquet: give --out PATH.parquet")
+
+
+def queries_of(args, catalogue: Catalogue) -> tuple[list, list[Query], list[str]]:
+    """(raw user ids or None, a Query per user, unknown --history ids that were skipped)."""
+    candidates = id_list(args.candidates)
+    if candidates is not None:
+        candidates = catalogue.item_ids(candidates, "--candidates")
+    exclude = catalogue.item_ids(id_list(args.exclude) or [], "--exclude")
+    users, histories, ignored = who_and_histories(args, catalogue)
+    queries = [Query(h, args.k, not args.keep_history, candidates, exclude) for h in histories]
+    return users, queries, ignored
 
 
 def who_and_histories(args, catalogue: Catalogue):
@@ -468,13 +478,17 @@ def who_and_histories(args, catalogue: Catalogue):
 
 def table(result: dict) -> str:
     who = f"user {result['user']}" if result["user"] is not None else "history"
-    how = "popularity fallback (empty history)" if result["fallback"] else "model"
-    lines = [f"{who}: top {len(result['items'])} ({how})", "rank  item  score  title"]
-    titles = result.get("titles") or [""] * len(result["items"])
+    how = "popularity fallback: empty history" if result["fallback"] else "model"
+    items, titles = result["items"], result.get("titles") or [""] * len(result["items"])
+    width = max(map(len, ["item", *items]))
+    lines = [
+        f"{who}: top {len(items)} ({how})",
+        f"rank  {'item'.ljust(width)}  {'score':>9}  title",
+    ]
     for rank, (item, score, title) in enumerate(
-        zip(result["items"], result["scores"], titles, strict=True), start=1
+        zip(items, result["scores"], titles, strict=True), 1
     ):
-        lines.append(f"{rank:4d}  {item}  {score:.4f}  {title}".rstrip())
+        lines.append(f"{rank:4d}  {item.ljust(width)}  {score:9.4f}  {title}".rstrip())
     return "\n".join(lines)
 
 

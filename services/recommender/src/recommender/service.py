@@ -168,6 +168,8 @@ class RecommenderService:
         mark_server()
 
     def __init__(self) -> None:
+        import torch
+
         exit_with_server("recommender")
         s = settings()
         try:
@@ -187,6 +189,7 @@ class RecommenderService:
             "max_requests": MAX_REQUESTS,
             "max_body_bytes": MAX_BODY_BYTES,
             "max_batch_size": MAX_BATCH_SIZE,
+            "torch_threads": torch.get_num_threads(),
         }
         SERVED.recommender, SERVED.digest = self.recommender, info["digest"]
         log.info("student %s ready: %d items", info["checkpoint"], info["num_items"])
