@@ -106,3 +106,52 @@ def test_a_dataset_of_ones_own_runs_every_command_by_its_name(tiny_pipeline, tmp
         ]["dataset"]
         == "shop"
     )
+
+
+def test_the_cold_item_protocol_through_every_trainer(tiny_pipeline, tmp_path):
+    """dataset.cold_items: the student's and teacher's tables hold no ID information for the
+    held-out items, no soft label names one, and the test metrics have a cold slice."""
+    from safetensors.torch import load_file
+
+    from distill.soft_labels import read_soft_labels
+    from ilora import train as teacher_train
+    from ilora.testing import tiny_teacher_overrides
+    from recdata.testing import cyclic_sequences, make_prepared
+    from sasrec import train as student_train
+
+    data = make_prepared(
+        tmp_path / "data", cyclic_sequences(num_users=16, cycle=60, length=20, step=4)
+    )
+    cold = ["dataset.cold_items=random:0.2", "dataset.cold_seed=1"]
+    run_cli(
+        student_train.main,
+        tiny_run_overrides(data, tmp_path / "student", "train.max_epochs=2", *cold),
+    )
+    dm = SequentialDataModule(
+        data, max_seq_len=16, num_candidates=0, cold_items="random:0.2", cold_seed=1
+    )
+    dm.setup()
+    held = dm.held_out_items
+    student = tmp_path / "student" / "checkpoints" / "best"
+    table = load_file(student / "model.safetensors")["item_emb.weight"]
+    assert held.sum() == 12 and not table[held].any() and table[~held][1:].abs().sum(1).gt(0).all()
+    metrics = json.loads((tmp_path / "student" / "test_metrics.json").read_text())
+    assert metrics["metrics_by_slice"]["cold"]["samples"] > 0
+    assert metrics["protocol"]["data"]["cold_items"] == "random:0.2"
+    overrides = tiny_teacher_overrides(tiny_pipeline["llm"], student)
+    run_cli(
+        teacher_train.main,
+        tiny_run_overrides(data, tmp_path / "teacher", *overrides, "train.max_steps=2", *cold),
+    )
+    teacher = tmp_path / "teacher" / "checkpoints" / "best"
+    assert not load_file(teacher / "model.safetensors")["item_table"][held].any()
+    soft = tmp_path / "soft"
+    run_cli(
+        precompute.main,
+        tiny_run_overrides(
+            data, tmp_path / "precompute", *cold, f"distill.teacher_checkpoint_path={teacher}",
+            f"distill.soft_labels_dir={soft}", "distill.soft_label_samples=all",
+        ),
+    )  # fmt: skip
+    labels = read_soft_labels(soft, fingerprint=dm.fingerprint)
+    assert len(labels.user_ids) == len(dm.keys["train"]) and not held[labels.topk_items].any()

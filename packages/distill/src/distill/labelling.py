@@ -27,8 +27,10 @@ Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 class PrefixUnits:
     name = "prefixes"
 
-    def __init__(self, store: SequenceStore, keys: SampleKeys, width: int):
-        self.keys = keys
+    def __init__(
+        self, store: SequenceStore, keys: SampleKeys, width: int, never: torch.Tensor | None = None
+    ):
+        self.keys, self.never = keys, never
         self.dataset = SplitDataset(store, keys, width, with_full_history=True)
 
     def __len__(self) -> int:
@@ -44,7 +46,7 @@ class PrefixUnits:
         with torch.no_grad():
             scores = teacher(batch["history"].to(device)).cpu()
         items, values = topk_with_history_masked(
-            scores, batch["full_history"] if mask_history else None, k
+            scores, batch["full_history"] if mask_history else None, k, self.never
         )
         return batch["user_id"], batch["position"], items, values
 
@@ -70,6 +72,7 @@ class WindowUnits:
         keys: SampleKeys,
         width: int,
         stride: int | None,
+        never: torch.Tensor | None = None,
     ):
         """Windows of `width` items (consecutive ones `stride` apart) over every training prefix,
         keeping those that read out at least one of `keys`."""
@@ -79,6 +82,7 @@ class WindowUnits:
         self.store, self.plan = store, plan.longest_first()
         self.dataset = WindowTrainDataset(store, self.plan, keys)
         self.wanted = keys.flat_mask(store.starts, len(store.items))
+        self.never = never
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -99,7 +103,14 @@ class WindowUnits:
             else None
         )
         rows, positions, items, values = window_topk(
-            teacher, batch["history"], read, batch["target_positions"], full, k, device
+            teacher,
+            batch["history"],
+            read,
+            batch["target_positions"],
+            full,
+            k,
+            device,
+            never=self.never,
         )
         return batch["user_id"][rows], positions, items, values
 
@@ -138,8 +149,10 @@ def labelling_units(
     sequence_mode: bool,
     width: int,
     stride: int | None = None,
+    never: torch.Tensor | None = None,
 ) -> PrefixUnits | WindowUnits:
-    """The units that label `keys` with a teacher of this mode and window (`width` items)."""
+    """The units that label `keys` with a teacher of this mode and window (`width` items); the
+    `never` items ((N+1,) bool) are never in a label (the cold-item protocol's)."""
     if sequence_mode:
-        return WindowUnits(store, train_keys, keys, width, stride)
-    return PrefixUnits(store, keys, width)
+        return WindowUnits(store, train_keys, keys, width, stride, never)
+    return PrefixUnits(store, keys, width, never)

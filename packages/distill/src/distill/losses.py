@@ -167,12 +167,14 @@ def sample_negatives(
     generator: torch.Generator | None = None,
     *,
     rounds: int = 4,
+    never: Tensor | None = None,
 ) -> Tensor:
     """(B,count) negatives drawn i.i.d. uniformly from 1..N minus the row's items (0 = padding).
 
     Vectorised rejection sampling for ``rounds`` rounds; entries still colliding are then drawn
     exactly from each row's allowed set (multinomial over a dense mask, only for those rows).
-    Negatives may repeat within a row (independent draws, as in the original).
+    Negatives may repeat within a row (independent draws, as in the original). ``never`` ((N+1,)
+    bool): items no row may draw (the cold-item protocol's).
     """
     if num_items < 1 or count < 0:
         raise ValueError(f"need num_items >= 1 and count >= 0, got {num_items}, {count}")
@@ -182,8 +184,11 @@ def sample_negatives(
     device, batch = seen.device, seen.shape[0]
     draws = torch.randint(1, num_items + 1, (batch, count), generator=generator, device=device)
 
+    never = None if never is None else never.to(device)
+
     def colliding(x: Tensor) -> Tensor:
-        return (x.unsqueeze(-1) == seen.unsqueeze(-2)).any(dim=-1)
+        hit = (x.unsqueeze(-1) == seen.unsqueeze(-2)).any(dim=-1)
+        return hit if never is None else hit | never[x]
 
     bad = colliding(draws)
     for _ in range(rounds):
@@ -199,6 +204,8 @@ def sample_negatives(
     allowed = torch.ones(rows.numel(), num_items + 1, dtype=torch.bool, device=device)
     allowed[:, 0] = False
     allowed.scatter_(1, seen[rows], False)
+    if never is not None:
+        allowed &= ~never
     if not allowed.any(dim=-1).all():
         raise ValueError("a row excludes every item 1..N: no negative can be drawn")
     exact = torch.multinomial(allowed.float(), count, replacement=True, generator=generator)

@@ -13,7 +13,7 @@ from distill.losses import CollaborativeEmbeddingDistillation, DLLM2RecLoss, sam
 from distill.soft_labels import SoftLabels
 from recdata.batching import SequenceStore
 from runkit.chunking import checkpointed_sum, fits
-from sasrec.model import SASRecConfig, item_scores
+from sasrec.model import SASRecConfig, item_scores, training_scores
 from sasrec.module import SASRecModule
 
 
@@ -118,7 +118,9 @@ class DistillModule(SASRecModule):
         negatives = None
         if self.loss.form == "pointwise":
             seen = torch.cat([prefixes, targets[has].unsqueeze(1), top_items], 1)
-            negatives = sample_negatives(seen, self.num_items, top_items.shape[1])
+            negatives = sample_negatives(
+                seen, self.num_items, top_items.shape[1], never=self.held_out
+            )
         return TeacherLabels(has, top_items, top_scores, prefixes, negatives)
 
     def _ranking(self, ce, logits, labels: TeacherLabels, rows, num_samples: int) -> torch.Tensor:
@@ -135,7 +137,7 @@ class DistillModule(SASRecModule):
         return parts["rank"]
 
     def _whole_batch_losses(self, states, table, targets, labels: TeacherLabels | None):
-        logits = _padding_masked(item_scores(states, table))
+        logits = training_scores(states, table, self.held_out)
         ce = F.cross_entropy(logits, targets)
         if labels is None:
             return ce, torch.zeros((), device=ce.device)
@@ -149,7 +151,7 @@ class DistillModule(SASRecModule):
             label_rows[labels.has] = torch.arange(int(labels.has.sum()), device=states.device)
 
         def block(states_b, targets_b, label_rows_b):
-            logits = _padding_masked(item_scores(states_b, table))
+            logits = training_scores(states_b, table, self.held_out)
             ce = F.cross_entropy(logits, targets_b, reduction="sum")
             mine = label_rows_b >= 0
             if labels is None or not bool(mine.any()):

@@ -103,6 +103,7 @@ def precompute(cfg: DictConfig) -> Path:
         sequence_mode=sequence_mode,
         width=window,
         stride=config.sequence_window_stride,
+        never=dm.held_out_items,  # the cold-item protocol: no label names a held-out item
     )
     shard_dir = out.with_name(out.name + ".shards")
     shard_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from recdata.batching import SequenceStore
 from recdata.candidates import load_or_draw_candidates
+from recdata.cold import NONE, check_spec, cold_item_mask, hold_out
 from recdata.contract import PreparedDataset, load_prepared
 from recdata.errors import UserError
 from recdata.slices import Slices, sample_slices
@@ -243,6 +244,8 @@ class SequentialDataModule(L.LightningDataModule):
         eval_order: str = "key",
         head_fraction: float = 0.2,
         short_quantile: float = 0.5,
+        cold_items: str = "none",
+        cold_seed: int = 0,
     ):
         super().__init__()
         if train_mode not in TRAIN_MODES:
@@ -270,13 +273,18 @@ class SequentialDataModule(L.LightningDataModule):
             eval_order,
         )
         self.head_fraction, self.short_quantile = head_fraction, short_quantile
+        self.cold_items, self.cold_seed = check_spec(cold_items), cold_seed
         self.dataset: PreparedDataset | None = None
 
     # -- setup -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
             return
-        self.dataset = load_prepared(self.processed_dir)
+        dataset = load_prepared(self.processed_dir)
+        self.cold = cold_item_mask(dataset, self.cold_items, self.cold_seed)
+        self.dataset = (
+            dataset if self.cold_items == NONE else hold_out(dataset, self.cold, self.cold_items)
+        )
         self.store = SequenceStore(self.dataset)
         self.keys = {
             s: split_keys(self.dataset.lengths, s, self.limit_data_rows)
@@ -298,8 +306,17 @@ class SequentialDataModule(L.LightningDataModule):
         """The evaluation slices of this data (target popularity, user history; train data only)."""
         self.setup()
         return sample_slices(
-            self.dataset, head_fraction=self.head_fraction, short_quantile=self.short_quantile
+            self.dataset,
+            head_fraction=self.head_fraction,
+            short_quantile=self.short_quantile,
+            cold=self.cold,
         )
+
+    @property
+    def held_out_items(self) -> torch.Tensor | None:
+        """(N+1,) bool: the items the cold-item protocol keeps out of training, or None."""
+        self.setup()
+        return torch.from_numpy(self.cold) if self.cold.any() else None
 
     @property
     def num_items(self) -> int:

@@ -57,6 +57,8 @@ def build_datamodule(
         eval_order=eval_order,
         head_fraction=cfg.eval.get("head_fraction", 0.2),
         short_quantile=cfg.eval.get("short_history_quantile", 0.5),
+        cold_items=data.get("cold_items", "none"),
+        cold_seed=data.get("cold_seed", 0),
     )
     dm.setup()
     # an evaluation batch holds a score per item for each row: bounded on big catalogues
@@ -71,4 +73,9 @@ def data_card(dm: SequentialDataModule) -> dict:
         "num_items": dm.num_items,
         "limit_data_rows": dm.limit_data_rows,
         "train_samples": len(dm.keys["train"]),
+        **(
+            {"cold_items": dm.cold_items, "cold_seed": dm.cold_seed}
+            if dm.cold_items != "none"
+            else {}
+        ),
     }

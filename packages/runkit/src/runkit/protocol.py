@@ -30,3 +30,8 @@ class TrainableModule(Protocol):
     def load_payload(self, tensors: dict[str, torch.Tensor]) -> None:
         """Put exported weights back (the best checkpoint, before the test pass)."""
         ...
+
+    def hold_out_items(self, items: torch.Tensor) -> None:
+        """The cold-item protocol: never train on these items ((N+1,) bool) -- no ID information
+        in any item table, no score in any training loss -- while evaluation still ranks them."""
+        ...

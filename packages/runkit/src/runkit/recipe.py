@@ -126,6 +126,8 @@ def run_training(
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     module.eval_mask_history, module.eval_ks = cfg.eval.mask_history, tuple(cfg.eval.ks)
+    if dm.held_out_items is not None:  # the cold-item protocol: never trained on, still ranked
+        module.hold_out_items(dm.held_out_items)
     trainer = build_trainer(cfg, run_dir, callbacks)
     if cfg.train.validate_at_start and resume_from is None:
         # the starting point competes in model selection (the residual teacher starts as its

@@ -8,15 +8,29 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from recdata.cold import check_spec
+from recdata.errors import UserError
 from runkit.config import (
     BOOLEAN,
     FRACTION_OR_COUNT,
     POSITIVE_INT_LIST,
+    Check,
     Schema,
     checked,
     integer,
     number,
 )
+
+
+def _cold_spec(value) -> bool:
+    try:
+        check_spec(value)
+    except UserError:
+        return False
+    return True
+
+
+COLD_SPEC = Check("none, random:F or newest:F with F in [0, 1)", _cold_spec)
 
 
 @dataclass
@@ -52,9 +66,12 @@ class DatasetConfig:
     processed_dir: str = "${paths.data_dir}/processed/${dataset.name}"
     # leave-one-out needs a train, a valid and a test item
     min_user_interactions: int = checked(3, integer(3))
-    limit_data_rows: int = checked(
-        -1, integer(1, also=(-1,))
-    )  # cap each split to its first N samples; -1 = all
+    # cap each split to its first N samples; -1 = all
+    limit_data_rows: int = checked(-1, integer(1, also=(-1,)))
+    # the cold-item protocol (recdata.cold): random:F or newest:F of the items held out of
+    # training, ranked at evaluation as their own slice; none = off
+    cold_items: str = checked("none", COLD_SPEC)
+    cold_seed: int = checked(0, integer(0))
 
 
 @dataclass

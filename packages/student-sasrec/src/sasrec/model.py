@@ -135,13 +135,18 @@ def item_scores(states: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 def next_item_cross_entropy(
-    states: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, budget: int | None = None
+    states: torch.Tensor,
+    targets: torch.Tensor,
+    table: torch.Tensor,
+    budget: int | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Full-softmax CE over items 1..N at every position that has a target (> 0); in row blocks
-    of bounded memory when the positions x items scores exceed `budget` (runkit.chunking)."""
+    of bounded memory when the positions x items scores exceed `budget` (runkit.chunking);
+    `exclude` ((N+1,) bool) items take no part (the cold-item protocol)."""
     keep = targets > 0
     return blocked_cross_entropy(
-        lambda s: _padding_masked_scores(s, table),
+        lambda s: training_scores(s, table, exclude),
         (states[keep],),
         targets[keep],
         table.shape[0],
@@ -149,7 +154,12 @@ def next_item_cross_entropy(
     )
 
 
-def _padding_masked_scores(states: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def training_scores(
+    states: torch.Tensor, table: torch.Tensor, exclude: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The scores a training loss ranks: never padding, never a held-out item."""
     logits = item_scores(states, table)
     logits[:, 0] = -torch.inf
+    if exclude is not None:
+        logits = logits.masked_fill(exclude.to(logits.device), -torch.inf)
     return logits

@@ -23,6 +23,7 @@ class SASRecModule(RankingValidationMixin, L.LightningModule):
         super().__init__()
         self.model = SASRec(config)
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
+        self.held_out: torch.Tensor | None = None  # the cold-item protocol's items
 
     @property
     def num_items(self) -> int:
@@ -37,12 +38,19 @@ class SASRecModule(RankingValidationMixin, L.LightningModule):
     def training_step(self, batch, batch_idx):
         table = self.model.item_table()
         states = self.model.encode(batch["history"], table)
-        loss = next_item_cross_entropy(states, batch["targets"], table)
+        loss = next_item_cross_entropy(states, batch["targets"], table, exclude=self.held_out)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["history"]))
         return loss
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def hold_out_items(self, items: torch.Tensor) -> None:
+        """No ID information for these items (their rows stay zero: they are in no training input,
+        and out of every training loss), so they are ranked as a new item would be."""
+        self.held_out = items
+        with torch.no_grad():
+            self.model.item_emb.weight[items] = 0
 
     # -- checkpoint contract --------------------------------------------------------------
     def checkpoint_payload(self) -> dict:

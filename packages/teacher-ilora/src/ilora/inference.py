@@ -28,14 +28,17 @@ def teacher_digest(checkpoint_dir: Path) -> str:
 
 
 def topk_with_history_masked(
-    scores: torch.Tensor, history: torch.Tensor | None, k: int
+    scores: torch.Tensor, history: torch.Tensor | None, k: int, never: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The teacher's top-K (descending) over items 1..N, history items excluded when given."""
+    """The teacher's top-K (descending) over items 1..N, history items excluded when given, and
+    the `never` items ((N+1,) bool, e.g. the cold-item protocol's) always."""
     scores = scores.float().clone()
     scores[:, 0] = -torch.inf
     if history is not None:
         scores.scatter_(1, history, -torch.inf)
         scores[:, 0] = -torch.inf
+    if never is not None:
+        scores.masked_fill_(never, -torch.inf)
     values, items = scores.topk(k, dim=1)
     return items, values
 
@@ -56,6 +59,7 @@ def first_occurrences(full_history: torch.Tensor, num_items: int) -> torch.Tenso
 def window_topk(
     teacher, windows: torch.Tensor, read: torch.Tensor, positions: torch.Tensor,
     full_history: torch.Tensor | None, k: int, device="cpu", budget: int | None = None,
+    never: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """The teacher's top-K of every read-out key of a window batch, one causal pass per window:
     (rows, positions, items, scores), row-major over ``read`` (B, L) bool, where ``rows`` is each
@@ -63,7 +67,8 @@ def window_topk(
     ``full_history`` excludes each key's own history (None ranks every item). Scores are computed
     a block of windows at a time when the whole batch's positions x items exceed `budget`
     (runkit.chunking). Shared by precompute-soft-labels and the service, so both give the same
-    numbers for the same batches."""
+    numbers for the same batches. ``never`` ((N+1,) bool) items are never listed (the cold-item
+    protocol's)."""
     columns = teacher.student.config.num_items + 1
     rows = read.nonzero()[:, 0]
     first = first_occurrences(full_history, columns - 1) if full_history is not None else None
@@ -71,6 +76,8 @@ def window_topk(
     for block in blocks(len(windows), windows.shape[1] * columns, budget):
         scores = teacher.score_all_positions(windows[block].to(device)).float().cpu()[read[block]]
         mine = (rows >= block.start) & (rows < block.stop)
+        if never is not None:
+            scores.masked_fill_(never, -torch.inf)
         block_items, block_values = topk_excluding_history(
             scores, rows[mine], positions[read][mine], first, k
         )

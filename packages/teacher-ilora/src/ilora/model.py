@@ -298,15 +298,22 @@ class ILoRATeacher(nn.Module):
         return self.scores_from_state(states, u), targets
 
     def training_loss(
-        self, batch: dict[str, torch.Tensor], budget: int | None = None
+        self,
+        batch: dict[str, torch.Tensor],
+        budget: int | None = None,
+        exclude: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean full-softmax CE over items, targets) of a training batch, in row blocks of bounded
-        memory when the positions x items scores exceed `budget` (runkit.chunking)."""
+        memory when the positions x items scores exceed `budget` (runkit.chunking); `exclude`
+        ((N+1,) bool) items take no part (the cold-item protocol)."""
         states, u, targets = self.training_readouts(batch)
         columns = self.student.config.num_items + 1
-        return blocked_cross_entropy(
-            self.scores_from_state, (states, u), targets, columns, budget
-        ), targets
+
+        def scores(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            out = self.scores_from_state(s, v)
+            return out if exclude is None else out.masked_fill(exclude.to(out.device), -torch.inf)
+
+        return blocked_cross_entropy(scores, (states, u), targets, columns, budget), targets
 
     def item_title_embeddings(self, batch_size: int = 64) -> torch.Tensor:
         """(N+1, H_llm): the teacher's item vectors for distillation -- the LLM's mean state over

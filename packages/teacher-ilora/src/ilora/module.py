@@ -68,6 +68,17 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
         # over valid; {global_step: {w: valid metrics}}, kept in last.ckpt for a resume
         self.mix_grid: tuple[float, ...] | None = None
         self.valid_by_mix: dict[int, dict[float, dict[str, float]]] = {}
+        self.held_out: torch.Tensor | None = None  # the cold-item protocol's items
+
+    def hold_out_items(self, items: torch.Tensor) -> None:
+        """No ID information for these items in the teacher's item table (zero rows, held there by
+        the imitation loss's reference) and no part in its training loss; text may still score
+        them (teacher.text_scoring)."""
+        self.held_out = items
+        if self.teacher.item_table is not None:
+            with torch.no_grad():
+                self.teacher.item_table[items] = 0
+                self.teacher.initial_item_table[items] = 0
 
     @property
     def num_items(self) -> int:
@@ -116,7 +127,7 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
         seed_training_step(self.seed, self.current_epoch, batch_idx)
 
     def training_step(self, batch, batch_idx):
-        ce, targets = self.teacher.training_loss(batch)
+        ce, targets = self.teacher.training_loss(batch, exclude=self.held_out)
         lam = self.schedule(self.global_step + 1)  # after this step: min is reached on the last one
         loss = ce
         if self.teacher.item_table is not None and lam > 0:
