@@ -38,9 +38,8 @@ def test_pipeline_chains_by_newest_run_and_compares_all_three(tiny_pipeline, tmp
     for key in ("baseline_student", "distilled_student", "teacher_model"):
         run_dir = Path(report[key]["checkpoint"]).parents[1]
         own = json.loads((run_dir / "test_metrics.json").read_text())
-        assert (
-            report[key]["metrics"] == own["metrics"]
-        )  # one protocol: eval-all reproduces each run's figures
+        # one protocol: eval-all reproduces each run's figures
+        assert report[key]["metrics"] == own["metrics"]
     assert (results / "eval" / "all_evaluation_results.md").is_file() and (
         results / "eval" / "all_evaluation_results.png"
     ).is_file()

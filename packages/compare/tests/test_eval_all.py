@@ -52,9 +52,8 @@ def runs(tmp_path_factory):
     )
     shutil.copytree(other, results / "distilled")  # a stand-in for a distilled student
     _rewrite_kind(results / "distilled", "sasrec-distilled")
-    teacher = (
-        root / "elsewhere" / "teacher"
-    )  # a stand-in teacher run: only its stored test files are used
+    # a stand-in teacher run: only its stored test files are used
+    teacher = root / "elsewhere" / "teacher"
     shutil.copytree(other, teacher)
     _rewrite_kind(teacher, "ilora-teacher")
     return {"data": data, "results": results, "teacher": teacher, "root": root}
@@ -78,18 +77,16 @@ def test_students_match_their_own_runs_and_missing_teacher_is_an_error(runs, cap
         assert entry["checkpoint"] == str(runs["results"] / source / "checkpoints" / "best")
         assert entry["metrics"] == own["metrics"]
         assert entry["metrics_unmasked"] == own["metrics_unmasked"]
-        assert (
-            entry["metrics_by_slice"] == own["metrics_by_slice"]
-        )  # per slice, the same figures too
+        # per slice, the same figures too
+        assert entry["metrics_by_slice"] == own["metrics_by_slice"]
         assert entry["protocol"] == own["protocol"]
         assert (
             pq.read_table(run_dir / f"predictions_{key}.parquet").num_rows
             == own["protocol"]["num_samples"]
         )
     assert out["distilled_student"]["kind"] == "sasrec-distilled"
-    assert (
-        out["baseline_student"]["metrics"] != out["distilled_student"]["metrics"]
-    )  # really two models
+    # really two models
+    assert out["baseline_student"]["metrics"] != out["distilled_student"]["metrics"]
     teacher = out["teacher_model"]
     assert teacher["status"] == "error" and teacher["checkpoint"] is None
     assert "no complete ilora-teacher run on this dataset" in teacher["error"]

@@ -53,9 +53,8 @@ def test_table_has_the_differing_key_only(tmp_path, capsys):
     _run(root / "result_20260103_000000", lr=0.001)  # still training
     (root / "eval_run").mkdir()
     (root / "eval_run" / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    (root / "eval_run" / "all_evaluation_results.json").write_text(
-        "{}"
-    )  # eval-all: not a model run
+    # eval-all: not a model run
+    (root / "eval_run" / "all_evaluation_results.json").write_text("{}")
 
     main([str(root), "--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out

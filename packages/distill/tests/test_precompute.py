@@ -62,9 +62,10 @@ def reference(tiny_pipeline, tmp_path_factory):
 
 def test_precompute_writes_the_teacher_output_contract(tiny_pipeline, reference):
     out, seqs = reference["dir"], sequences(tiny_pipeline["data"])
+    # no shards, no temp dirs
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(("soft", ".soft"))) == [
         "soft"
-    ]  # no shards, no temp dirs
+    ]
     table = pq.read_table(out / "soft_labels.parquet")
     assert (
         table.schema.field("user_id").type == pa.int32()
@@ -196,17 +197,17 @@ def test_crash_leaves_only_shards_and_a_rerun_keeps_finished_ones_merged_by_key(
     assert scorer.starts == [3, 6, 9]  # shard 0 was kept
     assert not shard_dir.exists()  # merged and cleaned up
     labels, ref = read_soft_labels(out, fingerprint=reference["fingerprint"]), reference["labels"]
+    # key order
     assert torch.equal(labels.user_ids, ref.user_ids) and torch.equal(
         labels.positions, ref.positions
-    )  # key order
+    )
     assert torch.equal(labels.topk_items, ref.topk_items)
     in_kept = torch.tensor(
         [(int(u), int(p)) in kept for u, p in zip(labels.user_ids, labels.positions, strict=True)]
     )
     assert 0 < int(in_kept.sum()) < len(in_kept)
-    assert torch.equal(
-        labels.topk_scores[in_kept], torch.tensor([sentinel] * int(in_kept.sum()))
-    )  # the kept shard, by key
+    # the kept shard, by key
+    assert torch.equal(labels.topk_scores[in_kept], torch.tensor([sentinel] * int(in_kept.sum())))
     # recomputed in shards of 3 windows, the reference in one batch of 10: equal up to the rounding
     # of batch-dependent matmuls, which shows with more than one thread (bitwise with one)
     torch.testing.assert_close(

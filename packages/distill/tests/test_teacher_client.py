@@ -27,9 +27,8 @@ from runkit.testing import run_cli, tiny_run_overrides
 from teacher.testing import free_port
 
 K, BATCH, MAX_SEQ_LEN = 10, 2, 16  # MAX_SEQ_LEN: student.max_seq_len of tiny_run_overrides
-SHARD = (
-    2  # the tiny teacher reads 10 user windows: 5 shards of one call each, as precompute cuts them
-)
+# the tiny teacher reads 10 user windows: 5 shards of one call each, as precompute cuts them
+SHARD = 2
 
 
 @pytest.fixture

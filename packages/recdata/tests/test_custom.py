@@ -120,9 +120,8 @@ def test_tsv_parquet_and_atomic_files_give_the_same_sequences(tmp_path):
 def test_atomic_directory_or_inter_file_and_field_options(tmp_path):
     src = write_atomic(tmp_path / "src", name="shop")
     meta = build_custom_contract("other-name", CustomSource(src / "shop.inter"), tmp_path / "out")
-    assert (
-        meta["source"]["format"] == "atomic" and len(meta["source"]["files"]) == 2
-    )  # shop.item found
+    # shop.item found
+    assert meta["source"]["format"] == "atomic" and len(meta["source"]["files"]) == 2
     assert meta["source"]["columns"] == {
         "user": "user_id",
         "item": "item_id",

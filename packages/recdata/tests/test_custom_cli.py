@@ -115,9 +115,8 @@ def test_prepare_atomic_directory_with_filters(tmp_path, capsys):
         and rows["item text"] == "title (3 items with text)"
     )
     meta = json.loads((tmp_path / "data" / "processed" / "shop" / "meta.json").read_text())
-    assert meta["filters"]["k_core_rounds"] == [
-        {"users": 2, "items": 0, "interactions": 4}
-    ]  # u_a and u_d
+    # u_a and u_d
+    assert meta["filters"]["k_core_rounds"] == [{"users": 2, "items": 0, "interactions": 4}]
 
 
 def test_prepare_parquet_to_out(tmp_path, capsys):

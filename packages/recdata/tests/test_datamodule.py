@@ -242,5 +242,8 @@ def test_too_few_unseen_items_is_a_data_error(tmp_path):
     out = tmp_path / "p"  # 30 items; user 1 rated 25 of them, leaving 5 unseen
     build_contract(dataset_spec("ml-1m"), write_ml1m(tmp_path / "r", rows, movies), out)
     ds = load_prepared(out)
-    with pytest.raises(DataError, match="has only 5 unseen items: the candidate protocol cannot draw 19 negatives; lower eval.num_candidates"):
+    with pytest.raises(
+        DataError,
+        match="has only 5 unseen items: the candidate protocol cannot draw 19 negatives; lower eval.num_candidates",
+    ):
         load_or_draw_candidates(ds, SequenceStore(ds), 20, seed=0)

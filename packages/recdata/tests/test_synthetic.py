@@ -50,9 +50,8 @@ def test_next_item_tends_to_share_the_cluster_and_users_keep_to_their_clusters(d
     chance = np.sum((np.bincount(clusters) / len(clusters)) ** 2)
     assert shared > 0.6 and chance < 0.2
     preferred = (data.user_clusters[users] == clusters[:, None]).any(axis=1).mean()
-    assert (
-        preferred > 0.85
-    )  # exploration (10%) is the rest, some of it by chance in a preferred one
+    # exploration (10%) is the rest, some of it by chance in a preferred one
+    assert preferred > 0.85
 
 
 def test_text_names_the_cluster(data):
@@ -64,9 +63,8 @@ def test_text_names_the_cluster(data):
         words = titles[item].lower().split()
         assert len(words) == 3 and words[0] != words[1]
         by_cluster.setdefault(int(cluster), set()).update(words[:2])
-    assert all(
-        len(words) <= TOPIC_WORDS for words in by_cluster.values()
-    )  # two topic words per title
+    # two topic words per title
+    assert all(len(words) <= TOPIC_WORDS for words in by_cluster.values())
     assert len(set(categories)) == len(by_cluster)  # one category per cluster
     assert data.user_clusters.shape == (800, PREFERRED)
 

@@ -83,9 +83,8 @@ def test_window_rows_hold_the_right_inputs_targets_and_keys(long_prepared):
             )
         ):
             if target:
-                assert (
-                    seq[position] == target and history[col] == seq[position - 1]
-                )  # the item before the target
+                # the item before the target
+                assert seq[position] == target and history[col] == seq[position - 1]
                 seen[(user, position)] += 1
     assert set(seen) == set(zip(keys.user_ids.tolist(), keys.positions.tolist(), strict=True))
     assert set(seen.values()) == {1}

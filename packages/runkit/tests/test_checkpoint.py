@@ -62,9 +62,10 @@ def test_round_trip(tmp_path):
         extra={"student": "x"},
         files={"item_embeddings.safetensors": {"emb": torch.ones(8, 3)}},
     )
+    # nothing pickled, no temporary left
     assert sorted(p.name for p in directory.iterdir()) == sorted(
         [CARD_FILE, WEIGHTS_FILE, "item_embeddings.safetensors"]
-    )  # nothing pickled, no temporary left
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     ckpt = load_checkpoint(directory, kinds="sasrec", fingerprint=FP, num_items=7)
     assert ckpt.kind == "sasrec" and ckpt.hparams == {"hidden": 4, "layers": 2}

@@ -102,9 +102,8 @@ def test_runs_started_at_once_get_own_dirs_and_a_killed_one_resumes_to_the_same_
         not (victim_dir / COMPLETE_FILE).exists()
         and not (victim_dir / "test_metrics.json").exists()
     )
-    assert (
-        torch.load(victim_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] < 5
-    )  # whole, mid-run
+    # whole, mid-run
+    assert torch.load(victim_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] < 5
 
     # resume with nothing but the run: every other setting comes from its own config.yaml
     run_cli(main, [f"train.resume={victim_dir}", f"hydra.run.dir={tmp_path / 'resume-invocation'}"])
@@ -180,9 +179,8 @@ def test_multirun_sweeps_get_their_own_directories(cyclic_data, tmp_path):
     for job, seed in (("0", 1), ("1", 2)):
         assert yaml.safe_load((sweeps[0] / job / "config.yaml").read_text())["seed"] == seed
         assert (sweeps[0] / job / COMPLETE_FILE).is_file()
-    assert all(
-        not any(results.glob(f"{name}/*")) for name in taken
-    )  # the taken ones stay untouched
+    # the taken ones stay untouched
+    assert all(not any(results.glob(f"{name}/*")) for name in taken)
 
 
 @pytest.mark.parametrize(

@@ -187,9 +187,8 @@ def test_a_tiny_teacher_trains_validates_embeds_and_tests_on_the_gpu(
     phases = [c[0] for c in calls]
     assert "fit" in phases and "test" in phases
     assert {c[1:3] for c in calls} == {("cuda", "cuda")}  # validation and the test pass
-    assert {c[3] for c in calls if c[0] == "test"} == {
-        precision == "bf16-mixed"
-    }  # test runs as validation did
+    # test runs as validation did
+    assert {c[3] for c in calls if c[0] == "test"} == {precision == "bf16-mixed"}
     assert devices_seen["titles"] == ["cuda"]
     metrics = json.loads((run / "test_metrics.json").read_text())["metrics"]
     assert metrics and all(math.isfinite(v) for v in metrics.values())

@@ -29,9 +29,8 @@ def _train(pipeline, run, *extra):
 
 
 def test_auto_mix_is_chosen_on_valid_recorded_and_used_by_the_test_pass(tiny_pipeline, tmp_path):
-    best = _train(
-        tiny_pipeline, tmp_path / "t", "train.max_steps=2"
-    )  # the default: own query, mix auto
+    # the default: own query, mix auto
+    best = _train(tiny_pipeline, tmp_path / "t", "train.max_steps=2")
     card = json.loads((best / "card.json").read_text())
     weight, by_mix = (
         card["hparams"]["teacher"]["student_mix"],
@@ -39,9 +38,8 @@ def test_auto_mix_is_chosen_on_valid_recorded_and_used_by_the_test_pass(tiny_pip
     )
     assert by_mix["metric"] == "ndcg@5" and {f"{w:g}" for w in MIX_GRID} <= set(by_mix)
     assert by_mix[f"{weight:g}"] == max(v for k, v in by_mix.items() if k != "metric")
-    assert by_mix["0"] == pytest.approx(
-        card["metrics"]["valid"]["ndcg@5"], abs=1e-6
-    )  # w = 0: the teacher alone
+    # w = 0: the teacher alone
+    assert by_mix["0"] == pytest.approx(card["metrics"]["valid"]["ndcg@5"], abs=1e-6)
 
     teacher, _ = load_teacher(best, load_prepared(tiny_pipeline["data"]))
     assert teacher.config.student_mix == weight
@@ -134,6 +132,5 @@ def test_the_mix_figures_come_from_the_best_checkpoints_own_validation(
         device=torch.device("cpu"),
     )
     assert recorded == pytest.approx(again, abs=1e-6)
-    assert (
-        len(set(recorded.values())) > 1
-    )  # the mix changes the ranking: the figures are not all w = 0's
+    # the mix changes the ranking: the figures are not all w = 0's
+    assert len(set(recorded.values())) > 1

@@ -144,9 +144,8 @@ def test_round_trip_reproduces_the_runs_own_test_ranks(tiny_pipeline):
     dataset = load_prepared(tiny_pipeline["data"])
     teacher, ckpt = load_teacher(tiny_pipeline["teacher"], dataset)
     assert ckpt.card["student_checkpoint"]["path"].endswith("checkpoints/best")
-    assert set(ckpt.tensors) == set(teacher.trainable_state_dict()) | {
-        "title_states"
-    }  # sequence mode
+    # sequence mode
+    assert set(ckpt.tensors) == set(teacher.trainable_state_dict()) | {"title_states"}
     assert not any(k.startswith(("student.", "llm.model.embed_tokens")) for k in ckpt.tensors)
     predictions = pq.read_table(
         tiny_pipeline["teacher"].parent.parent / "test_predictions.parquet"
@@ -326,9 +325,8 @@ def test_learning_rate_warms_up_then_decays_by_cosine(tiny_pipeline, tmp_path):
         for s in range(total)
     ]
     assert lrs == pytest.approx(expected, rel=1e-5, abs=1e-9)
-    assert [v for _, v in _scalars(run, "lr/item_table")] == pytest.approx(
-        lrs, rel=1e-5, abs=1e-9
-    )  # scale 1
+    # scale 1
+    assert [v for _, v in _scalars(run, "lr/item_table")] == pytest.approx(lrs, rel=1e-5, abs=1e-9)
 
 
 def test_accumulated_gradients_step_the_optimizer_every_n_batches(tiny_pipeline, tmp_path):
@@ -438,3 +436,54 @@ def test_a_dataset_without_item_text_trains_on_item_tokens_alone(tiny_pipeline, 
     teacher, _ = load_teacher(tmp_path / "teacher" / "checkpoints" / "best", load_prepared(data))
     assert teacher.title_projector is None
     assert all(teacher.prompts.item_piece(i) == [teacher.item_token_id] for i in range(1, 41))
+
+
+def test_text_scoring_starts_as_id_scoring_and_lets_text_score_an_item_without_id_information():
+    torch.manual_seed(0)
+    student = SASRec(
+        SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16)
+    )
+    titles = [""] + [f"the movie {'long ' * (i % 4)}{i}" for i in range(1, 41)]
+
+    def teacher(**kw):
+        torch.manual_seed(1)
+        config = TeacherConfig(target_modules=["q_proj"], hidden_size=8, gate_hidden_size=4, **kw)
+        return ILoRATeacher(
+            build_tiny_llama(), build_tiny_tokenizer(), student, titles, config
+        ).eval()
+
+    plain, text = teacher(), teacher(text_scoring=True)
+    history = left_pad([[1, 2, 3], [9, 8]])
+    torch.testing.assert_close(text(history), plain(history), rtol=0, atol=0)  # zero-initialised
+    with torch.no_grad():
+        text.item_table[7] = 0  # an item with no ID information (a cold item's row)
+        text.text_projector.weight.normal_(std=0.5)
+    scores = text(history)
+    state, _ = text.encode(history)
+    query = text.head(text.state_norm(state.float()))[:, 0]
+    # no ID part: the text projection alone scores it
+    torch.testing.assert_close(scores[:, 7], query @ text.text_projector(text.title_states[7]))
+    assert scores[:, 7].abs().gt(0).all()  # text alone scores it
+    assert (
+        "title_states" in text.checkpoint_tensors()
+        and "text_projector.weight" in text.checkpoint_tensors()
+    )
+
+
+def test_text_states_can_be_read_at_another_depth_of_the_llm(tmp_path):
+    from ilora.checkpoint import build_teacher
+    from ilora.testing import save_tiny_llm
+
+    llm = save_tiny_llm(tmp_path / "llm")
+    student = SASRec(
+        SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16)
+    )
+    titles = [""] + [f"the movie {i}" for i in range(1, 41)]
+    common = dict(llm_model_name=str(llm), target_modules=["q_proj"], hidden_size=8, gate_hidden_size=4,
+                  text_scoring=True, llm_num_layers=1)  # fmt: skip
+    shallow, _ = build_teacher(TeacherConfig(**common), student, titles)
+    deep, _ = build_teacher(TeacherConfig(**common, text_state_layers=2), student, titles)
+    assert deep.llm.config.num_hidden_layers == 1  # the teacher itself keeps one layer
+    assert not torch.allclose(deep.title_states, shallow.title_states)
+    again, _ = build_teacher(TeacherConfig(**common, text_state_layers=2), student, titles)
+    torch.testing.assert_close(again.title_states, deep.title_states, rtol=0, atol=0)

@@ -62,9 +62,8 @@ def test_topk_equals_the_teacher_in_process(served, in_process):
     teacher, _, dataset = in_process
     width, n = teacher.student.config.max_seq_len, dataset.num_items
     histories = training_histories(dataset, 9)
-    histories += [
-        [(start + t) % n + 1 for t in range(30)] for start in (0, 17, 33)
-    ]  # longer than the window
+    # longer than the window
+    histories += [[(start + t) % n + 1 for t in range(30)] for start in (0, 17, 33)]
     requests = [
         {"history": h, "k": 7 if i % 3 else 3, "exclude_history": i % 2 == 0}
         for i, h in enumerate(histories)
@@ -77,9 +76,8 @@ def test_topk_equals_the_teacher_in_process(served, in_process):
         full = torch.tensor([r["history"]]) if r["exclude_history"] else None
         top_items, top_scores = topk_with_history_masked(expected_scores[i : i + 1], full, r["k"])
         assert items[i] == top_items[0].tolist()
-        assert torch.equal(
-            scores[i], top_scores[0]
-        )  # bitwise: float32 survives the JSON round trip
+        # bitwise: float32 survives the JSON round trip
+        assert torch.equal(scores[i], top_scores[0])
         if r["exclude_history"]:
             assert not set(items[i]) & set(r["history"])  # the whole history, not just the window
     assert all(torch.all(s[:-1] >= s[1:]) for s in scores)  # descending
@@ -96,13 +94,11 @@ def test_defaults_and_concurrent_calls(served, in_process):
         )
     for h, s, response in zip(histories, rows, answers, strict=True):
         items, scores = parse(response)
-        expected_items, expected_scores = topk_with_history_masked(
-            s, torch.tensor([h]), 10
-        )  # k=10, excluded
+        # k=10, excluded
+        expected_items, expected_scores = topk_with_history_masked(s, torch.tensor([h]), 10)
         assert items[0] == expected_items[0].tolist()
-        torch.testing.assert_close(
-            scores[0], expected_scores[0], rtol=0, atol=1e-5
-        )  # batch-dependent rounding only
+        # batch-dependent rounding only
+        torch.testing.assert_close(scores[0], expected_scores[0], rtol=0, atol=1e-5)
 
 
 def bad_requests(num_items: int) -> list[tuple[str, object, str]]:
@@ -259,9 +255,8 @@ def test_info_item_embeddings_and_probes(served, in_process, tiny_pipeline):
         post(served.url, "/topk", {"requests": [{"history": [1]}]}).headers[DIGEST_HEADER]
         == info["teacher_digest"]
     )
-    assert (
-        str(TeacherService.config["http"]["host"]) == "127.0.0.1"
-    )  # loopback unless --host says otherwise
+    # loopback unless --host says otherwise
+    assert str(TeacherService.config["http"]["host"]) == "127.0.0.1"
 
 
 def serve_until_exit(env_update: dict, timeout: float = 150) -> subprocess.CompletedProcess:
@@ -343,9 +338,8 @@ def test_startup_check_refuses_weights_that_differ_from_their_card(tiny_pipeline
         name: sha256_file(teacher / name)
         for name in ("model.safetensors", "item_embeddings.safetensors")
     }
-    (teacher / "card.json").write_text(
-        json.dumps({**card, "weights": listed})
-    )  # as cards of schema 2 list them
+    # as cards of schema 2 list them
+    (teacher / "card.json").write_text(json.dumps({**card, "weights": listed}))
     check_settings(str(teacher), str(tiny_pipeline["data"]))  # intact: accepted
     weights = teacher / "model.safetensors"
     data = bytearray(weights.read_bytes())

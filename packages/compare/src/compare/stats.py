@@ -92,9 +92,8 @@ def paired_difference(baselines: list[np.ndarray], others: list[np.ndarray]) -> 
         raise ValueError(
             f"per-sample arrays must cover the same samples, got shapes {sorted(shapes)}"
         )
-    diffs = np.mean(
-        [o - b for b, o in zip(baselines, others, strict=True)], axis=0
-    )  # per sample, over seeds
+    # per sample, over seeds
+    diffs = np.mean([o - b for b, o in zip(baselines, others, strict=True)], axis=0)
     n = len(diffs)
     se = float(diffs.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
     rng = np.random.default_rng(BOOTSTRAP_SEED)

@@ -17,9 +17,8 @@ from recdata.atomic import atomic_file
 
 SHARD_SIZE = 256  # prefixes (prefix mode) or user windows (sequence mode) per shard
 SHARD_TAG = b"ilora.soft_label_shard"  # parquet schema metadata: what a shard was computed for
-Rows = tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
-]  # user_ids, positions, items, scores
+# user_ids, positions, items, scores
+Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def shard_ranges(units: int, shard_size: int | None = None) -> list[tuple[int, int, int]]:

@@ -32,9 +32,8 @@ def draw_candidates(
     """(S, C): column 0 the target, then C-1 distinct items the user never interacted with,
     uniformly without replacement (top-k of random keys over the allowed items)."""
     generator = torch.Generator().manual_seed(seed)
-    chunk = max(
-        1, min(chunk, ITEM_BLOCK_BUDGET // (store.num_items + 1))
-    )  # bounded on big catalogues
+    # bounded on big catalogues
+    chunk = max(1, min(chunk, ITEM_BLOCK_BUDGET // (store.num_items + 1)))
     out = torch.empty(len(user_ids), num_candidates, dtype=torch.int64)
     for lo in range(0, len(user_ids), chunk):
         users = user_ids[lo : lo + chunk]

@@ -242,9 +242,8 @@ def read_interactions(file: TableFile, source: CustomSource) -> Interactions:
         ),
     }
     used = {key: names[key] if column else None for key, column in found.items()}
-    table = _read(
-        fields, {used[key]: column for key, column in found.items() if column}
-    )  # by field name
+    # by field name
+    table = _read(fields, {used[key]: column for key, column in found.items() if column})
     return Interactions(
         file=file,
         users=tables.ids(file, table, used["user"], "user"),

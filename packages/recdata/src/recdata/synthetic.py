@@ -280,9 +280,8 @@ def _item_text(rng, item_cluster: np.ndarray, k: int) -> tuple[pa.Array, pa.Arra
     size = max(3 * TOPIC_WORDS * k, 60)
     vocab = sorted({"".join(rng.choice(_SYLLABLES, size=3)) for _ in range(2 * size)})[:size]
     words = pa.array(rng.permutation(vocab))
-    topic = rng.permutation(len(words))[: TOPIC_WORDS * k].reshape(
-        k, TOPIC_WORDS
-    )  # disjoint per cluster
+    # disjoint per cluster
+    topic = rng.permutation(len(words))[: TOPIC_WORDS * k].reshape(k, TOPIC_WORDS)
     n = len(item_cluster)
     first = rng.integers(TOPIC_WORDS, size=n)
     second = (

@@ -203,9 +203,8 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
             else f"not a run directory (no {CONFIG_FILE})"
         )
         raise UserError(f"train.resume={run_dir}: {what}")
-    saved = canonical_config(
-        OmegaConf.load(run_dir / CONFIG_FILE)
-    )  # an older run's earlier key names too
+    # an older run's earlier key names too
+    saved = canonical_config(OmegaConf.load(run_dir / CONFIG_FILE))
     hydra_cfg = HydraConfig.get()
     choices, own_choices = hydra_cfg.runtime.choices, _original_choices(run_dir)
     for override in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task)):

@@ -78,13 +78,11 @@ class DatasetConfig:
 class EvalConfig:
     """The evaluation protocol shared by every trainer and eval-all."""
 
-    mask_history: bool = checked(
-        True, BOOLEAN
-    )  # history items are not ranked; unmasked figures are written too
+    # history items are not ranked; unmasked figures are written too
+    mask_history: bool = checked(True, BOOLEAN)
     ks: list[int] = checked([5, 10, 20], POSITIVE_INT_LIST)
-    num_candidates: int = checked(
-        20, integer(2, also=(0,))
-    )  # target + 19 unseen items, drawn once; 0 = off
+    # target + 19 unseen items, drawn once; 0 = off
+    num_candidates: int = checked(20, integer(2, also=(0,)))
     candidate_seed: int = checked(2024, integer(0))
     # slices (recdata.slices): head = this fraction of the most popular items by training
     # interactions; short histories = users up to this quantile of training lengths
@@ -109,14 +107,12 @@ class TrainConfig:
     patience: int = checked(5, integer(0))  # early stopping on valid/<monitor>
     monitor: str = "ndcg@10"
     val_check_interval: Any = checked(1.0, FRACTION_OR_COUNT)
-    limit_val_batches: Any = checked(
-        1.0, FRACTION_OR_COUNT
-    )  # a fraction or a count of valid batches
+    # a fraction or a count of valid batches
+    limit_val_batches: Any = checked(1.0, FRACTION_OR_COUNT)
     num_workers: int = checked(0, integer(0))
     accumulate_grad_batches: int = checked(1, integer(1))  # optimizer step every N batches
-    validate_at_start: bool = checked(
-        False, BOOLEAN
-    )  # validate (and export) the untrained model first
+    # validate (and export) the untrained model first
+    validate_at_start: bool = checked(False, BOOLEAN)
     resume: str | None = None  # a run_dir: continue it from its checkpoints/last.ckpt
 
 

@@ -7,6 +7,7 @@ teacher from those and refuses when any of them differs.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import torch
 from ilora.config import PROMPT_MODES, TeacherConfig
 from ilora.kind import KIND
 from ilora.llm import load_llm
-from ilora.model import ILoRATeacher
+from ilora.model import ILoRATeacher, mean_title_states
+from ilora.prompt import SequencePromptBuilder
 from recdata.atomic import sha256_file
 from recdata.contract import PreparedDataset
 from runkit.checkpoint import (
@@ -25,6 +27,7 @@ from runkit.checkpoint import (
     load_checkpoint,
     read_tensors,
 )
+from runkit.vectors import standardise_rows
 from sasrec.model import SASRec
 from sasrec.module import load_sasrec
 
@@ -62,20 +65,42 @@ def build_teacher(
     title_states: torch.Tensor | None = None,
 ):
     """Load the base LLM and wrap it as an iLoRA teacher; returns (teacher, llm_info)."""
-    llm, tokenizer, info = load_llm(
+    load = functools.partial(
+        load_llm,
         config.llm_model_name,
         device=device,
         precision=precision,
         use_flash_attention=use_flash_attention,
-        gradient_checkpointing=gradient_checkpointing,
         cache_dir=cache_dir,
         random_init=config.llm_random_init,
-        num_layers=config.llm_num_layers,
     )
-    teacher = ILoRATeacher(llm, tokenizer, student, titles, config, title_states=title_states).to(
-        device
+    llm, tokenizer, info = load(
+        gradient_checkpointing=gradient_checkpointing, num_layers=config.llm_num_layers
     )
-    return teacher, info
+    if (
+        title_states is None
+        and reads_text_states(config)
+        and config.text_state_layers not in (None, config.llm_num_layers)
+    ):
+        title_states = text_states_at_depth(load, config, titles)
+    teacher = ILoRATeacher(llm, tokenizer, student, titles, config, title_states=title_states)
+    return teacher.to(device), info
+
+
+def reads_text_states(config: TeacherConfig) -> bool:
+    return (config.prompt_mode == "sequence" and config.use_title_projector) or config.text_scoring
+
+
+@torch.no_grad()
+def text_states_at_depth(load, config: TeacherConfig, titles: list[str]) -> torch.Tensor:
+    """The standardised title states of another depth of the same LLM (`text_state_layers`): one
+    frozen pass over the catalogue, cheap even at full depth; that model is freed after."""
+    llm, tokenizer, _ = load(num_layers=config.text_state_layers)
+    pieces = SequencePromptBuilder(tokenizer, titles, max_title_tokens=config.max_title_tokens)
+    log.info(
+        "text states from %s's first %d layers", config.llm_model_name, config.text_state_layers
+    )
+    return standardise_rows(mean_title_states(llm, pieces))
 
 
 def config_from_card(hparams: dict, where: Path) -> TeacherConfig:

@@ -39,54 +39,53 @@ OPT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 class TeacherConfig:
     """Architecture knobs: what rebuilds a trained teacher (its card's `hparams.teacher`)."""
 
-    llm_model_name: str = (
-        "embedded:smollm2-135m"  # hub name, local dir, .gguf, or embedded:smollm2-135m
-    )
-    llm_random_init: bool = checked(
-        False, BOOLEAN
-    )  # control: the LLM's architecture with random (seeded) weights
-    llm_num_layers: int | None = checked(
-        None, optional_integer(1)
-    )  # keep the first N decoder layers; null = all
-    hidden_size: int = checked(
-        256, integer(1)
-    )  # projector MLP width (SASRec d -> hidden_size -> LLM hidden)
+    # hub name (e.g. facebook/opt-125m), local dir, .gguf, or embedded:smollm2-135m
+    llm_model_name: str = "embedded:smollm2-135m"
+    # control: the same LLM architecture with random (seeded) weights
+    llm_random_init: bool = checked(False, BOOLEAN)
+    # keep the LLM's first N decoder layers (a CPU budget buys more epochs); null = all
+    llm_num_layers: int | None = checked(None, optional_integer(1))
+    # projector MLP width: SASRec item vector -> hidden_size -> LLM width
+    hidden_size: int = checked(256, integer(1))
     num_lora_experts: int = checked(4, integer(1))
-    lora_r: int = checked(8, integer(1))  # total rank, lora_r / num_lora_experts per expert
+    # total rank, lora_r / num_lora_experts per expert
+    lora_r: int = checked(8, integer(1))
     lora_alpha: float = checked(32.0, number(0, strict_low=True))
     lora_dropout: float = checked(0.1, number(0, 1, strict_high=True))
     # OPT: [q_proj, k_proj, v_proj, out_proj, fc1, fc2]
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_TARGETS))
     gate_hidden_size: int = checked(64, integer(1))
-    max_history: int = checked(10, integer(1))  # prefix mode: items shown in the prompt
+    # prefix mode: items shown in the prompt
+    max_history: int = checked(10, integer(1))
     max_title_tokens: int = checked(12, integer(1))
     # the prompt's words around the items (the prefix mode ends with the answer cue)
     instruction: str = "A user watched these movies in order:"
     answer_cue: str = "\nThe next movie they watch:"
-    use_item_embeddings_head: bool = checked(
-        True, BOOLEAN
-    )  # score against the student's (trainable) item table
+    # score against a trainable copy of the student's item table (else a linear head)
+    use_item_embeddings_head: bool = checked(True, BOOLEAN)
     # true: query = the student's state + head(LLM state), head zero-initialised (starts as the student)
     residual_student_state: bool = checked(False, BOOLEAN)
     # scores += student_mix x the student's scores (an ensemble; needs residual_student_state=false)
     student_mix: float = checked(0.0, number(0))
-    student_dropout_in_training: bool = checked(
-        False, BOOLEAN
-    )  # u from the student with its dropout on
-    normalize_state: bool = checked(True, BOOLEAN)  # LayerNorm on the LLM state before the head
-    prompt_mode: str = checked(
-        "sequence", one_of(PROMPT_MODES)
-    )  # sequence: one pass per window | prefix: iLoRA's
-    sequence_titles: bool = checked(
-        False, BOOLEAN
-    )  # sequence mode: `title [ItemEmb]` per item (~10x the tokens)
-    use_title_projector: bool = checked(
-        True, BOOLEAN
-    )  # sequence mode: item token += title_projector(title state)
-    max_sequence_items: int | None = checked(
-        None, optional_integer(1)
-    )  # sequence window; null = student's max_seq_len
-    sequence_window_stride: int | None = checked(None, optional_integer(1))  # null = window // 2
+    # u from the frozen student with its dropout on while the teacher trains (never at eval)
+    student_dropout_in_training: bool = checked(False, BOOLEAN)
+    # LayerNorm on the LLM state before the head
+    normalize_state: bool = checked(True, BOOLEAN)
+    # sequence: one causal pass per user window reads out every prefix | prefix: iLoRA's prompt
+    prompt_mode: str = checked("sequence", one_of(PROMPT_MODES))
+    # sequence mode: `title [ItemEmb]` per item (~10x the tokens) instead of `[ItemEmb]`
+    sequence_titles: bool = checked(False, BOOLEAN)
+    # input side, sequence mode: item token = projector(SASRec vector) + title_projector(title state)
+    use_title_projector: bool = checked(True, BOOLEAN)
+    # scoring side: an item's vector = its item-table row + a projection of its text state, so
+    # text can carry an item with few or no interactions
+    text_scoring: bool = checked(False, BOOLEAN)
+    # the LLM depth its text states are read at; null = the teacher's own (llm_num_layers)
+    text_state_layers: int | None = checked(None, optional_integer(1))
+    # sequence mode window (items); null = the student's max_seq_len
+    max_sequence_items: int | None = checked(None, optional_integer(1))
+    # how far consecutive windows of a long history move; null = window // 2
+    sequence_window_stride: int | None = checked(None, optional_integer(1))
 
     def __post_init__(self) -> None:
         check_instance(self, "teacher.")
@@ -104,6 +103,11 @@ class TeacherConfig:
                 f"{prefix}student_mix mixes the student's scores into a teacher with its own query: "
                 f"set {prefix}residual_student_state=false (the residual head already adds the student)"
             )
+        if values.get("text_scoring") and values.get("use_item_embeddings_head") is False:
+            raise UserError(
+                f"{prefix}text_scoring adds text to the item table it scores against: it needs "
+                f"{prefix}use_item_embeddings_head=true"
+            )
         experts, rank = values.get("num_lora_experts"), values.get("lora_r")
         if isinstance(experts, int) and isinstance(rank, int) and experts >= 1 and rank % experts:
             raise UserError(
@@ -117,7 +121,7 @@ class TeacherConfig:
     def without_item_text(self) -> TeacherConfig:
         """This architecture for a dataset whose items have no text: item tokens alone (no titles
         in the prompt, no title projector); nothing invents a title."""
-        return replace(self, use_title_projector=False, sequence_titles=False)
+        return replace(self, use_title_projector=False, sequence_titles=False, text_scoring=False)
 
     @classmethod
     def from_settings(cls, values: dict, student_mix: float) -> TeacherConfig:
@@ -134,9 +138,8 @@ class TeacherSettings(TeacherConfig):
 
     # auto = the weight w of scores + w x student chosen on valid after training (recorded in the card)
     student_mix: Any = checked("auto", number_or("auto", 0))
-    rec_model_checkpoint_path: str | None = (
-        None  # student checkpoints/best; null = the newest student run
-    )
+    # student checkpoints/best; null = the newest student run
+    rec_model_checkpoint_path: str | None = None
     train_samples: str = "all"  # all | last_n_per_user=N: the training keys the teacher learns from
     # embedding imitation: the item-embedding head's table is pulled toward the student's
     imitation_lambda: float = checked(1.0, number(0))
@@ -144,14 +147,12 @@ class TeacherSettings(TeacherConfig):
     contrastive_temperature: float = checked(0.1, number(0, strict_low=True))
     imitation_decay_type: str = checked("linear", one_of(DECAY_TYPES))
     imitation_min_lambda: float = checked(0.0, number(0))
-    imitation_decay_steps: int | None = checked(
-        None, optional_integer(1)
-    )  # null = the run's total optimizer steps
+    # null = the run's total optimizer steps
+    imitation_decay_steps: int | None = checked(None, optional_integer(1))
     # hardware
     precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
-    use_flash_attention: Any = (
-        "auto"  # auto = FlashAttention-2 on CUDA when flash-attn is installed
-    )
+    # auto = FlashAttention-2 on CUDA when flash-attn is installed
+    use_flash_attention: Any = "auto"
     gradient_checkpointing: bool = checked(False, BOOLEAN)
     # the earlier guide's names (section 3.2.1)
     distill_lambda: float | None = alias_of("imitation_lambda")
@@ -168,15 +169,12 @@ class TeacherSettings(TeacherConfig):
 class TeacherTrainConfig(TrainConfig):
     """The teacher's `train` preset: warm-up + cosine lr, and the item table's own lr."""
 
-    lr_schedule: str = checked(
-        "cosine", one_of(LR_SCHEDULES)
-    )  # cosine (warm-up, then decay to 0) | constant
-    warmup_ratio: float = checked(
-        0.05, number(0, 1, strict_high=True)
-    )  # fraction of the run's optimizer steps
-    item_table_lr_scale: float = checked(
-        1.0, at_least(0)
-    )  # the item table's lr = lr x this; 0 keeps it
+    # cosine (warm-up, then decay to 0) | constant
+    lr_schedule: str = checked("cosine", one_of(LR_SCHEDULES))
+    # fraction of the run's optimizer steps
+    warmup_ratio: float = checked(0.05, number(0, 1, strict_high=True))
+    # the item table's lr = lr x this; 0 keeps it
+    item_table_lr_scale: float = checked(1.0, at_least(0))
 
 
 SCHEMAS = [

@@ -440,9 +440,8 @@ def _random_like(source: str, *, dtype, attn: str, device: torch.device, revisio
 
     config = AutoConfig.from_pretrained(source, revision=revision)
     config._attn_implementation = attn
-    torch.manual_seed(
-        RANDOM_INIT_SEED
-    )  # load_llm runs under fork_rng: the caller's RNG is untouched
+    # load_llm runs under fork_rng: the caller's RNG is untouched
+    torch.manual_seed(RANDOM_INIT_SEED)
     return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device), attn
 
 

@@ -86,8 +86,9 @@ class ILoRATeacher(nn.Module):
         *,
         title_states: torch.Tensor | None = None,
     ):
-        """``title_states``: the sequence mode's (N+1, H_llm) title states as saved with a
-        checkpoint; computed from the base LLM (adapters not yet injected) when not given."""
+        """``title_states``: the (N+1, H_llm) title states (standardised) as saved with a
+        checkpoint or computed by `build_teacher` from another depth of the LLM; computed from this
+        base LLM (adapters not yet injected) when not given and something reads them."""
         super().__init__()
         self.config = config
         self.item_token_id = ensure_item_token(tokenizer, llm)
@@ -112,12 +113,14 @@ class ILoRATeacher(nn.Module):
                 instruction=config.instruction,
                 answer_cue=config.answer_cue,
             )
-        self.title_projector = None
-        if self.sequence_mode and config.use_title_projector:
+        self.title_projector = self.text_projector = None
+        title_projector = self.sequence_mode and config.use_title_projector
+        if title_projector or config.text_scoring:
             # the base LLM's view of each title: adapters are not injected yet
             if title_states is None:
                 title_states = standardise_rows(mean_title_states(llm, self.prompts))
             self.register_buffer("title_states", title_states.float().clone())
+        if title_projector:  # input side: the item token carries its title
             self.title_projector = _mlp(width, config.hidden_size, width)
         inject_moe_lora(
             llm,
@@ -146,6 +149,12 @@ class ILoRATeacher(nn.Module):
             # starts exactly as its student, so a short (CPU-budget) run never ends below it.
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        if config.text_scoring:  # scoring side: an item's vector carries its text
+            # zero, and built last (every other module draws the same initial weights): the
+            # teacher starts scoring by ID alone and learns how much text to add
+            self.text_projector = nn.Linear(width, d)
+            nn.init.zeros_(self.text_projector.weight)
+            nn.init.zeros_(self.text_projector.bias)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -161,10 +170,10 @@ class ILoRATeacher(nn.Module):
         return {n: t for n, t in self.state_dict().items() if n in names}
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint stores: the trained tensors, plus the title states in sequence mode
-        (derived from the base LLM, saved so loading skips a pass over every title)."""
+        """What a checkpoint stores: the trained tensors, plus the title states when anything reads
+        them (derived from the base LLM, saved so loading skips a pass over every title)."""
         tensors = self.trainable_state_dict()
-        if self.title_projector is not None:
+        if self.title_projector is not None or self.text_projector is not None:
             tensors["title_states"] = self.title_states
         return tensors
 
@@ -203,9 +212,8 @@ class ILoRATeacher(nn.Module):
             )
         window = history[:, -self.window :]
         real_columns = (window > 0).any(0).nonzero()
-        window = (
-            window[:, int(real_columns[0]) :] if len(real_columns) else window[:, -1:]
-        )  # drop all-padding columns
+        # drop all-padding columns
+        window = window[:, int(real_columns[0]) :] if len(real_columns) else window[:, -1:]
         with torch.no_grad():
             u = self.student.encode(window)  # (B, L', d): u_t = the state of the prefix ending at t
         prompt = {k: v.to(history.device) for k, v in self.prompts.build(window.cpu()).items()}
@@ -262,7 +270,7 @@ class ILoRATeacher(nn.Module):
             state, u = self.state_norm(state.float()), u.float()
             if self.item_table is not None:
                 query = self.head(state) + (u if self.config.residual_student_state else 0)
-                scores = item_scores(query, self.item_table)
+                scores = item_scores(query, self.scoring_table())
             else:
                 scores = self.head(state)
                 if self.config.residual_student_state:
@@ -272,6 +280,14 @@ class ILoRATeacher(nn.Module):
         return scores.index_fill(
             -1, torch.zeros(1, dtype=torch.long, device=scores.device), -torch.inf
         )
+
+    def scoring_table(self) -> torch.Tensor:
+        """(N+1, d) the item vectors the teacher scores against: the item table, plus with
+        `text_scoring` a projection of each item's text state (so text carries an item with few or
+        no interactions, whose ID row has learnt little or nothing)."""
+        if self.text_projector is None:
+            return self.item_table
+        return self.item_table + self.text_projector(self.title_states)
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         """(B, N+1) scores for the item after each history; column 0 (padding) is -inf."""

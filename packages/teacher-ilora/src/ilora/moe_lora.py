@@ -176,9 +176,8 @@ class MoELoRALinear(nn.Module):
                 "`with gate_context(model, gates):` around the forward"
             )
         er = self.num_experts * self.expert_rank
-        g = state.expanded(
-            self.expert_rank, self.scaling, self.lora_A.dtype
-        )  # (B, E*r_e) or (B, T, E*r_e)
+        # (B, E*r_e) or (B, T, E*r_e)
+        g = state.expanded(self.expert_rank, self.scaling, self.lora_A.dtype)
         g = self._broadcast_gate(g, x)
         a = self.lora_A.reshape(er, self.in_features)  # view: (E*r_e, in)
         b = self.lora_B.permute(1, 0, 2).reshape(self.out_features, er)  # (out, E*r_e)

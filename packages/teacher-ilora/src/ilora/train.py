@@ -49,9 +49,8 @@ def finalize_teacher(module: TeacherModule, best_dir: Path, *, cfg: DictConfig, 
             else "ndcg@10"
         )
         card = read_card(best_dir)
-        measured = module.valid_by_mix.get(
-            card["metrics"].get("global_step")
-        )  # by the best's own validation
+        # by the best's own validation
+        measured = module.valid_by_mix.get(card["metrics"].get("global_step"))
         weight, by_mix = choose_student_mix(
             module.teacher,
             dm.loader("valid"),
