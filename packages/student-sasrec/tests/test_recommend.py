@@ -5,7 +5,6 @@ exclusions; the popularity fallback; distilled students; string ids without titl
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -274,21 +273,12 @@ def test_any_prepared_dataset_string_ids_without_titles(tmp_path, capsys):
     assert answer["items"] == recommender.catalogue.raw(expected.items)
 
 
-def test_the_console_script(tiny):
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("recommend")),
-            str(tiny["student"]),
-            "--data",
-            str(tiny["data"]),
-            "--user",
-            "2",
-            "-k",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0] == "user 2: top 3 (model)"
+def test_the_console_scripts_are_installed():
+    from importlib.metadata import entry_points
+
+    from sasrec import export, recommend
+
+    (command,) = entry_points(group="console_scripts", name="recommend")
+    (exporter,) = entry_points(group="console_scripts", name="export-student")
+    assert command.load() is recommend.main and exporter.load() is export.main
+    assert Path(sys.executable).with_name("recommend").is_file()
