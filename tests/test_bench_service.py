@@ -24,7 +24,9 @@ def bench_service(monkeypatch):
     return importlib.import_module("bench.speed.service")
 
 
-def test_a_sequence_mode_teacher_is_killed_and_restarted_mid_fetch(bench_service, teacher_service, tiny_pipeline):
+def test_a_sequence_mode_teacher_is_killed_and_restarted_mid_fetch(
+    bench_service, teacher_service, tiny_pipeline
+):
     from distill.precompute import training_keys
     from distill.teacher_client import fetch_soft_labels
     from recdata.datamodule import SequentialDataModule
@@ -38,10 +40,14 @@ def test_a_sequence_mode_teacher_is_killed_and_restarted_mid_fetch(bench_service
                                               reference=uninterrupted, retry_budget=120)  # fmt: skip
 
     assert report.endpoint == "/topk_windows"  # the sequence-mode teacher's endpoint
-    assert 1 < report.kill_at <= report.calls // 3 + 1 < report.calls  # a third of the way: mid-fetch
+    assert (
+        1 < report.kill_at <= report.calls // 3 + 1 < report.calls
+    )  # a third of the way: mid-fetch
     assert report.port_free_s is not None and report.port_free_s < 10
     assert report.restart_s > 0 and report.resumed_s > 0
     assert report.sent > report.calls  # the call sent into the kill was retried
     assert report.lost == 0 and len(report.labels.user_ids) == len(keys)
     assert report.equal  # bitwise equal to the uninterrupted fetch
-    assert httpx.get(f"{teacher_service.url}/readyz", timeout=10).status_code == 200  # left running for the session
+    assert (
+        httpx.get(f"{teacher_service.url}/readyz", timeout=10).status_code == 200
+    )  # left running for the session

@@ -19,7 +19,12 @@ spec.loader.exec_module(gpu_env)
 
 
 def test_the_dry_run_passes_and_covers_tests_wheels_and_benchmark():
-    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_ALLOW_MISSING_WHEELS": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "GPU_CHECK_ALLOW_MISSING_WHEELS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("OUT", None)
     proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
@@ -38,7 +43,9 @@ def test_the_old_path_runs_the_same_check():
 
 
 def test_a_dry_run_with_unknown_arguments_is_refused():
-    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dryrun"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", "bench/gpu_check.sh", "--dryrun"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "usage" in proc.stderr
 
 
@@ -46,15 +53,26 @@ def test_the_entry_point_shim_registers_every_kind_and_schema_from_the_src_dirs_
     """A Python that sees only the src dirs, the shim and third-party packages (the GPU machine's
     view) registers every kind and every config schema conf/ composes; without the shim, none."""
     found, problems = gpu_env.registry(tmp_path / "empty")
-    assert any("checkpoint kind sasrec is not registered" in p for p in problems)  # the view hides the venv's installs
+    assert any(
+        "checkpoint kind sasrec is not registered" in p for p in problems
+    )  # the view hides the venv's installs
     written = gpu_env.write_entry_points(tmp_path / "site")
-    assert {w.name for w in written} >= {"runkit-0.1.0.dist-info", "student_sasrec-0.1.0.dist-info", "distill-0.1.0.dist-info"}
-    assert "sasrec-distilled = distill.kind:KIND" in (tmp_path / "site" / "distill-0.1.0.dist-info" / "entry_points.txt").read_text()
+    assert {w.name for w in written} >= {
+        "runkit-0.1.0.dist-info",
+        "student_sasrec-0.1.0.dist-info",
+        "distill-0.1.0.dist-info",
+    }
+    assert (
+        "sasrec-distilled = distill.kind:KIND"
+        in (tmp_path / "site" / "distill-0.1.0.dist-info" / "entry_points.txt").read_text()
+    )
     found, problems = gpu_env.registry(tmp_path / "site")
     assert problems == []
     assert set(found["kinds"]) == {"sasrec", "sasrec-distilled", "ilora-teacher"}
     assert set(found["schemas"]) == gpu_env.conf_schemas() and len(found["schemas"]) >= 10
-    assert {"dataset", "distill", "eval_all", "student", "teacher", "train", "trainer"} <= set(found["groups"])
+    assert {"dataset", "distill", "eval_all", "student", "teacher", "train", "trainer"} <= set(
+        found["groups"]
+    )
 
 
 def test_the_shim_replaces_its_own_dist_infos_and_keeps_installed_ones(tmp_path):
@@ -67,7 +85,9 @@ def test_the_shim_replaces_its_own_dist_infos_and_keeps_installed_ones(tmp_path)
     first = gpu_env.write_entry_points(tmp_path)
     assert gpu_env.write_entry_points(tmp_path) == first  # a rerun writes the same again
     assert wheel.is_dir() and not stale.exists()
-    assert sorted(p.name for p in tmp_path.glob("*.dist-info")) == sorted([wheel.name, *(w.name for w in first)])
+    assert sorted(p.name for p in tmp_path.glob("*.dist-info")) == sorted(
+        [wheel.name, *(w.name for w in first)]
+    )
 
 
 def test_the_src_dirs_are_the_check_scripts():
@@ -101,14 +121,32 @@ LOCK = {
 
 def test_carried_are_the_missing_dependencies_and_theirs_not_those_of_packages_present():
     carried = gpu_env.needed(LOCK, present={"torch", "packaging", "pytest", "pytest-timeout"})
-    assert [p["name"] for p in carried] == ["antlr4", "hydra-core", "omega-conf", "omegaconf"]  # no sympy, no pywin32
+    assert [p["name"] for p in carried] == [
+        "antlr4",
+        "hydra-core",
+        "omega-conf",
+        "omegaconf",
+    ]  # no sympy, no pywin32
 
 
 def test_the_real_lock_carries_hydra_and_its_parser_but_nothing_the_gpu_machine_has():
     names = {p["name"] for p in gpu_env.needed()}
     assert {"hydra-core", "omegaconf", "antlr4-python3-runtime"} <= names
-    assert not names & gpu_env.device_packages() and not names & {"torch", "transformers", "lightning", "peft"}
-    assert not names & {"recdata", "runkit", "distill", "compare", "student-sasrec", "teacher-ilora", "teacher-service"}
+    assert not names & gpu_env.device_packages() and not names & {
+        "torch",
+        "transformers",
+        "lightning",
+        "peft",
+    }
+    assert not names & {
+        "recdata",
+        "runkit",
+        "distill",
+        "compare",
+        "student-sasrec",
+        "teacher-ilora",
+        "teacher-service",
+    }
 
 
 def test_the_wheel_check_wants_each_locked_version_once_and_nothing_else(tmp_path):
