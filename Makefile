@@ -65,6 +65,7 @@ serve: setup
 
 lint: setup
 	$(RUN) ruff check .
+	$(RUN) ruff format --check .
 
 test: lint
 	$(RUN) pytest -q

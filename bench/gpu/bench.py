@@ -45,8 +45,25 @@ class Sizes:
 
 
 FULL = Sizes("cuda", 6040, 3416, 150.0, {}, (8, 32), 200, 8192, 10, 3)
-DRY = Sizes("cpu", 40, 60, 12.0, dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, vocab_size=128), (2,), 16, 128, 1, 2)  # fmt: skip
+DRY = Sizes(
+    "cpu",
+    40,
+    60,
+    12.0,
+    dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+    ),
+    (2,),
+    16,
+    128,
+    1,
+    2,
+)
 
 
 def synchronize(device: str) -> None:
@@ -82,10 +99,20 @@ def synthetic_dataset(root: Path, sizes: Sizes) -> Path:
     from recdata.testing import make_prepared
 
     g = torch.Generator().manual_seed(0)
-    lengths = (torch.randn(sizes.users, generator=g) * 0.8 + torch.log(torch.tensor(sizes.mean_length)) - 0.32).exp()
-    sequences = [torch.randint(1, sizes.items + 1, (int(n),), generator=g).tolist() for n in lengths.clamp(20, 2000)]
+    lengths = (
+        torch.randn(sizes.users, generator=g) * 0.8
+        + torch.log(torch.tensor(sizes.mean_length))
+        - 0.32
+    ).exp()
+    sequences = [
+        torch.randint(1, sizes.items + 1, (int(n),), generator=g).tolist()
+        for n in lengths.clamp(20, 2000)
+    ]
     words = [w for w in WORDS if w.isalpha()]
-    titles = {i: " ".join(words[(i * 7 + k * 13) % len(words)] for k in range(WORDS_PER_TITLE)) for i in range(1, sizes.items + 1)}
+    titles = {
+        i: " ".join(words[(i * 7 + k * 13) % len(words)] for k in range(WORDS_PER_TITLE))
+        for i in range(1, sizes.items + 1)
+    }
     return make_prepared(root, sequences, titles)
 
 
@@ -93,9 +120,13 @@ def window_batch(processed: Path, sizes: Sizes, batch: int) -> dict[str, torch.T
     """`batch` random training windows of the sequence teacher (as bench.speed.teacher draws them)."""
     from recdata.datamodule import SequentialDataModule
 
-    dm = SequentialDataModule(processed, max_seq_len=sizes.window, train_mode="windows", num_candidates=0)
+    dm = SequentialDataModule(
+        processed, max_seq_len=sizes.window, train_mode="windows", num_candidates=0
+    )
     dataset = dm.train_dataset()
-    index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(batch))[:batch].tolist()
+    index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(batch))[
+        :batch
+    ].tolist()
     return dataset.__getitems__(index)
 
 
@@ -139,9 +170,14 @@ def forward_flops(teacher, batch: int, width: int) -> tuple[float, float]:
 
     body = teacher.llm.base_model
     linear = sum(m.weight.numel() for m in body.modules() if isinstance(m, nn.Linear))
-    linear += sum(m.lora_A.numel() + m.lora_B.numel() for m in body.modules() if isinstance(m, MoELoRALinear))
+    linear += sum(
+        m.lora_A.numel() + m.lora_B.numel() for m in body.modules() if isinstance(m, MoELoRALinear)
+    )
     cfg = body.config
-    return 2.0 * linear * batch * width, 4.0 * batch * width**2 * cfg.hidden_size * cfg.num_hidden_layers
+    return (
+        2.0 * linear * batch * width,
+        4.0 * batch * width** 2 * cfg.hidden_size * cfg.num_hidden_layers,
+    )
 
 
 def autocast(device: str):
@@ -156,14 +192,20 @@ def time_teacher(teacher, batch: dict, sizes: Sizes) -> dict:
 
     prefix = not teacher.sequence_mode
     history, targets = batch["history"].to(sizes.device), batch["targets"].to(sizes.device)
-    train_step, score = step_functions(teacher, history, targets, precision=lambda: autocast(sizes.device))
+    train_step, score = step_functions(
+        teacher, history, targets, precision=lambda: autocast(sizes.device)
+    )
     history = history[:, -PREFIX_ITEMS:] if prefix else history
     real, padded = prompt_tokens(teacher, history.cpu())
     positions = len(history) if prefix else int((targets > 0).sum())
-    return {"train": median_seconds(train_step, sizes.device, sizes.repeats),
-            "score": median_seconds(score, sizes.device, sizes.repeats),
-            "real": real, "padded": padded, "positions": positions,
-            "flops": forward_flops(teacher, len(history), padded // len(history))}  # fmt: skip
+    return {
+        "train": median_seconds(train_step, sizes.device, sizes.repeats),
+        "score": median_seconds(score, sizes.device, sizes.repeats),
+        "real": real,
+        "padded": padded,
+        "positions": positions,
+        "flops": forward_flops(teacher, len(history), padded // len(history)),
+    }
 
 
 def report_teacher(mode: str, batch_size: int, t: dict, peak: float) -> None:
@@ -172,20 +214,26 @@ def report_teacher(mode: str, batch_size: int, t: dict, peak: float) -> None:
     work = {"train": 2 * linear + 3 * attention, "score": linear + attention}
     for phase in ("train", "score"):
         s = t[phase]
-        print(f"  {mode:8s} batch {batch_size:3d} {phase:5s}: {s * 1e3:8.1f} ms  {t['real'] / s:10.0f} tokens/s "
-              f"({t['padded'] / s:10.0f} padded)  {t['positions'] / s:9.0f} positions/s  "
-              f"{work[phase] / s / 1e12:7.2f} TFLOP/s = {work[phase] / s / peak:.3f} of peak")
+        print(
+            f"  {mode:8s} batch {batch_size:3d} {phase:5s}: {s * 1e3:8.1f} ms  {t['real'] / s:10.0f} tokens/s "
+            f"({t['padded'] / s:10.0f} padded)  {t['positions'] / s:9.0f} positions/s  "
+            f"{work[phase] / s / 1e12:7.2f} TFLOP/s = {work[phase] / s / peak:.3f} of peak"
+        )
 
 
 def bench_teacher(llm_dir: Path, processed: Path, sizes: Sizes, peak: float) -> None:
     for mode in ("prefix", "sequence"):
         teacher, info = build_mode_teacher(llm_dir, processed, mode, sizes)
-        print(f"teacher {mode}: {info.num_parameters / 1e6:.1f}M-parameter LLM, {info.dtype}, {info.attn_implementation}, "
-              f"on {info.device}; MoE-LoRA r=8 E=4 on q,k,v,o,gate,up,down")  # fmt: skip
+        print(
+            f"teacher {mode}: {info.num_parameters / 1e6:.1f}M-parameter LLM, {info.dtype}, {info.attn_implementation}, "
+            f"on {info.device}; MoE-LoRA r=8 E=4 on q,k,v,o,gate,up,down"
+        )
         for batch_size in sizes.batches:
             t = time_teacher(teacher, window_batch(processed, sizes, batch_size), sizes)
-            print(f"  {mode:8s} batch {batch_size:3d}: {t['real']} prompt tokens ({t['padded']} padded), "
-                  f"{t['positions']} {'prompts' if mode == 'prefix' else 'training positions'}")
+            print(
+                f"  {mode:8s} batch {batch_size:3d}: {t['real']} prompt tokens ({t['padded']} padded), "
+                f"{t['positions']} {'prompts' if mode == 'prefix' else 'training positions'}"
+            )
             report_teacher(mode, batch_size, t, peak)
         del teacher
         if sizes.device == "cuda":
@@ -219,25 +267,41 @@ def bench_student(processed: Path, sizes: Sizes, peak: float) -> None:
 
     dm = SequentialDataModule(processed, max_seq_len=sizes.window, batch_size=128, num_candidates=0)
     dm.setup()
-    batches = [(int((b["targets"] > 0).sum()), b["history"].numel(), b["history"].shape[1]) for b in dm.train_dataloader()]
+    batches = [
+        (int((b["targets"] > 0).sum()), b["history"].numel(), b["history"].shape[1])
+        for b in dm.train_dataloader()
+    ]
     positions, padded = sum(b[0] for b in batches), sum(b[1] for b in batches)
     config = SASRecConfig(num_items=dm.num_items, max_seq_len=sizes.window)
     h, n = config.hidden_size, config.num_items + 1
     # forward per padded token and block: qkv, out and the 2-layer FFN (6 h^2 weights) and
     # attention (4 h width); per supervised position the full-softmax output (2 h N); training = 3 x forward
-    blocks = sum(tokens * (2 * 6 * h * h + 4 * h * width) for _, tokens, width in batches) * config.num_blocks
+    blocks = (
+        sum(tokens * (2 * 6 * h * h + 4 * h * width) for _, tokens, width in batches)
+        * config.num_blocks
+    )
     work = 3 * (blocks + positions * 2 * h * n)
     module = SASRecModule(config, lr=2e-3)
     timer = EpochTimer(sizes.device)
-    trainer = L.Trainer(accelerator="gpu" if sizes.device == "cuda" else "cpu", devices=1, max_epochs=sizes.student_epochs,
-                        precision="bf16-mixed" if sizes.device == "cuda" else "32-true", limit_val_batches=0,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[timer])  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="gpu" if sizes.device == "cuda" else "cpu",
+        devices=1,
+        max_epochs=sizes.student_epochs,
+        precision="bf16-mixed" if sizes.device == "cuda" else "32-true",
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
     trainer.fit(module, datamodule=dm)
     epoch = statistics.median(timer.seconds[1:] or timer.seconds)
-    print(f"student epoch ({len(dm.train_dataset())} user sequences, {positions} training positions, "
-          f"{padded} padded tokens): {epoch:.2f} s = {positions / epoch:.0f} positions/s ({padded / epoch:.0f} padded tokens/s), "
-          f"{work / epoch / 1e12:.3f} TFLOP/s = {work / epoch / peak:.4f} of peak; epochs {[round(s, 2) for s in timer.seconds]}")
+    print(
+        f"student epoch ({len(dm.train_dataset())} user sequences, {positions} training positions, "
+        f"{padded} padded tokens): {epoch:.2f} s = {positions / epoch:.0f} positions/s ({padded / epoch:.0f} padded tokens/s), "
+        f"{work / epoch / 1e12:.3f} TFLOP/s = {work / epoch / peak:.4f} of peak; epochs {[round(s, 2) for s in timer.seconds]}"
+    )
 
 
 def run(sizes: Sizes) -> None:
@@ -248,9 +312,13 @@ def run(sizes: Sizes) -> None:
 
     transformers.utils.logging.disable_progress_bar()
     where = torch.cuda.get_device_name() if sizes.device == "cuda" else "CPU (dry run, toy sizes)"
-    print(f"{where}; torch {torch.__version__}, transformers {transformers.__version__}, lightning {lightning.__version__}")
+    print(
+        f"{where}; torch {torch.__version__}, transformers {transformers.__version__}, lightning {lightning.__version__}"
+    )
     peak = matmul_peak(sizes)
-    print(f"matmul peak ({sizes.matmul}^3, {'bf16' if sizes.device == 'cuda' else 'fp32'}): {peak / 1e12:.1f} TFLOP/s")
+    print(
+        f"matmul peak ({sizes.matmul}^3, {'bf16' if sizes.device == 'cuda' else 'fp32'}): {peak / 1e12:.1f} TFLOP/s"
+    )
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         processed = synthetic_dataset(Path(tmp) / "data", sizes)
         bench_teacher(save_random_llm(Path(tmp) / "llm", sizes), processed, sizes, peak)
@@ -259,7 +327,9 @@ def run(sizes: Sizes) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.gpu.bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.gpu.bench", description=__doc__.splitlines()[0]
+    )
     ap.add_argument("--dry-run", action="store_true", help="toy sizes, fp32 on the CPU")
     run(DRY if ap.parse_args().dry_run else FULL)
 

@@ -26,12 +26,21 @@ def main(tests: list[str]) -> int:
     if not tests or tests[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if tests else 2
-    selection = Selection()  # -s: modules imported while collecting keep the real stderr for their logs
-    code = pytest.main(["--collect-only", "-q", "-s", "-m", "cuda", "-p", "no:cacheprovider", *tests], plugins=[selection])
+    # -s: modules imported while collecting keep the real stderr for their logs
+    selection = Selection()
+    code = pytest.main(
+        ["--collect-only", "-q", "-s", "-m", "cuda", "-p", "no:cacheprovider", *tests],
+        plugins=[selection],
+    )
     if code != 0 or not selection.ids:
-        print(f"error: collecting the CUDA tests of {' '.join(tests)} gave exit {code}, {len(selection.ids)} selected")
+        print(
+            f"error: collecting the CUDA tests of {' '.join(tests)} gave exit {code}, {len(selection.ids)} selected"
+        )
         return 1
-    print(f"{len(selection.ids)} CUDA tests selected\n\n== benchmark code at toy sizes (CPU, fp32)", flush=True)
+    print(
+        f"{len(selection.ids)} CUDA tests selected\n\n== benchmark code at toy sizes (CPU, fp32)",
+        flush=True,
+    )
     from bench.gpu import bench as gpu_bench
 
     gpu_bench.run(gpu_bench.DRY)

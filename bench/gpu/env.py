@@ -41,10 +41,19 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKSPACE = ("recdata", "runkit", "student-sasrec", "teacher-ilora", "distill", "compare")
 TEST_TOOLS = ("pytest", "pytest-timeout")  # the dev group's, for the CUDA tests
 # the GPU machine's interpreter, for the lock's environment markers
-TARGET = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
-          "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
-          "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}  # fmt: skip
-SHIM_INSTALLER = "bench.gpu.env"  # the INSTALLER of the dist-infos written here (a rerun replaces them)
+TARGET = {
+    "python_version": "3.12",
+    "python_full_version": "3.12.3",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "extra": "",
+}
+# the INSTALLER of the dist-infos written here (a rerun replaces them)
+SHIM_INSTALLER = "bench.gpu.env"
 # what the registry must hold beyond the pyprojects' entry points: the kinds the pipeline trains
 KINDS = ("sasrec", "sasrec-distilled", "ilora-teacher")
 
@@ -104,7 +113,13 @@ def wheel_name_version(path: Path) -> tuple[str, str]:
 def check_sdist(name: str, file: Path) -> list[str]:
     entry = lock_packages()[canonical(name)]
     expected = entry.get("sdist", {}).get("hash", "").removeprefix("sha256:")
-    return [] if sha256(file) == expected else [f"{file.name}: sha256 {sha256(file)} is not the locked sdist's ({expected or 'none'})"]
+    return (
+        []
+        if sha256(file) == expected
+        else [
+            f"{file.name}: sha256 {sha256(file)} is not the locked sdist's ({expected or 'none'})"
+        ]
+    )
 
 
 def check_wheels(directory: Path, allow_missing: bool = False) -> list[str]:
@@ -123,12 +138,16 @@ def check_wheels(directory: Path, allow_missing: bool = False) -> list[str]:
                 problems.append(f"missing: {name}=={version} (bash bench/gpu/wheels.sh)")
             continue
         if len(files) > 1 or wheel_name_version(files[0])[1] != version:
-            problems.append(f"{name}: want exactly {version}, found {', '.join(f.name for f in files)}")
+            problems.append(
+                f"{name}: want exactly {version}, found {', '.join(f.name for f in files)}"
+            )
             continue
         hashes = {w["hash"].removeprefix("sha256:") for w in entry.get("wheels", [])}
         if hashes and sha256(files[0]) not in hashes:
             problems.append(f"{files[0].name}: sha256 is not one the lock records")
-    problems += [f"not needed (two versions stop the install): {f.name}" for fs in found.values() for f in fs]
+    problems += [
+        f"not needed (two versions stop the install): {f.name}" for fs in found.values() for f in fs
+    ]
     return problems
 
 
@@ -136,7 +155,9 @@ def check_wheels(directory: Path, allow_missing: bool = False) -> list[str]:
 def workspace_projects() -> dict[str, tuple[Path, dict]]:
     """{canonical name: (project dir, [project] table)} of every packages/* and services/* pyproject."""
     projects = {}
-    for pyproject in sorted([*ROOT.glob("packages/*/pyproject.toml"), *ROOT.glob("services/*/pyproject.toml")]):
+    for pyproject in sorted(
+        [*ROOT.glob("packages/*/pyproject.toml"), *ROOT.glob("services/*/pyproject.toml")]
+    ):
         project = tomllib.loads(pyproject.read_text())["project"]
         projects[canonical(project["name"])] = (pyproject.parent, project)
     return projects
@@ -169,9 +190,13 @@ def write_entry_points(target: Path) -> list[Path]:
     for _, project in workspace_projects().values():
         info = target / f"{re.sub(r'[-_.]+', '_', project['name'])}-{project['version']}.dist-info"
         info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
-        sections = [f"[{group}]\n" + "".join(f"{name} = {ref}\n" for name, ref in points.items())
-                    for group, points in entry_point_groups(project).items()]  # fmt: skip
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
+        )
+        sections = [
+            f"[{group}]\n" + "".join(f"{name} = {ref}\n" for name, ref in points.items())
+            for group, points in entry_point_groups(project).items()
+        ]
         (info / "entry_points.txt").write_text("\n".join(sections))
         (info / "INSTALLER").write_text(SHIM_INSTALLER + "\n")
         written.append(info)
@@ -181,7 +206,10 @@ def write_entry_points(target: Path) -> list[Path]:
 def third_party_view(directory: Path) -> list[Path]:
     """This interpreter's site-packages dirs as views in `directory` (a symlink per entry) without
     the workspace's own installs (dist-infos, editable .pth files): third-party packages only."""
-    ours = {re.sub(r"[-_.]+", "_", project["name"]).lower() for _, project in workspace_projects().values()}
+    ours = {
+        re.sub(r"[-_.]+", "_", project["name"]).lower()
+        for _, project in workspace_projects().values()
+    }
     views = []
     user = site.getusersitepackages() if site.ENABLE_USER_SITE else None
     for n, base in enumerate(Path(p) for p in [*site.getsitepackages(), *([user] if user else [])]):
@@ -191,7 +219,9 @@ def third_party_view(directory: Path) -> list[Path]:
         view.mkdir(parents=True)
         for entry in base.iterdir():
             stem = entry.name.split("-")[0].lower()
-            if entry.suffix == ".pth" or (entry.name.endswith((".dist-info", ".egg-info")) and stem in ours):
+            if entry.suffix == ".pth" or (
+                entry.name.endswith((".dist-info", ".egg-info")) and stem in ours
+            ):
                 continue
             (view / entry.name).symlink_to(entry)
         views.append(view)
@@ -213,28 +243,51 @@ print(json.dumps({"kinds": list(kind_names()), "schemas": sorted(s.name for s in
 
 def conf_schemas() -> set[str]:
     """The schema names the conf/ tree composes (`/schema/<name>`)."""
-    return {m for path in (ROOT / "conf").rglob("*.yaml") for m in re.findall(r"/schema/(\w+)", path.read_text())}
+    return {
+        m
+        for path in (ROOT / "conf").rglob("*.yaml")
+        for m in re.findall(r"/schema/(\w+)", path.read_text())
+    }
 
 
 def registry(shim: Path) -> tuple[dict, list[str]]:
     """(what an isolated Python registers, problems): `python -S -I` whose sys.path is the src
     dirs, `shim` and the third-party site-packages only, so nothing installed of the workspace
     is seen; every kind and config schema must come from the src dirs through the shim."""
-    expected = {group: sorted(name for _, project in workspace_projects().values()
-                              for name in entry_point_groups(project).get(group, {}))
-                for group in ("ilora_dllm2rec.checkpoint_kinds", "ilora_dllm2rec.config_schemas")}  # fmt: skip
+    expected = {
+        group: sorted(
+            name
+            for _, project in workspace_projects().values()
+            for name in entry_point_groups(project).get(group, {})
+        )
+        for group in ("ilora_dllm2rec.checkpoint_kinds", "ilora_dllm2rec.config_schemas")
+    }
     with tempfile.TemporaryDirectory(prefix="gpu-env-view-") as scratch:
         path = [*map(str, src_dirs()), str(shim), *map(str, third_party_view(Path(scratch)))]
         code = f"import sys; sys.path[:0] = {path!r}\n" + REGISTRY_PROBE
-        proc = subprocess.run([sys.executable, "-S", "-I", "-c", code], capture_output=True, text=True, cwd=scratch)
+        proc = subprocess.run(
+            [sys.executable, "-S", "-I", "-c", code], capture_output=True, text=True, cwd=scratch
+        )
     if proc.returncode != 0:
         return {}, [f"the isolated registry probe failed:\n{proc.stderr[-3000:]}"]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
-    problems = [f"entry points of {group}: {found['declared'][group]}, the pyprojects declare {names}"
-                for group, names in expected.items() if found["declared"][group] != names]
-    problems += [f"checkpoint kind {k} is not registered" for k in sorted(set(KINDS) - set(found["kinds"]))]
-    problems += [f"config schema {s} (used by conf/) is not registered" for s in sorted(conf_schemas() - set(found["schemas"]))]
-    outside = {m: f for m, f in found["files"].items() if not any(str(f).startswith(str(d)) for d in src_dirs())}
+    problems = [
+        f"entry points of {group}: {found['declared'][group]}, the pyprojects declare {names}"
+        for group, names in expected.items()
+        if found["declared"][group] != names
+    ]
+    problems += [
+        f"checkpoint kind {k} is not registered" for k in sorted(set(KINDS) - set(found["kinds"]))
+    ]
+    problems += [
+        f"config schema {s} (used by conf/) is not registered"
+        for s in sorted(conf_schemas() - set(found["schemas"]))
+    ]
+    outside = {
+        m: f
+        for m, f in found["files"].items()
+        if not any(str(f).startswith(str(d)) for d in src_dirs())
+    }
     problems += [f"{m} imported from {f}, not from its src dir" for m, f in outside.items()]
     return found, problems
 
@@ -256,21 +309,33 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "entry-points" and len(args) == 1:
         written = write_entry_points(Path(args[0]))
-        print(f"entry points of {len(written)} workspace packages in {args[0]}: {', '.join(w.name for w in written)}")
+        print(
+            f"entry points of {len(written)} workspace packages in {args[0]}: {', '.join(w.name for w in written)}"
+        )
         return 0
     if command == "registry" and len(args) == 1:
         found, problems = registry(Path(args[0]))
         if not problems:
-            print(f"registered from the src dirs and {args[0]} alone (no workspace install seen): "
-                  f"checkpoint kinds {', '.join(found['kinds'])}; config schemas {', '.join(found['schemas'])}")  # fmt: skip
+            print(
+                f"registered from the src dirs and {args[0]} alone (no workspace install seen): "
+                f"checkpoint kinds {', '.join(found['kinds'])}; config schemas {', '.join(found['schemas'])}"
+            )
     elif command == "sdist" and len(args) == 2:
         problems = check_sdist(args[0], Path(args[1]))
     elif command == "check" and len(args) in (1, 2) and args[1:] in ([], ["--allow-missing"]):
         directory, allow_missing = Path(args[0]), args[1:] == ["--allow-missing"]
         problems = check_wheels(directory, allow_missing)
-        absent = [p for p in check_wheels(directory) if p.startswith("missing:")] if allow_missing else []
+        absent = (
+            [p for p in check_wheels(directory) if p.startswith("missing:")]
+            if allow_missing
+            else []
+        )
         if not problems:
-            state = f"{len(absent)} not downloaded yet (bash bench/gpu/wheels.sh)" if absent else "all present"
+            state = (
+                f"{len(absent)} not downloaded yet (bash bench/gpu/wheels.sh)"
+                if absent
+                else "all present"
+            )
             print(f"wheels to carry in {directory}/: {', '.join(pinned())}; {state}")
     else:
         print(__doc__, file=sys.stderr)

@@ -41,7 +41,9 @@ ABLATIONS = [  # (row name, distill overrides); "full" is the main distilled run
 
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m bench.quality.distill", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.quality.distill", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument(
         "--teacher", type=Path, help="teacher checkpoints/best (default: newest under --result-dir)"
     )
@@ -171,9 +173,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     soft = (args.soft_labels or soft_labels_dir(teacher, args.samples, overrides)).resolve()
     k = int(override_value(overrides, "distill.candidate_topk", "10"))
-    common = [f"paths.result_dir={out}", "trainer.enable_progress_bar=false",
-              f"distill.teacher_checkpoint_path={teacher}", f"distill.soft_labels_dir={soft}",
-              f"distill.soft_label_samples='{args.samples}'", *overrides]  # fmt: skip
+    common = [
+        f"paths.result_dir={out}",
+        "trainer.enable_progress_bar=false",
+        f"distill.teacher_checkpoint_path={teacher}",
+        f"distill.soft_labels_dir={soft}",
+        f"distill.soft_label_samples='{args.samples}'",
+        *overrides,
+    ]
     if args.epochs is not None:
         common.append(f"train.max_epochs={args.epochs}")
     env = child_env(args.parallel)
@@ -196,8 +203,11 @@ def main() -> None:
     soft_card = json.loads((soft / "card.json").read_text())
 
     rows = plan_runs(args.ablations)
-    jobs = [(f"{index}_seed{seed}", command, [*extra, f"seed={seed}"])
-            for index, (_, command, extra) in enumerate(rows) for seed in args.seeds]  # fmt: skip
+    jobs = [
+        (f"{index}_seed{seed}", command, [*extra, f"seed={seed}"])
+        for index, (_, command, extra) in enumerate(rows)
+        for seed in args.seeds
+    ]
     done = run_all(jobs, child, args.parallel)
     runs = {
         name: [done[f"{index}_seed{seed}"] for seed in args.seeds]
@@ -213,20 +223,28 @@ def report(teacher, soft, soft_card, soft_note, out, args, overrides, runs) -> N
     }
     teacher_card = json.loads((teacher / "card.json").read_text())
     teacher_test = teacher_card.get("metrics", {}).get("test", {})
-    print(f"teacher                 {teacher} (test NDCG@10 {teacher_test.get('ndcg@10', float('nan')):.4f}, "
-          f"trained on limit_data_rows={teacher_card['data'].get('limit_data_rows')})")  # fmt: skip
-    print(f"soft labels             {soft} ({soft_card['num_samples']} samples {soft_card['samples']}, "
-          f"K={soft_card['k']}, {soft_note})")  # fmt: skip
-    print(f"runs                    {out} (seeds {args.seeds}, epochs {args.epochs or 'config'}, "
-          f"overrides {overrides or 'none'})")  # fmt: skip
+    print(
+        f"teacher                 {teacher} (test NDCG@10 {teacher_test.get('ndcg@10', float('nan')):.4f}, "
+        f"trained on limit_data_rows={teacher_card['data'].get('limit_data_rows')})"
+    )
+    print(
+        f"soft labels             {soft} ({soft_card['num_samples']} samples {soft_card['samples']}, "
+        f"K={soft_card['k']}, {soft_note})"
+    )
+    print(
+        f"runs                    {out} (seeds {args.seeds}, epochs {args.epochs or 'config'}, "
+        f"overrides {overrides or 'none'})"
+    )
     base_ndcg = [m["ndcg@10"] for m in masked["baseline student"]]
     base_mean = mean_sd(base_ndcg)[0]
     from compare.stats import paired_difference
 
     base_users = [per_user(run_dir) for _, run_dir in runs["baseline student"]]
     print()
-    print(f"{'run':<34} {'NDCG@10':>15} {'HR@10':>7} {'ratio':>6} {'paired diff ± SE [95% CI]':>36}  "
-          f"{'per-seed ratio':<20} {'wall s':>6}")  # fmt: skip
+    print(
+        f"{'run':<34} {'NDCG@10':>15} {'HR@10':>7} {'ratio':>6} {'paired diff ± SE [95% CI]':>36}  "
+        f"{'per-seed ratio':<20} {'wall s':>6}"
+    )
     for name, rs in runs.items():
         ndcg = [m["ndcg@10"] for m in masked[name]]
         mean, sd = mean_sd(ndcg)
@@ -234,12 +252,16 @@ def report(teacher, soft, soft_card, soft_note, out, args, overrides, runs) -> N
         diff = paired_difference(base_users, [per_user(run_dir) for _, run_dir in rs])
         per_seed = " ".join(f"{ratio(a, b):.3f}" for a, b in zip(ndcg, base_ndcg, strict=True))
         seconds = sum(s for s, _ in rs) / len(rs)
-        print(f"{name:<34} {mean:8.4f}±{sd:.4f} {hr:7.4f} {ratio(mean, base_mean):6.3f} "
-              f"{diff.text():>36}  {per_seed:<20} {seconds:6.0f}")  # fmt: skip
+        print(
+            f"{name:<34} {mean:8.4f}±{sd:.4f} {hr:7.4f} {ratio(mean, base_mean):6.3f} "
+            f"{diff.text():>36}  {per_seed:<20} {seconds:6.0f}"
+        )
     full = mean_sd([m["ndcg@10"] for m in masked["distilled (full)"]])[0]
     verdict = "met" if ratio(full, base_mean) >= TARGET_RATIO else "NOT met"
-    print(f"distilled / baseline NDCG@10 (mean over seeds) {ratio(full, base_mean):.3f} "
-          f"(target >= {TARGET_RATIO}: {verdict})")  # fmt: skip
+    print(
+        f"distilled / baseline NDCG@10 (mean over seeds) {ratio(full, base_mean):.3f} "
+        f"(target >= {TARGET_RATIO}: {verdict})"
+    )
     print(
         "NDCG@10 mean±SD over seeds; ratio = mean / baseline mean; paired diff = per-user NDCG@10 "
         "difference to the baseline of the same seed, averaged over seeds per user, then over users "

@@ -46,23 +46,46 @@ TARGET_RATIO = 1.05
 
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m bench.quality.teacher", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--student", type=Path, nargs="+", required=True,
-                        help="the student's checkpoints/best, one per --seeds entry")  # fmt: skip
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="teacher seeds, one per --student")
-    parser.add_argument("--parallel", type=int, default=1, help="runs at once, each with cores/parallel threads")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.quality.teacher", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--student",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="the student's checkpoints/best, one per --seeds entry",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[42], help="teacher seeds, one per --student"
+    )
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="runs at once, each with cores/parallel threads"
+    )
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
-    parser.add_argument("--prefix-steps", type=int, default=40,
-                        help="train.max_steps of the prefix run (pick it to match main's training time)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None, help="OMP threads per child (default: cores/parallel)")
-    parser.add_argument("--out", type=Path, help="directory for the runs and logs (default: a new temp dir)")
+    parser.add_argument(
+        "--prefix-steps",
+        type=int,
+        default=40,
+        help="train.max_steps of the prefix run (pick it to match main's training time)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="OMP threads per child (default: cores/parallel)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="directory for the runs and logs (default: a new temp dir)"
+    )
     args, overrides = parser.parse_known_args()
     if len(args.student) != len(args.seeds):
-        parser.error(f"{len(args.seeds)} seeds need as many students (each teacher learns from its seed's student), "
-                     f"got {len(args.student)}")  # fmt: skip
+        parser.error(
+            f"{len(args.seeds)} seeds need as many students (each teacher learns from its seed's student), "
+            f"got {len(args.student)}"
+        )
     bad = [o for o in overrides if o.startswith("-") or "=" not in o]
     if bad:
-        parser.error(f"unrecognised arguments {bad} (extra arguments must be Hydra overrides key=value)")
+        parser.error(
+            f"unrecognised arguments {bad} (extra arguments must be Hydra overrides key=value)"
+        )
     return args, overrides
 
 
@@ -78,14 +101,23 @@ def compare(student_runs: list[Path], run_dirs: list[Path]) -> dict:
     """{metric: paired difference to the students}, pooled over seeds when there are several."""
     from compare.stats import paired_difference, per_sample, read_predictions
 
-    students, teachers = [read_predictions(s) for s in student_runs], [read_predictions(r) for r in run_dirs]
-    return {m: paired_difference([per_sample(s, m) for s in students], [per_sample(t, m) for t in teachers])
-            for m in ("ndcg@10", "hr@10")}  # fmt: skip
+    students, teachers = (
+        [read_predictions(s) for s in student_runs],
+        [read_predictions(r) for r in run_dirs],
+    )
+    return {
+        m: paired_difference(
+            [per_sample(s, m) for s in students], [per_sample(t, m) for t in teachers]
+        )
+        for m in ("ndcg@10", "hr@10")
+    }
 
 
 def main() -> None:
     args, overrides = parse_args()
-    student_runs = {seed: s.resolve().parent.parent for seed, s in zip(args.seeds, args.student, strict=True)}
+    student_runs = {
+        seed: s.resolve().parent.parent for seed, s in zip(args.seeds, args.student, strict=True)
+    }
     out = (args.out or Path(tempfile.mkdtemp(prefix="bench-teacher-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = child_env(args.parallel)
@@ -93,15 +125,27 @@ def main() -> None:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     for seed, run in student_runs.items():
         base = read_metrics(str(run))["metrics_masked"]
-        print(f"student seed {seed} {run}: test NDCG@10 {base['ndcg@10']:.4f}, HR@10 {base['hr@10']:.4f}")
+        print(
+            f"student seed {seed} {run}: test NDCG@10 {base['ndcg@10']:.4f}, HR@10 {base['hr@10']:.4f}"
+        )
     print(f"runs in {out}; overrides {overrides or 'none'}\n", flush=True)
 
     def child(job: str, name: str, seed: str) -> tuple[float, float, Path]:
         extra = RUNS[name] + ([f"train.max_steps={args.prefix_steps}"] if name == "prefix" else [])
         student = student_runs[int(seed)] / "checkpoints" / "best"
-        cmd = ["uv", "run", "--frozen", "train-teacher", "experiment=cpu_demo", "trainer.enable_progress_bar=false",
-               f"seed={seed}", f"teacher.rec_model_checkpoint_path={student}", f"hydra.run.dir={out / job}",
-               *extra, *overrides]  # fmt: skip
+        cmd = [
+            "uv",
+            "run",
+            "--frozen",
+            "train-teacher",
+            "experiment=cpu_demo",
+            "trainer.enable_progress_bar=false",
+            f"seed={seed}",
+            f"teacher.rec_model_checkpoint_path={student}",
+            f"hydra.run.dir={out / job}",
+            *extra,
+            *overrides,
+        ]
         seconds, peak, run_dir = run_measured(cmd, out / f"{job}.log", env)
         return seconds, peak, Path(run_dir)
 
@@ -110,10 +154,19 @@ def main() -> None:
     for name in args.runs:
         runs = {seed: done[f"{name}_seed{seed}"] for seed in args.seeds}
         for seed, (seconds, peak, run_dir) in runs.items():
-            report(f"{name}, seed {seed}", [run_dir], [student_runs[seed]], f"{seconds:.0f} s wall, peak RSS {peak:.1f} GiB")
+            report(
+                f"{name}, seed {seed}",
+                [run_dir],
+                [student_runs[seed]],
+                f"{seconds:.0f} s wall, peak RSS {peak:.1f} GiB",
+            )
         if len(runs) > 1:
-            report(f"{name}, pooled over seeds {args.seeds}", [r for _, _, r in runs.values()],
-                   list(student_runs.values()), "means over seeds")  # fmt: skip
+            report(
+                f"{name}, pooled over seeds {args.seeds}",
+                [r for _, _, r in runs.values()],
+                list(student_runs.values()),
+                "means over seeds",
+            )
 
 
 def mean_metric(run_dirs: list[Path], metric: str) -> float:
@@ -126,13 +179,23 @@ def report(title: str, run_dirs: list[Path], student_runs: list[Path], cost: str
     ratio = ndcg / mean_metric(student_runs, "ndcg@10")
     print(f"[{title}] {run_dirs[0] if len(run_dirs) == 1 else ''} {cost}")
     if len(run_dirs) == 1:
-        card = json.loads((run_dirs[0] / "checkpoints" / "best" / "card.json").read_text())["metrics"]
+        card = json.loads((run_dirs[0] / "checkpoints" / "best" / "card.json").read_text())[
+            "metrics"
+        ]
         curve = " -> ".join(f"{v:.4f}@{s}" for s, v in learning_curve(run_dirs[0]))
-        print(f"    valid NDCG@10 by step: {curve}  (best: step {card.get('global_step')}, epoch {card.get('epoch')})")
+        print(
+            f"    valid NDCG@10 by step: {curve}  (best: step {card.get('global_step')}, epoch {card.get('epoch')})"
+        )
     print(f"    test NDCG@10 {ndcg:.4f} (x{ratio:.3f} the student), HR@10 {hr:.4f}")
-    print(f"    paired per-user difference to the student: NDCG@10 {diffs['ndcg@10'].text()}, "
-          f"HR@10 {diffs['hr@10'].text()}")  # fmt: skip
-    verdict = "met" if ratio >= TARGET_RATIO and diffs["ndcg@10"].significant() and diffs["ndcg@10"].mean > 0 else "NOT met"
+    print(
+        f"    paired per-user difference to the student: NDCG@10 {diffs['ndcg@10'].text()}, "
+        f"HR@10 {diffs['hr@10'].text()}"
+    )
+    verdict = (
+        "met"
+        if ratio >= TARGET_RATIO and diffs["ndcg@10"].significant() and diffs["ndcg@10"].mean > 0
+        else "NOT met"
+    )
     print(f"    target (x{TARGET_RATIO} and difference > 2 SE): {verdict}\n", flush=True)
 
 

@@ -27,11 +27,46 @@ import numpy as np
 ML1M_USERS, ML1M_ITEMS, ML1M_RATINGS = 6040, 3706, 1_000_209
 MIN_PER_USER = 20
 TARGET_SECONDS, TARGET_BYTES = 30.0, 2 * 1024**3
-GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-          "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
-          "Thriller", "War", "Western")  # fmt: skip
-WORDS = ("Cité", "Perdus", "Amélie", "Noël", "Über", "Señor", "Crème", "Night", "River",
-         "Dream", "Story", "Return", "Lost", "City", "Garçon", "Kingdom", "Île", "Année")  # fmt: skip
+GENRES = (
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
+WORDS = (
+    "Cité",
+    "Perdus",
+    "Amélie",
+    "Noël",
+    "Über",
+    "Señor",
+    "Crème",
+    "Night",
+    "River",
+    "Dream",
+    "Story",
+    "Return",
+    "Lost",
+    "City",
+    "Garçon",
+    "Kingdom",
+    "Île",
+    "Année",
+)
 ARTICLES = ("The", "A", "An", "La", "Le", "Les", "L'")
 
 
@@ -176,7 +211,9 @@ def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
         child(*sys.argv[2:])
         return
-    parser = argparse.ArgumentParser(prog="python -m bench.speed.data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.speed.data", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
     parser.add_argument("--only", choices=("ml-100k", "ml-1m"))
     args = parser.parse_args()

@@ -31,7 +31,9 @@ def write_dataset(root: Path, interactions: int, seed: int) -> tuple[Path, Path,
     from recdata.synthetic import generate
 
     started = time.perf_counter()
-    data = generate(max(interactions // 20, 1), max(interactions // 100, 50), interactions, seed, id_style="str")
+    data = generate(
+        max(interactions // 20, 1), max(interactions // 100, 50), interactions, seed, id_style="str"
+    )
     generated = time.perf_counter() - started
     inter, items = data.write_csv(root)
     return inter, items, generated
@@ -46,7 +48,9 @@ def run_prepare(args: list[str]) -> tuple[float, int, str]:
         if result.returncode != 0:
             raise SystemExit(f"recdata prepare failed:\n{result.stderr[-2000:]}")
         rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)[1])
-        clock = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr)[1]
+        clock = re.search(
+            r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr
+        )[1]
         seconds = sum(float(part) * 60**k for k, part in enumerate(reversed(clock.split(":"))))
         return seconds, rss_kb * 1024, result.stdout
     started = time.perf_counter()
@@ -59,8 +63,12 @@ def run_prepare(args: list[str]) -> tuple[float, int, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.speed.data_scale", description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1000000,10000000", help="interaction counts, comma-separated")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.speed.data_scale", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--sizes", default="1000000,10000000", help="interaction counts, comma-separated"
+    )
     parser.add_argument("--keep", type=Path, help="keep the CSV files and prepared data here")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -71,23 +79,54 @@ def main() -> None:
             work = root / f"syn-{size}"
             inter, items, generated = write_dataset(work / "csv", size, args.seed)
             mib = (inter.stat().st_size + items.stat().st_size) / 2**20
-            seconds, rss, out = run_prepare(["prepare", f"syn-{size}", "--from", str(inter), "--items", str(items),
-                                             "--out", str(work / "processed")])  # fmt: skip
-            stats = dict(line.split(None, 1) for line in out.splitlines() if line.startswith(("users ", "items ")))
-            rows.append((size, mib, generated, seconds, rss, stats.get("users", "?").strip(), stats.get("items", "?").strip()))
-            print(f"{size:>11,} interactions ({mib:,.0f} MiB CSV, generated in {generated:.1f}s): "
-                  f"prepare {seconds:.1f}s, peak RSS {rss / 1000**3:.2f} GB", flush=True)  # fmt: skip
+            seconds, rss, out = run_prepare(
+                [
+                    "prepare",
+                    f"syn-{size}",
+                    "--from",
+                    str(inter),
+                    "--items",
+                    str(items),
+                    "--out",
+                    str(work / "processed"),
+                ]
+            )
+            stats = dict(
+                line.split(None, 1)
+                for line in out.splitlines()
+                if line.startswith(("users ", "items "))
+            )
+            rows.append(
+                (
+                    size,
+                    mib,
+                    generated,
+                    seconds,
+                    rss,
+                    stats.get("users", "?").strip(),
+                    stats.get("items", "?").strip(),
+                )
+            )
+            print(
+                f"{size:>11,} interactions ({mib:,.0f} MiB CSV, generated in {generated:.1f}s): "
+                f"prepare {seconds:.1f}s, peak RSS {rss / 1000**3:.2f} GB",
+                flush=True,
+            )
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
     print("\n| interactions | CSV MiB | users | items | prepare s | peak RSS GB |")
     print("|---:|---:|---:|---:|---:|---:|")
     for size, mib, _, seconds, rss, users, items in rows:
-        print(f"| {size:,} | {mib:,.0f} | {users} | {items} | {seconds:.1f} | {rss / 1000**3:.2f} |")
+        print(
+            f"| {size:,} | {mib:,.0f} | {users} | {items} | {seconds:.1f} | {rss / 1000**3:.2f} |"
+        )
     largest = rows[-1]
     ok = largest[3] <= TARGET_SECONDS and largest[4] <= TARGET_BYTES
-    print(f"\n{largest[0]:,} interactions: {'within' if ok else 'OVER'} the targets "
-          f"({TARGET_SECONDS:.0f} s, {TARGET_BYTES / 1000**3:.0f} GB)")  # fmt: skip
+    print(
+        f"\n{largest[0]:,} interactions: {'within' if ok else 'OVER'} the targets "
+        f"({TARGET_SECONDS:.0f} s, {TARGET_BYTES / 1000**3:.0f} GB)"
+    )
     sys.exit(0 if ok else 1)
 
 

@@ -72,7 +72,12 @@ def measure_student(data: Path, steps: int) -> dict:
         if step:  # the first step warms up allocations
             times.append(time.perf_counter() - started)
     step_s = statistics.median(times)
-    return {"step_s": step_s, "epoch_s": step_s * len(loader), "batches": len(loader), "rss_gb": peak_rss_gb()}
+    return {
+        "step_s": step_s,
+        "epoch_s": step_s * len(loader),
+        "batches": len(loader),
+        "rss_gb": peak_rss_gb(),
+    }
 
 
 def measure_eval(data: Path) -> dict:
@@ -87,9 +92,18 @@ def measure_eval(data: Path) -> dict:
     model = SASRec(SASRecConfig(num_items=dm.num_items)).eval()
     started = time.perf_counter()
     with torch.no_grad():
-        result = evaluate(lambda b: model.score(b["history"]), dm.loader("valid"), dm.num_items,
-                          progress=False, split="valid")  # fmt: skip
-    return {"eval_s": time.perf_counter() - started, "users": result.protocol["num_samples"], "rss_gb": peak_rss_gb()}
+        result = evaluate(
+            lambda b: model.score(b["history"]),
+            dm.loader("valid"),
+            dm.num_items,
+            progress=False,
+            split="valid",
+        )
+    return {
+        "eval_s": time.perf_counter() - started,
+        "users": result.protocol["num_samples"],
+        "rss_gb": peak_rss_gb(),
+    }
 
 
 def measure_labels(data: Path, windows: int) -> dict:
@@ -104,17 +118,25 @@ def measure_labels(data: Path, windows: int) -> dict:
     dm = SequentialDataModule(data, max_seq_len=200, num_candidates=0)
     dm.setup()
     student = SASRec(SASRecConfig(num_items=dm.num_items)).eval()
-    config = TeacherConfig(llm_random_init=True, llm_num_layers=8, use_title_projector=False, max_title_tokens=10)
+    config = TeacherConfig(
+        llm_random_init=True, llm_num_layers=8, use_title_projector=False, max_title_tokens=10
+    )
     teacher, _ = build_teacher(config, student, dm.dataset.titles)
     teacher.eval()
-    units = labelling_units(dm.store, dm.keys["train"], dm.keys["train"], sequence_mode=True, width=200)
+    units = labelling_units(
+        dm.store, dm.keys["train"], dm.keys["train"], sequence_mode=True, width=200
+    )
     # windows from across the epoch's length distribution (longest first), not only the longest
     picks = torch.linspace(0, len(units) - 1, windows).long().tolist()
     labelled, started = 0, time.perf_counter()
     for i in picks:
         users, *_ = units.score(teacher, i, i + 1, 10, True, "cpu")
         labelled += len(users)
-    return {"labels": labelled, "labels_per_s": labelled / (time.perf_counter() - started), "rss_gb": peak_rss_gb()}
+    return {
+        "labels": labelled,
+        "labels_per_s": labelled / (time.perf_counter() - started),
+        "rss_gb": peak_rss_gb(),
+    }
 
 
 def worker(args) -> None:
@@ -131,8 +153,21 @@ def worker(args) -> None:
 
 
 def run_worker(kind: str, data: Path, args) -> dict:
-    command = [sys.executable, "-m", "bench.speed.scale", "--worker", kind, "--data", str(data),
-               "--steps", str(args.steps), "--windows", str(args.windows), "--threads", str(args.threads)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "bench.speed.scale",
+        "--worker",
+        kind,
+        "--data",
+        str(data),
+        "--steps",
+        str(args.steps),
+        "--windows",
+        str(args.windows),
+        "--threads",
+        str(args.threads),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{kind} on {data} failed:\n{result.stderr[-3000:]}")
@@ -143,10 +178,22 @@ def prepare(name: str, root: Path, seed: int) -> tuple[Path, dict]:
     from recdata.synthetic import generate
 
     users, items, interactions = SIZES[name]
-    inter, item_file = generate(users, items, interactions, seed, id_style="str").write_csv(root / name / "csv")
+    inter, item_file = generate(users, items, interactions, seed, id_style="str").write_csv(
+        root / name / "csv"
+    )
     out = root / name / "processed"
-    seconds, rss, _ = run_prepare(["prepare", f"scale-{name}", "--from", str(inter), "--items", str(item_file),
-                                   "--out", str(out)])  # fmt: skip
+    seconds, rss, _ = run_prepare(
+        [
+            "prepare",
+            f"scale-{name}",
+            "--from",
+            str(inter),
+            "--items",
+            str(item_file),
+            "--out",
+            str(out),
+        ]
+    )
     meta = json.loads((out / "meta.json").read_text())
     return out, {"prepare_s": seconds, "prepare_rss_gb": rss / 1e9, **meta["counts"]}
 
@@ -154,16 +201,26 @@ def prepare(name: str, root: Path, seed: int) -> tuple[Path, dict]:
 def slope(xs: list[float], ys: list[float]) -> float:
     lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
     mx, my = statistics.fmean(lx), statistics.fmean(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum(
+        (a - mx) ** 2 for a in lx
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.speed.scale", description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="ml100k,medium,large,xl", help=f"comma-separated, of {', '.join(SIZES)}")
-    parser.add_argument("--steps", type=int, default=8, help="timed student steps per size (after one warm-up)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.speed.scale", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--sizes", default="ml100k,medium,large,xl", help=f"comma-separated, of {', '.join(SIZES)}"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=8, help="timed student steps per size (after one warm-up)"
+    )
     parser.add_argument("--windows", type=int, default=8, help="teacher windows labelled per size")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip", default="", help="comma-separated measurements to skip: student,eval,labels")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated measurements to skip: student,eval,labels"
+    )
     parser.add_argument("--keep", type=Path, help="keep the generated and prepared data here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=("student", "eval", "labels"), help=argparse.SUPPRESS)
@@ -188,23 +245,38 @@ def print_tables(rows: list[dict]) -> None:
     def cell(row, key, fmt):
         return fmt.format(row[key]) if key in row else "—"
 
-    print("\n| users | items | interactions | prepare s | prepare GB | student step s | student epoch s "
-          "| student GB | eval s | eval GB | labels/s | labels GB |")  # fmt: skip
+    print(
+        "\n| users | items | interactions | prepare s | prepare GB | student step s | student epoch s "
+        "| student GB | eval s | eval GB | labels/s | labels GB |"
+    )
     print("|" + "---:|" * 12)
     for r in rows:
-        cells = [f"{r['users']:,}", f"{r['items']:,}", f"{r['interactions']:,}", cell(r, "prepare_s", "{:.1f}"),
-                 cell(r, "prepare_rss_gb", "{:.2f}"), cell(r, "student_step_s", "{:.3f}"),
-                 cell(r, "student_epoch_s", "{:.0f}"), cell(r, "student_rss_gb", "{:.2f}"), cell(r, "eval_eval_s", "{:.1f}"),
-                 cell(r, "eval_rss_gb", "{:.2f}"), cell(r, "labels_labels_per_s", "{:.0f}"),
-                 cell(r, "labels_rss_gb", "{:.2f}")]  # fmt: skip
+        cells = [
+            f"{r['users']:,}",
+            f"{r['items']:,}",
+            f"{r['interactions']:,}",
+            cell(r, "prepare_s", "{:.1f}"),
+            cell(r, "prepare_rss_gb", "{:.2f}"),
+            cell(r, "student_step_s", "{:.3f}"),
+            cell(r, "student_epoch_s", "{:.0f}"),
+            cell(r, "student_rss_gb", "{:.2f}"),
+            cell(r, "eval_eval_s", "{:.1f}"),
+            cell(r, "eval_rss_gb", "{:.2f}"),
+            cell(r, "labels_labels_per_s", "{:.0f}"),
+            cell(r, "labels_rss_gb", "{:.2f}"),
+        ]
         print("| " + " | ".join(cells) + " |")
     if len(rows) < 2:
         return
     print("\ngrowth exponent (slope of log cost):")
     inter, items = [r["interactions"] for r in rows], [r["items"] for r in rows]
-    for key, xs, against in (("prepare_s", inter, "interactions"), ("student_epoch_s", inter, "interactions"),
-                             ("student_step_s", items, "items"), ("eval_eval_s", items, "items"),
-                             ("labels_labels_per_s", items, "items")):  # fmt: skip
+    for key, xs, against in (
+        ("prepare_s", inter, "interactions"),
+        ("student_epoch_s", inter, "interactions"),
+        ("student_step_s", items, "items"),
+        ("eval_eval_s", items, "items"),
+        ("labels_labels_per_s", items, "items"),
+    ):
         if all(key in r for r in rows):
             print(f"  {key}: {slope(xs, [r[key] for r in rows]):.2f} against {against}")
 

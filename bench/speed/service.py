@@ -91,8 +91,14 @@ def in_process(teacher, dataset, n: int, batch_size: int, k: int):
     return time.perf_counter() - start, torch.cat(items), torch.cat(scores)
 
 
-def label_all(checkpoint: Path, data: Path, batch_size: int, k: int, restart: bool = False,
-              in_process: bool = True) -> None:  # fmt: skip
+def label_all(
+    checkpoint: Path,
+    data: Path,
+    batch_size: int,
+    k: int,
+    restart: bool = False,
+    in_process: bool = True,
+) -> None:
     """(a'): every training prefix, in-process (precompute's units, shards and batches) vs the
     service; with `restart`, (c) on this whole fetch."""
     from distill.labelling import labelling_units
@@ -113,8 +119,14 @@ def label_all(checkpoint: Path, data: Path, batch_size: int, k: int, restart: bo
     local = None
     if in_process:
         teacher, _ = load_teacher(checkpoint, dm.dataset)
-        units = labelling_units(dm.store, dm.keys["train"], keys, sequence_mode=sequence_mode, width=window,
-                                stride=config.sequence_window_stride)  # fmt: skip
+        units = labelling_units(
+            dm.store,
+            dm.keys["train"],
+            keys,
+            sequence_mode=sequence_mode,
+            width=window,
+            stride=config.sequence_window_stride,
+        )
         label = scorer(units, teacher, k, True, "cpu")
         with tempfile.TemporaryDirectory(prefix="bench-service-shards-") as shards:
             t0 = time.perf_counter()
@@ -124,8 +136,11 @@ def label_all(checkpoint: Path, data: Path, batch_size: int, k: int, restart: bo
                 label_shard(paths[-1], lo, hi, batch_size, label, b"bench")
             local_s = time.perf_counter() - t0
             local = SoftLabels(*merge_shards(paths, k), torch.zeros(1), {}).aligned_to(keys)
-        print(f"in-process (precompute) {len(keys) / local_s:7.1f} prefixes/s  ({len(keys)} prefixes in {len(units)} "
-              f"{'windows' if sequence_mode else 'prompts'}, batch {batch_size}, {local_s:.0f} s)", flush=True)  # fmt: skip
+        print(
+            f"in-process (precompute) {len(keys) / local_s:7.1f} prefixes/s  ({len(keys)} prefixes in {len(units)} "
+            f"{'windows' if sequence_mode else 'prompts'}, batch {batch_size}, {local_s:.0f} s)",
+            flush=True,
+        )
         del teacher
     log = Path(tempfile.mkdtemp(prefix="bench-service-")) / "serve.log"
     with ServiceProcess(checkpoint, data, log_file=log, startup_timeout=600) as service:
@@ -134,19 +149,36 @@ def label_all(checkpoint: Path, data: Path, batch_size: int, k: int, restart: bo
         served_s = time.perf_counter() - t0
         versus = ""
         if local is not None:
-            same = torch.equal(served.topk_items, local.topk_items) and torch.equal(served.topk_scores, local.topk_scores)
-            versus = f"; x{served_s / local_s:.2f} the in-process time; labels bitwise equal: {same}"
-        print(f"through the service     {len(keys) / served_s:7.1f} prefixes/s  ({len(keys)} prefixes, {served_s:.0f} s "
-              f"incl. info + item embeddings{versus}; log {log})", flush=True)  # fmt: skip
+            same = torch.equal(served.topk_items, local.topk_items) and torch.equal(
+                served.topk_scores, local.topk_scores
+            )
+            versus = (
+                f"; x{served_s / local_s:.2f} the in-process time; labels bitwise equal: {same}"
+            )
+        print(
+            f"through the service     {len(keys) / served_s:7.1f} prefixes/s  ({len(keys)} prefixes, {served_s:.0f} s "
+            f"incl. info + item embeddings{versus}; log {log})",
+            flush=True,
+        )
         if restart:
             t0 = time.perf_counter()
-            report = fetch_with_restart(service, dm, keys, k=k, batch_size=batch_size, reference=served)
-            print(f"restart mid-fetch       {report.text()}; {time.perf_counter() - t0:.0f} s in all "
-                  f"(x{(time.perf_counter() - t0) / served_s:.2f} the uninterrupted fetch)")  # fmt: skip
+            report = fetch_with_restart(
+                service, dm, keys, k=k, batch_size=batch_size, reference=served
+            )
+            print(
+                f"restart mid-fetch       {report.text()}; {time.perf_counter() - t0:.0f} s in all "
+                f"(x{(time.perf_counter() - t0) / served_s:.2f} the uninterrupted fetch)"
+            )
 
 
-def latency_level(url: str, histories: list[list[int]], clients: int, total: int, k: int,
-                  duration: float | None = None) -> tuple[list[float], int, list[int]]:  # fmt: skip
+def latency_level(
+    url: str,
+    histories: list[list[int]],
+    clients: int,
+    total: int,
+    k: int,
+    duration: float | None = None,
+) -> tuple[list[float], int, list[int]]:
     """(latencies of answered calls, errors, /readyz statuses polled once a second)."""
     per_client = [total // clients + (1 if c < total % clients else 0) for c in range(clients)]
     deadline = time.perf_counter() + duration if duration else None
@@ -185,7 +217,9 @@ def latency_level(url: str, histories: list[list[int]], clients: int, total: int
 
 
 # -- (c) a crash and a restart mid-fetch ----------------------------------------------------------
-def label_endpoint_and_calls(info: dict, dm, keys, batch_size: int, shard_size: int | None = None) -> tuple[str, int]:
+def label_endpoint_and_calls(
+    info: dict, dm, keys, batch_size: int, shard_size: int | None = None
+) -> tuple[str, int]:
     """(the endpoint, the number of calls) of `fetch_soft_labels` for `keys` from a service that
     answers /info with `info`: a prefix-mode teacher is asked /topk per batch of prefixes, a
     sequence-mode teacher (the default) /topk_windows per batch of user windows; each shard is cut
@@ -194,9 +228,14 @@ def label_endpoint_and_calls(info: dict, dm, keys, batch_size: int, shard_size: 
     from distill.shards import shard_ranges
 
     sequence_mode = info.get("prompt_mode") == "sequence"
-    units = labelling_units(dm.store, dm.keys["train"], keys, sequence_mode=sequence_mode,
-                            width=int(info["window"]) if sequence_mode else dm.max_seq_len,
-                            stride=info.get("window_stride"))  # fmt: skip
+    units = labelling_units(
+        dm.store,
+        dm.keys["train"],
+        keys,
+        sequence_mode=sequence_mode,
+        width=int(info["window"]) if sequence_mode else dm.max_seq_len,
+        stride=info.get("window_stride"),
+    )
     calls = sum(-(-(hi - lo) // batch_size) for _, lo, hi in shard_ranges(len(units), shard_size))
     return ("/topk_windows" if sequence_mode else "/topk"), calls
 
@@ -230,11 +269,17 @@ class RestartReport:
     labels: object  # the fetched SoftLabels
 
     def text(self) -> str:
-        port = f"{self.port_free_s:.2f} s" if self.port_free_s is not None else "NEVER (still taken after 30 s)"
-        return (f"server SIGKILLed as {self.endpoint} call {self.kill_at} of {self.calls} was sent; port free after "
-                f"{port}; restarted (ready) {self.restart_s:.1f} s and the fetch resumed {self.resumed_s:.1f} s after "
-                f"the kill; {self.sent - self.calls} requests retried; {self.lost} of {len(self.labels.user_ids) + self.lost} "
-                f"prefixes lost; labels bitwise equal to the uninterrupted fetch: {self.equal}")  # fmt: skip
+        port = (
+            f"{self.port_free_s:.2f} s"
+            if self.port_free_s is not None
+            else "NEVER (still taken after 30 s)"
+        )
+        return (
+            f"server SIGKILLed as {self.endpoint} call {self.kill_at} of {self.calls} was sent; port free after "
+            f"{port}; restarted (ready) {self.restart_s:.1f} s and the fetch resumed {self.resumed_s:.1f} s after "
+            f"the kill; {self.sent - self.calls} requests retried; {self.lost} of {len(self.labels.user_ids) + self.lost} "
+            f"prefixes lost; labels bitwise equal to the uninterrupted fetch: {self.equal}"
+        )
 
 
 class KillMidFetch(httpx.HTTPTransport):
@@ -263,28 +308,58 @@ class KillMidFetch(httpx.HTTPTransport):
                 self.events["port_free"] = wait_port_free(self.service.port)
                 self.restart.start()
         response = super().handle_request(request)
-        if label_call and "killed" in self.events and "resumed" not in self.events and response.status_code == 200:
+        if (
+            label_call
+            and "killed" in self.events
+            and "resumed" not in self.events
+            and response.status_code == 200
+        ):
             self.events["resumed"] = time.perf_counter() - self.events["killed"]
         return response
 
     def report(self, calls: int, keys, labels, reference) -> RestartReport:
         if "killed" not in self.events:
-            raise RuntimeError(f"the fetch sent {self.sent} {self.endpoint} calls and never reached call {self.kill_at}: "
-                               "the server was not killed")  # fmt: skip
+            raise RuntimeError(
+                f"the fetch sent {self.sent} {self.endpoint} calls and never reached call {self.kill_at}: "
+                "the server was not killed"
+            )
         self.restart.join()
         if "ready" not in self.events:
             raise RuntimeError("the killed server did not restart (see its log)")
         equal = None
         if reference is not None:
-            equal = all(torch.equal(getattr(labels, f), getattr(reference, f))
-                        for f in ("user_ids", "positions", "topk_items", "topk_scores"))  # fmt: skip
-        return RestartReport(self.endpoint, calls, self.kill_at, self.events["port_free"], self.events["ready"],
-                             self.events["resumed"], self.sent, len(keys) - len(labels.user_ids), equal, labels)  # fmt: skip
+            equal = all(
+                torch.equal(getattr(labels, f), getattr(reference, f))
+                for f in ("user_ids", "positions", "topk_items", "topk_scores")
+            )
+        return RestartReport(
+            self.endpoint,
+            calls,
+            self.kill_at,
+            self.events["port_free"],
+            self.events["ready"],
+            self.events["resumed"],
+            self.sent,
+            len(keys) - len(labels.user_ids),
+            equal,
+            labels,
+        )
 
 
-def fetch_with_restart(service, dm, keys, *, k: int, batch_size: int, reference=None, fraction: float = 1 / 3,
-                       shard_size: int | None = None, retry_budget: float = 600.0, timeout: float = 1800.0,
-                       cache_dir: Path | None = None) -> RestartReport:  # fmt: skip
+def fetch_with_restart(
+    service,
+    dm,
+    keys,
+    *,
+    k: int,
+    batch_size: int,
+    reference=None,
+    fraction: float = 1 / 3,
+    shard_size: int | None = None,
+    retry_budget: float = 600.0,
+    timeout: float = 1800.0,
+    cache_dir: Path | None = None,
+) -> RestartReport:
     """`fetch_soft_labels` of `keys` from `service` (a `teacher.testing.ServiceProcess`) with the
     server SIGKILLed as the first label call after `fraction` of them is sent and restarted on the
     same port; the report compares the labels with `reference` (an uninterrupted fetch) bitwise.
@@ -295,11 +370,22 @@ def fetch_with_restart(service, dm, keys, *, k: int, batch_size: int, reference=
         info = client.info()
     endpoint, calls = label_endpoint_and_calls(info, dm, keys, batch_size, shard_size)
     # after a `fraction` of the calls, and after at least one when there are several: mid-fetch
-    transport = KillMidFetch(service, endpoint, kill_at=min(calls, max(2, int(calls * fraction) + 1)))
+    transport = KillMidFetch(
+        service, endpoint, kill_at=min(calls, max(2, int(calls * fraction) + 1))
+    )
     with tempfile.TemporaryDirectory(prefix="bench-restart-") as scratch:
-        labels = fetch_soft_labels(service.url, dm, keys, k=k, batch_size=batch_size, timeout=timeout,
-                                   retry_budget=retry_budget, cache_dir=cache_dir or Path(scratch),
-                                   shard_size=shard_size, transport=transport)  # fmt: skip
+        labels = fetch_soft_labels(
+            service.url,
+            dm,
+            keys,
+            k=k,
+            batch_size=batch_size,
+            timeout=timeout,
+            retry_budget=retry_budget,
+            cache_dir=cache_dir or Path(scratch),
+            shard_size=shard_size,
+            transport=transport,
+        )
     return transport.report(calls, keys, labels, reference)
 
 
@@ -319,10 +405,23 @@ class AccessLog:
             return len(self.pattern.findall(f.read().decode(errors="replace")))
 
 
-def distill_command(out: Path, name: str, checkpoint: Path, data: Path, seed: int, extra: list[str]) -> list[str]:
-    return ["uv", "run", "--frozen", "distill", "experiment=cpu_demo", f"paths.result_dir={out}",
-            f"hydra.run.dir={out / name}", f"dataset.processed_dir={data}", f"distill.teacher_checkpoint_path={checkpoint}",
-            f"seed={seed}", "trainer.enable_progress_bar=false", *extra]  # fmt: skip
+def distill_command(
+    out: Path, name: str, checkpoint: Path, data: Path, seed: int, extra: list[str]
+) -> list[str]:
+    return [
+        "uv",
+        "run",
+        "--frozen",
+        "distill",
+        "experiment=cpu_demo",
+        f"paths.result_dir={out}",
+        f"hydra.run.dir={out / name}",
+        f"dataset.processed_dir={data}",
+        f"distill.teacher_checkpoint_path={checkpoint}",
+        f"seed={seed}",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]
 
 
 def run_child(cmd: list[str], log: Path) -> subprocess.Popen:
@@ -336,7 +435,9 @@ def finished_run(child: subprocess.Popen, cmd: list[str], log: Path) -> Path:
     """The run dir a finished child printed last (`run_dir: ...`)."""
     if child.wait() != 0:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {child.returncode}); see {log}")
-    return Path(log.with_suffix(".out").read_text().strip().splitlines()[-1].removeprefix("run_dir: "))
+    return Path(
+        log.with_suffix(".out").read_text().strip().splitlines()[-1].removeprefix("run_dir: ")
+    )
 
 
 def cached_labels(cache: Path, k: int):
@@ -365,28 +466,46 @@ def distill_restart(args, checkpoint: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     checkpoint, data = checkpoint.resolve(), args.data.resolve()
     cache = out / "service_cache"
-    served_by = ["distill.teacher_source=service", f"distill.service_cache_dir={cache}",
-                 f"distill.retry_budget={args.retry_budget}"]  # fmt: skip
-    cmd = distill_command(out, "service", checkpoint, data, args.seed, [*served_by, *args.overrides])
-    cfg = compose("run_distill", [o for o in cmd[4:] if not o.startswith("hydra.")])  # the run's config
+    served_by = [
+        "distill.teacher_source=service",
+        f"distill.service_cache_dir={cache}",
+        f"distill.retry_budget={args.retry_budget}",
+    ]
+    cmd = distill_command(
+        out, "service", checkpoint, data, args.seed, [*served_by, *args.overrides]
+    )
+    # the run's config
+    cfg = compose("run_distill", [o for o in cmd[4:] if not o.startswith("hydra.")])
     d = cfg.distill
-    dm = SequentialDataModule(data, max_seq_len=cfg.student.max_seq_len, limit_data_rows=cfg.dataset.limit_data_rows)
+    dm = SequentialDataModule(
+        data, max_seq_len=cfg.student.max_seq_len, limit_data_rows=cfg.dataset.limit_data_rows
+    )
     dm.setup()
     keys = training_keys(dm, d.soft_label_samples)
     log = out / "serve.log"
     t_service = time.perf_counter()
     with ServiceProcess(checkpoint, data, log_file=log, startup_timeout=600) as service:
         with TeacherClient(service.url) as client:
-            endpoint, calls = label_endpoint_and_calls(client.info(), dm, keys, d.teacher_batch_size)
+            endpoint, calls = label_endpoint_and_calls(
+                client.info(), dm, keys, d.teacher_batch_size
+            )
         # answered calls before the kill (the next one is in flight or about to be sent): a third,
         # and at least one when there are several, so the kill is mid-fetch
         kill_after = min(calls - 1, max(1, calls // 3))
-        print(f"service on {service.url} ready in {time.perf_counter() - t_service:.0f} s; the fetch of {len(keys)} "
-              f"prefixes makes {calls} {endpoint} calls; SIGKILL after {kill_after} answered (counted in {log})",
-              flush=True)  # fmt: skip
+        print(
+            f"service on {service.url} ready in {time.perf_counter() - t_service:.0f} s; the fetch of {len(keys)} "
+            f"prefixes makes {calls} {endpoint} calls; SIGKILL after {kill_after} answered (counted in {log})",
+            flush=True,
+        )
         answered = AccessLog(log, endpoint)
-        cmd = distill_command(out, "service", checkpoint, data, args.seed,
-                              [*served_by, f"distill.teacher_url={service.url}", *args.overrides])  # fmt: skip
+        cmd = distill_command(
+            out,
+            "service",
+            checkpoint,
+            data,
+            args.seed,
+            [*served_by, f"distill.teacher_url={service.url}", *args.overrides],
+        )
         t0 = time.perf_counter()
         child = run_child(cmd, out / "service.log")
         events: dict[str, float] = {}
@@ -396,13 +515,17 @@ def distill_restart(args, checkpoint: Path) -> None:
                 events["killed"], events["answered_at_kill"] = time.perf_counter(), n
                 service.kill()
                 events["port_free"] = wait_port_free(service.port)
-                print(f"[{time.strftime('%H:%M:%S')}] killed the server (SIGKILL) after {n} answered calls, "
-                      f"{events['killed'] - t0:.0f} s into the run; port free after {events['port_free'] or float('nan'):.2f} s",
-                      flush=True)  # fmt: skip
+                print(
+                    f"[{time.strftime('%H:%M:%S')}] killed the server (SIGKILL) after {n} answered calls, "
+                    f"{events['killed'] - t0:.0f} s into the run; port free after {events['port_free'] or float('nan'):.2f} s",
+                    flush=True,
+                )
                 service.start()
                 events["ready"] = time.perf_counter() - events["killed"]
-                print(f"[{time.strftime('%H:%M:%S')}] restarted on the same port, ready {events['ready']:.1f} s after the kill",
-                      flush=True)  # fmt: skip
+                print(
+                    f"[{time.strftime('%H:%M:%S')}] restarted on the same port, ready {events['ready']:.1f} s after the kill",
+                    flush=True,
+                )
             elif "killed" in events and n > events["answered_at_kill"]:
                 events["resumed"] = time.perf_counter() - events["killed"]
             time.sleep(0.05)
@@ -410,45 +533,78 @@ def distill_restart(args, checkpoint: Path) -> None:
         service_s = time.perf_counter() - t0
         total_answered = answered.answered()
     if "resumed" not in events:
-        raise SystemExit(f"the run ended without the kill and a resumed fetch ({events}); see {log}")
+        raise SystemExit(
+            f"the run ended without the kill and a resumed fetch ({events}); see {log}"
+        )
 
     if args.precomputed_run:
         run_pre, pre_note = args.precomputed_run.resolve(), "given"
     else:
         cmd = distill_command(out, "precomputed", checkpoint, data, args.seed, list(args.overrides))
         t0 = time.perf_counter()
-        run_pre = finished_run(run_child(cmd, out / "precomputed.log"), cmd, out / "precomputed.log")
+        run_pre = finished_run(
+            run_child(cmd, out / "precomputed.log"), cmd, out / "precomputed.log"
+        )
         pre_note = f"{time.perf_counter() - t0:.0f} s"
 
     fetched = cached_labels(cache, d.candidate_topk)
     lost = len(keys) - len({(int(u), int(p)) for u, p in zip(fetched[0], fetched[1], strict=True)})
     served = SoftLabels(*fetched, torch.zeros(1), {}).aligned_to(keys)
-    precomputed = read_soft_labels(soft_labels_dir(cfg, checkpoint), fingerprint=dm.fingerprint).aligned_to(keys)
-    labels_equal = (torch.equal(served.user_ids, precomputed.user_ids) and torch.equal(served.positions, precomputed.positions)
-                    and torch.equal(served.topk_items, precomputed.topk_items[:, : served.k])
-                    and torch.equal(served.topk_scores, precomputed.topk_scores[:, : served.k]))  # fmt: skip
-    metrics = {name: read_metrics(run / "test_metrics.json")["metrics_masked"] for name, run in
-               (("service, killed", run_service), ("precomputed", run_pre))}  # fmt: skip
-    tables = [pq.read_table(run / "test_predictions.parquet").sort_by([("user_id", "ascending"), ("position", "ascending")])
-              for run in (run_service, run_pre)]  # fmt: skip
+    precomputed = read_soft_labels(
+        soft_labels_dir(cfg, checkpoint), fingerprint=dm.fingerprint
+    ).aligned_to(keys)
+    labels_equal = (
+        torch.equal(served.user_ids, precomputed.user_ids)
+        and torch.equal(served.positions, precomputed.positions)
+        and torch.equal(served.topk_items, precomputed.topk_items[:, : served.k])
+        and torch.equal(served.topk_scores, precomputed.topk_scores[:, : served.k])
+    )
+    metrics = {
+        name: read_metrics(run / "test_metrics.json")["metrics_masked"]
+        for name, run in (("service, killed", run_service), ("precomputed", run_pre))
+    }
+    tables = [
+        pq.read_table(run / "test_predictions.parquet").sort_by(
+            [("user_id", "ascending"), ("position", "ascending")]
+        )
+        for run in (run_service, run_pre)
+    ]
     print(f"\nteacher                 {checkpoint}")
-    print(f"label fetch             {len(keys)} prefixes, {calls} {endpoint} calls of batch {d.teacher_batch_size}; "
-          f"{total_answered} answered in all ({total_answered - calls} answered twice)")  # fmt: skip
-    port = "NEVER (taken 30 s after)" if events["port_free"] is None else f"{events['port_free']:.2f} s"
-    print(f"server SIGKILLed        after {events['answered_at_kill']} of {calls} calls answered; port free after "
-          f"{port}; restarted (ready) {events['ready']:.1f} s and the fetch resumed "
-          f"{events['resumed']:.1f} s after the kill")  # fmt: skip
-    print(f"prefixes lost           {lost} of {len(keys)}; fetched labels bitwise equal to the precomputed ones: {labels_equal}")
+    print(
+        f"label fetch             {len(keys)} prefixes, {calls} {endpoint} calls of batch {d.teacher_batch_size}; "
+        f"{total_answered} answered in all ({total_answered - calls} answered twice)"
+    )
+    port = (
+        "NEVER (taken 30 s after)"
+        if events["port_free"] is None
+        else f"{events['port_free']:.2f} s"
+    )
+    print(
+        f"server SIGKILLed        after {events['answered_at_kill']} of {calls} calls answered; port free after "
+        f"{port}; restarted (ready) {events['ready']:.1f} s and the fetch resumed "
+        f"{events['resumed']:.1f} s after the kill"
+    )
+    print(
+        f"prefixes lost           {lost} of {len(keys)}; fetched labels bitwise equal to the precomputed ones: {labels_equal}"
+    )
     for name, run in (("service, killed", run_service), ("precomputed", run_pre)):
         m = metrics[name]
-        wall = f"{service_s:.0f} s (fetch, restart and training)" if run == run_service else pre_note
-        print(f"distill ({name:15s}) test NDCG@10 {m['ndcg@10']:.6f}  HR@10 {m['hr@10']:.6f}  wall {wall}  {run}")
-    print(f"test metrics identical  {metrics['service, killed'] == metrics['precomputed']}; per-user test predictions "
-          f"identical: {tables[0].equals(tables[1])} ({tables[0].num_rows} users)")  # fmt: skip
+        wall = (
+            f"{service_s:.0f} s (fetch, restart and training)" if run == run_service else pre_note
+        )
+        print(
+            f"distill ({name:15s}) test NDCG@10 {m['ndcg@10']:.6f}  HR@10 {m['hr@10']:.6f}  wall {wall}  {run}"
+        )
+    print(
+        f"test metrics identical  {metrics['service, killed'] == metrics['precomputed']}; per-user test predictions "
+        f"identical: {tables[0].equals(tables[1])} ({tables[0].num_rows} users)"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.speed.service", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.speed.service", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument(
         "--checkpoint",
         type=Path,
@@ -462,30 +618,59 @@ def main() -> None:
         "--requests", type=int, default=32, help="single-history calls per concurrency level"
     )
     parser.add_argument("--levels", default="1,4,16")
-    parser.add_argument("--duration", type=float, default=None,
-                        help="seconds per concurrency level (instead of --requests calls)")
-    parser.add_argument("--restart", action="store_true", help="(c): kill -9 and restart the service mid-fetch")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds per concurrency level (instead of --requests calls)",
+    )
+    parser.add_argument(
+        "--restart", action="store_true", help="(c): kill -9 and restart the service mid-fetch"
+    )
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--all-prefixes", action="store_true",
-                        help="(a'): label every training prefix in-process and through the service (with --restart: "
-                             "(c) on that fetch), nothing else")
-    parser.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=True,
-                        help="--all-prefixes: also label in-process (--no-in-process: the service's figures only)")
-    parser.add_argument("--distill-restart", action="store_true",
-                        help="(d): distill experiment=cpu_demo distill.teacher_source=service with the server killed "
-                             "a third of the way through the fetch and restarted, vs distill on the precomputed labels")
-    parser.add_argument("--seed", type=int, default=42, help="--distill-restart: seed of both distill runs")
-    parser.add_argument("--precomputed-run", type=Path,
-                        help="--distill-restart: an existing precomputed-labels distill run of the same seed and "
-                             "settings to compare with (default: run one)")
-    parser.add_argument("--retry-budget", type=float, default=600.0,
-                        help="--distill-restart: distill.retry_budget, seconds (a restart must fit)")
-    parser.add_argument("--out", type=Path, help="--distill-restart: directory for the runs and logs")
+    parser.add_argument(
+        "--all-prefixes",
+        action="store_true",
+        help="(a'): label every training prefix in-process and through the service (with --restart: "
+        "(c) on that fetch), nothing else",
+    )
+    parser.add_argument(
+        "--in-process",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--all-prefixes: also label in-process (--no-in-process: the service's figures only)",
+    )
+    parser.add_argument(
+        "--distill-restart",
+        action="store_true",
+        help="(d): distill experiment=cpu_demo distill.teacher_source=service with the server killed "
+        "a third of the way through the fetch and restarted, vs distill on the precomputed labels",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=42, help="--distill-restart: seed of both distill runs"
+    )
+    parser.add_argument(
+        "--precomputed-run",
+        type=Path,
+        help="--distill-restart: an existing precomputed-labels distill run of the same seed and "
+        "settings to compare with (default: run one)",
+    )
+    parser.add_argument(
+        "--retry-budget",
+        type=float,
+        default=600.0,
+        help="--distill-restart: distill.retry_budget, seconds (a restart must fit)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="--distill-restart: directory for the runs and logs"
+    )
     args, args.overrides = parser.parse_known_args()
     bad = [o for o in args.overrides if o.startswith("-") or "=" not in o]
     if bad or (args.overrides and not args.distill_restart):
-        parser.error(f"unrecognised arguments {bad or args.overrides} (Hydra overrides key=value go with --distill-restart)")
+        parser.error(
+            f"unrecognised arguments {bad or args.overrides} (Hydra overrides key=value go with --distill-restart)"
+        )
     torch.set_num_threads(args.threads)
 
     from distill.precompute import training_keys
@@ -500,7 +685,9 @@ def main() -> None:
     checkpoint = args.checkpoint or find_newest_checkpoint(Path("result"), ("ilora-teacher",))
     print(f"teacher checkpoint      {checkpoint}")
     if args.all_prefixes:
-        return label_all(checkpoint, args.data, args.batch_size, args.k, args.restart, args.in_process)
+        return label_all(
+            checkpoint, args.data, args.batch_size, args.k, args.restart, args.in_process
+        )
     if args.distill_restart:
         return distill_restart(args, checkpoint)
     t0 = time.perf_counter()
@@ -549,8 +736,9 @@ def main() -> None:
         for clients in (int(c) for c in args.levels.split(",")):
             before = batch_histogram(service.url)
             start = time.perf_counter()
-            times, errors, probes = latency_level(service.url, histories, clients, args.requests, args.k,
-                                                  args.duration)  # fmt: skip
+            times, errors, probes = latency_level(
+                service.url, histories, clients, args.requests, args.k, args.duration
+            )
             wall = time.perf_counter() - start
             after = batch_histogram(service.url)
             batches = after[1] - before[1]
@@ -561,7 +749,9 @@ def main() -> None:
                 f"{mean_batch:.1f}; /readyz {sum(p == 200 for p in probes)}/{len(probes)} probes 200)"
             )
         if args.restart:
-            report = fetch_with_restart(service, dm, keys, k=args.k, batch_size=args.batch_size, reference=labels)
+            report = fetch_with_restart(
+                service, dm, keys, k=args.k, batch_size=args.batch_size, reference=labels
+            )
             print(f"restart mid-fetch       {report.text()}")
 
 

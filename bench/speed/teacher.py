@@ -152,9 +152,17 @@ def ml100k_batches(batch_size: int, count: int, seed: int = 0):
     from recdata.datamodule import SequentialDataModule
     from recdata.prepare import ensure_prepared
 
-    processed = ensure_prepared("ml-100k", Path("data/ml-100k"), Path("data/processed/ml-100k"), default_cache())
-    dm = SequentialDataModule(processed, max_seq_len=200, train_mode="windows", num_candidates=0,
-                              batch_size=batch_size, seed=seed)  # fmt: skip
+    processed = ensure_prepared(
+        "ml-100k", Path("data/ml-100k"), Path("data/processed/ml-100k"), default_cache()
+    )
+    dm = SequentialDataModule(
+        processed,
+        max_seq_len=200,
+        train_mode="windows",
+        num_candidates=0,
+        batch_size=batch_size,
+        seed=seed,
+    )
     dm.setup()
     batches = sorted(dm.train_dataloader(), key=items_and_positions)
     strata = torch.linspace(0, len(batches), count + 1)
@@ -194,7 +202,9 @@ def _times(fn, repeats):
     return out
 
 
-def time_mode(teacher, history: torch.Tensor, targets: torch.Tensor, repeats: int) -> tuple[float, float]:
+def time_mode(
+    teacher, history: torch.Tensor, targets: torch.Tensor, repeats: int
+) -> tuple[float, float]:
     """(s per training step, s per scoring batch), see bench.speed.teacher_steps."""
     from bench.speed.teacher_steps import step_functions
 
@@ -210,38 +220,62 @@ def compare_modes(args) -> None:
     batches, titles, epoch_share = ml100k_batches(args.windows, args.batches)
     real, positions = (sum(c) for c in zip(*map(items_and_positions, batches), strict=True))
     padded = sum(b["history"].numel() for b in batches)
-    print(f"\nprompt modes: {len(batches)} length-grouped ML-100K training batches of {args.windows} windows "
-          f"(one per {1 / len(batches):.0%} of the epoch's batches by length), "
-          f"{positions} training positions in {real} items ({positions / real:.0%}; the whole epoch: "
-          f"{epoch_share:.0%}; the rest is overlapping windows' context), {real / padded:.0%} of the padded columns real, "
-          f"fp32, {torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"\nprompt modes: {len(batches)} length-grouped ML-100K training batches of {args.windows} windows "
+        f"(one per {1 / len(batches):.0%} of the epoch's batches by length), "
+        f"{positions} training positions in {real} items ({positions / real:.0%}; the whole epoch: "
+        f"{epoch_share:.0%}; the rest is overlapping windows' context), {real / padded:.0%} of the padded columns real, "
+        f"fp32, {torch.get_num_threads()} threads"
+    )
     rows = {}
-    for name, mode, with_titles in (("prefix", "prefix", False), ("sequence", "sequence", False),
-                                    ("sequence + titles", "sequence", True)):  # fmt: skip
-        model, tokenizer, _ = load_llm("embedded:smollm2-135m", cache_dir=args.cache_dir or default_cache())
+    for name, mode, with_titles in (
+        ("prefix", "prefix", False),
+        ("sequence", "sequence", False),
+        ("sequence + titles", "sequence", True),
+    ):
+        model, tokenizer, _ = load_llm(
+            "embedded:smollm2-135m", cache_dir=args.cache_dir or default_cache()
+        )
         teacher = mode_teacher(model, tokenizer, titles, mode, with_titles)
         step = fwd = 0.0
         for batch in batches:
-            batch_step, batch_fwd = time_mode(teacher, batch["history"], batch["targets"], args.repeats)
+            batch_step, batch_fwd = time_mode(
+                teacher, batch["history"], batch["targets"], args.repeats
+            )
             step, fwd = step + batch_step, fwd + batch_fwd
         done = len(batches) * args.windows if mode == "prefix" else positions
         rows[name] = (done / step, done / fwd)
-        print(f"    {name:18s}: train {step:7.2f} s = {done / step:8.1f} positions/s;"
-              f"  score {fwd:7.2f} s = {done / fwd:8.1f} prefixes/s  ({done} {'prompts' if mode == 'prefix' else 'positions'})")  # fmt: skip
+        print(
+            f"    {name:18s}: train {step:7.2f} s = {done / step:8.1f} positions/s;"
+            f"  score {fwd:7.2f} s = {done / fwd:8.1f} prefixes/s  ({done} {'prompts' if mode == 'prefix' else 'positions'})"
+        )
     base_train, base_score = rows["prefix"][:2]
     for name, target in (("sequence", 50), ("sequence + titles", 5)):
         train_rate, score_rate = rows[name][:2]
-        print(f"    {name} / prefix: training positions/s x{train_rate / base_train:.1f}, "
-              f"prefixes scored/s x{score_rate / base_score:.1f}  (target >= {target}x)")
-    print(f"    at the sequence rate, labelling 97,171 prefixes takes ~{97171 / rows['sequence'][1] / 60:.1f} min "
-          "of forward passes (the real command adds loading, window overlap and history masking)")
+        print(
+            f"    {name} / prefix: training positions/s x{train_rate / base_train:.1f}, "
+            f"prefixes scored/s x{score_rate / base_score:.1f}  (target >= {target}x)"
+        )
+    print(
+        f"    at the sequence rate, labelling 97,171 prefixes takes ~{97171 / rows['sequence'][1] / 60:.1f} min "
+        "of forward passes (the real command adds loading, window overlap and history masking)"
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.speed.teacher", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.speed.teacher", description=__doc__.splitlines()[0]
+    )
     ap.add_argument("--section", choices=("modes", "adapters", "all"), default="all")
-    ap.add_argument("--windows", type=int, default=8, help="windows per batch (modes section; the trainer's: 8)")
-    ap.add_argument("--batches", type=int, default=4, help="training batches, one per length stratum (modes section)")
+    ap.add_argument(
+        "--windows", type=int, default=8, help="windows per batch (modes section; the trainer's: 8)"
+    )
+    ap.add_argument(
+        "--batches",
+        type=int,
+        default=4,
+        help="training batches, one per length stratum (modes section)",
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=None)
@@ -272,8 +306,10 @@ def compare_adapters(args) -> None:
     )
 
     peak = matmul_peak()
-    print(f"threads={torch.get_num_threads()}  fp32 matmul peak (2048^3): {peak:.1f} GFLOP/s  "
-          f"(1-min load average {loadavg()}: other processes on the machine skew every figure)")
+    print(
+        f"threads={torch.get_num_threads()}  fp32 matmul peak (2048^3): {peak:.1f} GFLOP/s  "
+        f"(1-min load average {loadavg()}: other processes on the machine skew every figure)"
+    )
 
     moe_model, what = load_base(args.cache_dir)
     lora_model, _ = load_base(args.cache_dir)
@@ -317,8 +353,10 @@ def compare_adapters(args) -> None:
     ref = "peft LoRA r=8"
     for k in steps:
         if k != ref:
-            print(f"    ratio {k} / LoRA: {med[k] / med[ref]:.3f} ({best[k] / best[ref]:.3f})"
-                  "  (target <= 1.15)")
+            print(
+                f"    ratio {k} / LoRA: {med[k] / med[ref]:.3f} ({best[k] / best[ref]:.3f})"
+                "  (target <= 1.15)"
+            )
 
     # (b) inference
     del steps, lora_step, lora_model
@@ -342,9 +380,11 @@ def compare_adapters(args) -> None:
     print(f"\n(b) MoE-LoRA inference forward (no grad), median (min) of {args.repeats}")
     for label, t_inf in (("median", statistics.median(inf_times)), ("min", min(inf_times))):
         gflops = flops / t_inf / 1e9
-        print(f"    {label:6s}: {t_inf:.3f} s/batch, {tokens / t_inf:.0f} tokens/s, "
-              f"{BATCH / t_inf:.2f} samples/s, {gflops:.1f} GFLOP/s = {gflops / peak:.2f} of "
-              "matmul peak (target >= 0.5)")
+        print(
+            f"    {label:6s}: {t_inf:.3f} s/batch, {tokens / t_inf:.0f} tokens/s, "
+            f"{BATCH / t_inf:.2f} samples/s, {gflops:.1f} GFLOP/s = {gflops / peak:.2f} of "
+            "matmul peak (target >= 0.5)"
+        )
     peak_end = matmul_peak()
     print(f"\nmatmul peak re-measured at the end: {peak_end:.1f} GFLOP/s; load average {loadavg()}")
 
