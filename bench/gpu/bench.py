@@ -176,7 +176,7 @@ def forward_flops(teacher, batch: int, width: int) -> tuple[float, float]:
     cfg = body.config
     return (
         2.0 * linear * batch * width,
-        4.0 * batch * width** 2 * cfg.hidden_size * cfg.num_hidden_layers,
+        4.0 * batch * width**2 * cfg.hidden_size * cfg.num_hidden_layers,
     )
 
 
