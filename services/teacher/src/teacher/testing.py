@@ -1,5 +1,5 @@
 """A `bentoml serve teacher.service:TeacherService` subprocess on a free localhost port, for the
-service tests, the distill client tests and bench/service.py (the tiny teacher they serve comes
+service tests, the distill client tests and bench.speed.service (the tiny teacher they serve comes
 from the session fixture `tiny_pipeline`, i.e. `ilora.testing.train_tiny_pipeline`)."""
 
 from __future__ import annotations
