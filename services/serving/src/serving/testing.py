@@ -1,9 +1,6 @@
 """A `bentoml serve TARGET` subprocess on a free localhost port, for service tests and benchmarks
-of any service of the project (its settings passed as environment variables).
-
-`teacher.testing.ServiceProcess` predates this one and is kept as it is for now; both do the same
-for their service and can be unified.
-"""
+of any service of the project (its settings passed as environment variables); each service's
+`testing` module names its target and settings (e.g. `teacher.testing.ServiceProcess`)."""
 
 from __future__ import annotations
 
