@@ -226,8 +226,8 @@ def test_card_kind_edited_by_hand_is_refused(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(directory, kinds="sasrec-distilled")
     assert str(info.value) == (
-        f"{directory / CARD_FILE}: a sasrec-distilled card must record distillation.teacher_digest; "
-        "this one does not (was its kind edited by hand?)"
+        f"{directory / CARD_FILE}: a sasrec-distilled card must record "
+        "distillation.teacher_digest; this one does not (was its kind edited by hand?)"
     )
     with pytest.raises(ValueError, match="a ilora-teacher checkpoint must record base_llm.digest"):
         save_checkpoint(
@@ -241,7 +241,8 @@ def test_weights_changed_after_export_are_refused(tmp_path):
     (a / WEIGHTS_FILE).write_bytes((b / WEIGHTS_FILE).read_bytes())  # weights swapped in
     with pytest.raises(
         CheckpointError,
-        match=rf"^{a / WEIGHTS_FILE}: sha256 \w{{12}}… differs from its card's \w{{12}}…; the weights were changed or replaced after export$",
+        match=rf"^{a / WEIGHTS_FILE}: sha256 \w{{12}}… differs from its card's \w{{12}}…; "
+        r"the weights were changed or replaced after export$",
     ):
         load_checkpoint(a, kinds="sasrec")
 

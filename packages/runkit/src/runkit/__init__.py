@@ -1,3 +1,4 @@
-"""runkit: the run infrastructure every trainer shares (runs, configs, checkpoints, recipe, evaluation)."""
+"""runkit: the run infrastructure every trainer shares (runs, configs, checkpoints, recipe,
+evaluation)."""
 
 __version__ = "0.1.0"

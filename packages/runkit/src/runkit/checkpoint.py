@@ -141,7 +141,8 @@ def read_card(directory: Path) -> dict:
         )
     if missing := missing_requirement(card):
         raise CheckpointError(
-            f"{path}: a {card['kind']} card must record {missing}; this one does not (was its kind edited by hand?)"
+            f"{path}: a {card['kind']} card must record {missing}; this one does not "
+            "(was its kind edited by hand?)"
         )
     if card["schema_version"] >= 2 and not isinstance(card.get("weights"), dict):
         raise CheckpointError(f"{path}: the card lists no weights digests")
@@ -199,7 +200,8 @@ def check_card(
     if fingerprint is not None and data.get("fingerprint") != fingerprint:
         raise CheckpointError(
             f"{where} was built on other data (dataset {data.get('dataset')!r}, fingerprint "
-            f"{str(data.get('fingerprint'))[:12]}…) than the current dataset (fingerprint {fingerprint[:12]}…)"
+            f"{str(data.get('fingerprint'))[:12]}…) than the current dataset "
+            f"(fingerprint {fingerprint[:12]}…)"
         )
     if num_items is not None and data.get("num_items") != num_items:
         raise CheckpointError(

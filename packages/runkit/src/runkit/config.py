@@ -181,7 +181,7 @@ def field_check(key: str) -> Check | None:
     )
 
 
-# -- what a command runs with -----------------------------------------------------------------------
+# -- what a command runs with ----------------------------------------------------------------------
 def check_config(cfg: DictConfig) -> None:
     """Raise a one-line UserError for the first knob outside its range, then for the first broken
     cross-field rule of a group. Keys absent from the config are skipped."""
@@ -206,7 +206,8 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def check_instance(instance: Any, prefix: str) -> None:
-    """The same checks for a schema dataclass built in code (e.g. a teacher rebuilt from its card)."""
+    """The same checks for a schema dataclass built in code (e.g. a teacher rebuilt from its
+    card)."""
     values = dataclasses.asdict(instance)
     for f in dataclasses.fields(instance):
         check = f.metadata.get("check")

@@ -107,7 +107,8 @@ def hydra_entry(config_name: str) -> Callable:
                         )
                     if full_error:
                         raise
-                    traceback.print_exc()  # a bug in the task: its traceback and exit 1, as Hydra does
+                    # a bug in the task: its traceback and exit 1, as Hydra does
+                    traceback.print_exc()
                     sys.exit(1)
 
         return entry
@@ -212,8 +213,9 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
         if key in choices:
             if own_choices.get(key) != choices[key]:
                 raise UserError(
-                    f"train.resume: {override.input_line} changes the config group {key!r} of {run_dir} "
-                    f"(it ran with {key}={own_choices.get(key)}); override single keys instead"
+                    f"train.resume: {override.input_line} changes the config group {key!r} of "
+                    f"{run_dir} (it ran with {key}={own_choices.get(key)}); "
+                    "override single keys instead"
                 )
         elif override.is_delete():
             _delete_key(saved, key)

@@ -149,7 +149,8 @@ def slice_metrics(
 def write_eval_result(
     run_dir: Path, result: EvalResult, model_kind: str, prefix: str = "test"
 ) -> None:
-    """<prefix>_metrics.json (machine), <prefix>_metrics.txt (human), <prefix>_predictions.parquet."""
+    """<prefix>_metrics.json (machine), <prefix>_metrics.txt (human),
+    <prefix>_predictions.parquet."""
     run_dir = Path(run_dir)
     payload = {
         "model": model_kind,

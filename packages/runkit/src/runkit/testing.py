@@ -36,7 +36,8 @@ def _cli_child(main, overrides: list[str], log: str) -> None:
 
     import torch
 
-    sys.stdout = sys.stderr = open(log, "w", buffering=1)  # noqa: SIM115 (lives as long as the child)
+    # SIM115: no with block, the file lives as long as the child
+    sys.stdout = sys.stderr = open(log, "w", buffering=1)  # noqa: SIM115
     torch.set_num_threads(1)  # OpenMP pools do not survive fork; stay single-threaded
     run_cli(main, overrides)
 
@@ -60,7 +61,8 @@ def kill_after_first_epoch(
     child.join(timeout=60)
     if child.exitcode != -signal.SIGKILL:
         raise AssertionError(
-            f"the run was not killed mid-training (exit {child.exitcode}):\n{Path(log).read_text()[-3000:]}"
+            f"the run was not killed mid-training (exit {child.exitcode}):\n"
+            f"{Path(log).read_text()[-3000:]}"
         )
 
 
