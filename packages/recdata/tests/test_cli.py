@@ -237,7 +237,8 @@ BAD_INPUT = [
     ),
     (
         _cut_short,
-        r"src/ratings.dat:16: timestamp 88361 is before 1995-01-01, earlier than any ml-1m rating \(is the line cut short\?\)$",
+        r"src/ratings.dat:16: timestamp 88361 is before 1995-01-01, earlier than any ml-1m "
+        r"rating \(is the line cut short\?\)$",
     ),
     (
         lambda s: _append(s, "3::Toy Story Again (1995)::Comedy\n", "movies.dat"),
@@ -295,7 +296,8 @@ def test_recbole_malformed_line_counts_the_header(tmp_path, capsys):
     code, _, err = run_cli(["prepare", "ml-100k", *roots(tmp_path), "--from", str(src)], capsys)
     assert code == 2
     assert error_line(err) == (
-        f"error: {src}/ml-100k.inter:18: expected user_id<TAB>item_id<TAB>rating<TAB>timestamp, got '1\\t2'"
+        f"error: {src}/ml-100k.inter:18: expected user_id<TAB>item_id<TAB>rating<TAB>timestamp, "
+        "got '1\\t2'"
     )
     assert not (tmp_path / "data" / "processed" / "ml-100k").exists()
 

@@ -271,8 +271,9 @@ def test_ensure_prepared_finds_a_custom_dataset_and_names_the_command_otherwise(
             "mine", tmp_path / "raw", tmp_path / "processed" / "mine", tmp_path / "cache"
         )
     assert str(info.value) == (
-        f"{tmp_path / 'processed' / 'mine'}: no prepared dataset 'mine' (no meta.json); prepare your own data "
-        "with `recdata prepare mine --from PATH ...` (docs/data.md), or pick a built-in dataset: ml-100k, ml-1m"
+        f"{tmp_path / 'processed' / 'mine'}: no prepared dataset 'mine' (no meta.json); prepare "
+        "your own data with `recdata prepare mine --from PATH ...` (docs/data.md), or pick a "
+        "built-in dataset: ml-100k, ml-1m"
     )
     assert not (tmp_path / "raw").exists()
 

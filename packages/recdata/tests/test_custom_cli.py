@@ -172,7 +172,8 @@ GOOD = [
 
 
 def _lines(*replace: tuple[int, str], extra: str = "") -> str:
-    """The good CSV with some data lines (numbered as in the file: the header is line 1) replaced."""
+    """The good CSV with some data lines (numbered as in the file: the header is line 1)
+    replaced."""
     lines = list(GOOD)
     for number, text in replace:
         lines[number - 2] = text
@@ -184,22 +185,26 @@ BAD_INPUT = [
     (
         "missing column",
         lambda s: _csv(s, _lines()) or ["--user-col", "userId"],
-        "{src}/interactions.csv: no column 'userId' (set --user-col); its columns are: user, item, rating, ts",
+        "{src}/interactions.csv: no column 'userId' (set --user-col); its "
+        "columns are: user, item, rating, ts",
     ),
     (
         "misnamed time column",
         lambda s: _csv(s, _lines()) or ["--time-col", "time"],
-        "{src}/interactions.csv: no column 'time' (set --time-col); its columns are: user, item, rating, ts",
+        "{src}/interactions.csv: no column 'time' (set --time-col); its "
+        "columns are: user, item, rating, ts",
     ),
     (
         "text time in a numeric column",
         lambda s: _csv(s, _lines((5, "u_a,B002,2,yesterday"))) or [],
-        "{src}/interactions.csv:5: column 'ts': expected a number (Unix time) like the first value '100', got 'yesterday'",
+        "{src}/interactions.csv:5: column 'ts': expected a number (Unix time) like the "
+        "first value '100', got 'yesterday'",
     ),
     (
         "mixed kinds of time",
         lambda s: _csv(s, _lines((7, "u_a,B010,1,2020-01-01"))) or [],
-        "{src}/interactions.csv:7: column 'ts': expected a number (Unix time) like the first value '100', got '2020-01-01'",
+        "{src}/interactions.csv:7: column 'ts': expected a number (Unix time) like the "
+        "first value '100', got '2020-01-01'",
     ),
     (
         "text in the rating column",
@@ -219,17 +224,20 @@ BAD_INPUT = [
     (
         "ragged row",
         lambda s: _csv(s, _lines((5, "u_a,B002,2"))) or [],
-        "{src}/interactions.csv:5: expected 4 comma-separated fields as in the header, got 3: 'u_a,B002,2'",
+        "{src}/interactions.csv:5: expected 4 comma-separated fields as in "
+        "the header, got 3: 'u_a,B002,2'",
     ),
     (
         "ragged row after a blank line",
         lambda s: _csv(s, _lines() + "\nu_z,B001,1,5,extra\n") or [],
-        "{src}/interactions.csv:12: expected 4 comma-separated fields as in the header, got 5: 'u_z,B001,1,5,extra'",
+        "{src}/interactions.csv:12: expected 4 comma-separated fields as in the "
+        "header, got 5: 'u_z,B001,1,5,extra'",
     ),
     (
         "line numbers count quoted line breaks",
         lambda s: _csv(s, _lines((2, 'u_b,"B0\n02",5,100'), (4, "u_b,B010,3,x"))) or [],
-        "{src}/interactions.csv:5: column 'ts': expected a number (Unix time) like the first value '100', got 'x'",
+        "{src}/interactions.csv:5: column 'ts': expected a number (Unix time) like "
+        "the first value '100', got 'x'",
     ),
     (
         "not UTF-8",
@@ -238,7 +246,8 @@ BAD_INPUT = [
                 _lines().encode().replace(b"u_c,B001", b"u_\xe9,B001")
             )
         ][1:],
-        "{src}/interactions.csv:6: not UTF-8 text (invalid continuation byte at byte 2 of the line)",
+        "{src}/interactions.csv:6: not UTF-8 text (invalid "
+        "continuation byte at byte 2 of the line)",
     ),
     ("empty file", lambda s: _csv(s, "") or [], "{src}/interactions.csv: empty file"),
     (
@@ -254,7 +263,8 @@ BAD_INPUT = [
     (
         "unknown extension",
         lambda s: _csv(s, _lines(), "data.txt") or ["--from", str(s / "data.txt")],
-        "{src}/data.txt: cannot tell the format from the extension '.txt'; name it with --format (atomic, csv, tsv, parquet)",
+        "{src}/data.txt: cannot tell the format from the extension '.txt'; name it with "
+        "--format (atomic, csv, tsv, parquet)",
     ),
     (
         "duplicate header name",
@@ -264,12 +274,14 @@ BAD_INPUT = [
     (
         "emptied by the filters",
         lambda s: _csv(s, _lines()) or ["--min-item-interactions", "4"],
-        "shop: the dataset is empty after filtering: the item filter (>= 4 interactions per item) in k-core round 1 left no interactions",
+        "shop: the dataset is empty after filtering: the item filter (>= 4 interactions per item) "
+        "in k-core round 1 left no interactions",
     ),
     (
         "threshold without ratings",
         lambda s: _csv(s, "user,item,ts\na,b,1\n") or ["--rating-threshold", "3"],
-        "--rating-threshold needs ratings, and {src}/interactions.csv has no column 'rating' (set --rating-col)",
+        "--rating-threshold needs ratings, and {src}/interactions.csv has no "
+        "column 'rating' (set --rating-col)",
     ),
     (
         "items table lacks rated items",
@@ -277,8 +289,8 @@ BAD_INPUT = [
             (_csv(s, _lines()), _csv(s, "item_id,title\nB001,x\nB003,y\n", "items.csv"))
             and ["--items", str(s / "items.csv")]
         ),
-        "{src}/items.csv: 2 rated item(s) of {src}/interactions.csv have no row here, e.g. ['B002', 'B010'] "
-        "(add them, or pass --allow-missing-items for empty text)",
+        "{src}/items.csv: 2 rated item(s) of {src}/interactions.csv have no row here, e.g. "
+        "['B002', 'B010'] (add them, or pass --allow-missing-items for empty text)",
     ),
     (
         "duplicate item id",
@@ -305,7 +317,8 @@ BAD_INPUT = [
             (_csv(s, _lines()), _csv(s, "item_id,title\nB001,x\n", "items.csv"))
             and ["--items", str(s / "items.csv"), "--text-cols", "title,description"]
         ),
-        "{src}/items.csv: no column 'description' (set --text-cols); its columns are: item_id, title",
+        "{src}/items.csv: no column 'description' (set --text-cols); "
+        "its columns are: item_id, title",
     ),
 ]
 
@@ -340,14 +353,14 @@ BAD_ATOMIC = [
     (
         "column without a type",
         lambda s: _atomic(s, "user_id\titem_id:token\trating:float\ttimestamp:float"),
-        "{src}/shop.inter:1: column 1 'user_id' has no type; a RecBole atomic header names every column name:type, "
-        "type one of token, token_seq, float, float_seq",
+        "{src}/shop.inter:1: column 1 'user_id' has no type; a RecBole atomic header names every "
+        "column name:type, type one of token, token_seq, float, float_seq",
     ),
     (
         "unknown type",
         lambda s: _atomic(s, "user_id:token\titem_id:token\trating:int\ttimestamp:float"),
-        "{src}/shop.inter:1: column 3 'rating:int' has the unknown type 'int'; RecBole's types are token, token_seq, "
-        "float, float_seq",
+        "{src}/shop.inter:1: column 3 'rating:int' has the unknown type 'int'; RecBole's types are "
+        "token, token_seq, float, float_seq",
     ),
     (
         "id of the wrong type",
@@ -357,25 +370,27 @@ BAD_ATOMIC = [
     (
         "ragged line",
         lambda s: _atomic(s, inter_lines=[(4, "u_b\tB010\t3")]),
-        "{src}/shop.inter:4: expected 4 tab-separated fields as in the header, got 3: 'u_b\\tB010\\t3'",
+        "{src}/shop.inter:4: expected 4 tab-separated fields as in the "
+        "header, got 3: 'u_b\\tB010\\t3'",
     ),
     (
         "bad timestamp",
         lambda s: _atomic(s, inter_lines=[(9, "u_c\tB002\t3\t20s")]),
-        "{src}/shop.inter:9: column 'timestamp': expected a number (Unix time) like the first value '100', got '20s'",
+        "{src}/shop.inter:9: column 'timestamp': expected a number (Unix time) like "
+        "the first value '100', got '20s'",
     ),
     (
         "bad item header",
         lambda s: _atomic(s, item_text="item_id:token\ttitle\nB001\tx\n"),
-        "{src}/shop.item:1: column 2 'title' has no type; a RecBole atomic header names every column name:type, "
-        "type one of token, token_seq, float, float_seq",
+        "{src}/shop.item:1: column 2 'title' has no type; a RecBole atomic header names every "
+        "column name:type, type one of token, token_seq, float, float_seq",
     ),
     ("empty .item", lambda s: _atomic(s, item_text=""), "{src}/shop.item: empty file"),
     (
         "no NAME.inter",
         lambda s: write_atomic(s, "other") and None,
-        "{src}: no shop.inter (RecBole atomic files are named after the dataset); found other.inter (the file name "
-        "must be the dataset name)",
+        "{src}: no shop.inter (RecBole atomic files are named after the dataset); found "
+        "other.inter (the file name must be the dataset name)",
     ),
 ]
 
@@ -437,8 +452,8 @@ def test_bad_parquet_input_names_the_row(tmp_path, capsys):
         ),
         (
             ["prepare", "ml-1m", "--from", "x", "--user-col", "u", "--text-cols", "t"],
-            "--user-col, --text-cols: only for your own data; ml-1m is built in (prepare your copy under another name "
-            "to read it your way)",
+            "--user-col, --text-cols: only for your own data; ml-1m is built in (prepare your copy "
+            "under another name to read it your way)",
         ),
         (
             ["prepare", "../x", "--from", "x.csv"],
@@ -447,7 +462,8 @@ def test_bad_parquet_input_names_the_row(tmp_path, capsys):
         ),
         (
             ["prepare", "mine", "--from", "x.csv", "--min-user-interactions", "1"],
-            "--min-user-interactions must be >= 3 (leave-one-out needs a train, a valid and a test item per user), got 1",
+            "--min-user-interactions must be >= 3 (leave-one-out needs a train, a valid "
+            "and a test item per user), got 1",
         ),
         (
             ["stats", "mine"],

@@ -1,7 +1,7 @@
-"""Acceptance check of the generic reader: RecBole's own ml-100k.inter/.item prepared as a dataset of
-one's own give exactly what `recdata prepare ml-100k` gives, except the item text, which the
-built-in path cleans ("Usual Suspects, The" -> "The Usual Suspects") and the generic one keeps as
-written."""
+"""Acceptance check of the generic reader: RecBole's own ml-100k.inter/.item prepared as a
+dataset of one's own give exactly what `recdata prepare ml-100k` gives, except the item text,
+which the built-in path cleans ("Usual Suspects, The" -> "The Usual Suspects") and the generic
+one keeps as written."""
 
 from __future__ import annotations
 

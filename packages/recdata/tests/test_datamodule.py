@@ -244,6 +244,7 @@ def test_too_few_unseen_items_is_a_data_error(tmp_path):
     ds = load_prepared(out)
     with pytest.raises(
         DataError,
-        match="has only 5 unseen items: the candidate protocol cannot draw 19 negatives; lower eval.num_candidates",
+        match="has only 5 unseen items: the candidate protocol cannot draw 19 negatives; "
+        "lower eval.num_candidates",
     ):
         load_or_draw_candidates(ds, SequenceStore(ds), 20, seed=0)

@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--from",
         dest="from_path",
         type=Path,
-        help="built-in dataset: an already-downloaded directory or zip; your own data: RecBole atomic "
-        "files (a directory holding NAME.inter [NAME.item], or the .inter file), or a CSV/TSV/Parquet file",
+        help="built-in dataset: an already-downloaded directory or zip; your own data: RecBole "
+        "atomic files (a directory holding NAME.inter [NAME.item], or the .inter file), or a "
+        "CSV/TSV/Parquet file",
     )
     p_prep.add_argument(
         "--sha256", help="expected sha256 of the --from zip (default: the official one)"
@@ -212,7 +213,10 @@ def _extra_stats(meta: dict) -> list[tuple[str, str]]:
             f"-{r['users']} users -{r['items']} items -{r['interactions']} interactions"
             for r in rounds
         )
-        label = f"k-core rounds (users >= {filters['min_user_interactions']}, items >= {filters['min_item_interactions']})"
+        label = (
+            f"k-core rounds (users >= {filters['min_user_interactions']}, "
+            f"items >= {filters['min_item_interactions']})"
+        )
         rows.append((label, f"{len(rounds)}" + (f": {text}" if rounds else " (nothing to drop)")))
     if "dropped_items" in counts:
         rows.append(("dropped items", f"{counts['dropped_items']}"))

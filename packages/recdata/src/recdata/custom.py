@@ -50,7 +50,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 @dataclass(frozen=True)
 class CustomSource:
-    """Where a dataset of the user's own is and how to read it (the options of `recdata prepare`)."""
+    """Where a dataset of the user's own is and how to read it (the options of `recdata
+    prepare`)."""
 
     path: Path
     format: str | None = None  # atomic | csv | tsv | parquet; None: from the path
@@ -449,8 +450,8 @@ def align_items(items: ItemTable | None, item_raw: pa.Array, allow_missing: bool
     if missing.any() and not allow_missing:
         absent = item_raw.filter(pa.array(missing)).to_pylist()
         raise DataError(
-            f"{items.file.path}: {len(absent)} rated item(s) of {inter_path} have no row here, e.g. "
-            f"{absent[:5]} (add them, or pass --allow-missing-items for empty text)"
+            f"{items.file.path}: {len(absent)} rated item(s) of {inter_path} have no row here, "
+            f"e.g. {absent[:5]} (add them, or pass --allow-missing-items for empty text)"
         )
     titles = pc.fill_null(items.text.take(pos), "")
     years = items.years.take(pos) if items.years is not None else pa.nulls(n, pa.int16())

@@ -298,7 +298,8 @@ class SequentialDataModule(L.LightningDataModule):
             self.candidates = {s: drawn[s][: len(self.keys[s])] for s in ("valid", "test")}
         if len(self.keys["train"]) == 0:
             raise UserError(
-                f"{self.processed_dir}: no training samples (limit_data_rows={self.limit_data_rows})"
+                f"{self.processed_dir}: no training samples "
+                f"(limit_data_rows={self.limit_data_rows})"
             )
 
     @cached_property

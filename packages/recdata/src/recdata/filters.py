@@ -29,8 +29,8 @@ class Filters:
     def __post_init__(self) -> None:
         if self.min_user_interactions < MIN_USER_INTERACTIONS:
             raise UserError(
-                f"--min-user-interactions must be >= {MIN_USER_INTERACTIONS} (leave-one-out needs a "
-                f"train, a valid and a test item per user), got {self.min_user_interactions}"
+                f"--min-user-interactions must be >= {MIN_USER_INTERACTIONS} (leave-one-out needs "
+                f"a train, a valid and a test item per user), got {self.min_user_interactions}"
             )
         if self.min_item_interactions < 1:
             raise UserError(
@@ -100,7 +100,8 @@ def apply_filters(
         if len(rows) == 0:
             raise DataError(
                 f"{name}: no interaction has a rating >= {filters.rating_threshold:g} (ratings are "
-                f"{ratings.min():g}..{ratings.max():g}); the dataset is empty after the rating threshold"
+                f"{ratings.min():g}..{ratings.max():g}); the dataset is "
+                "empty after the rating threshold"
             )
     if filters.duplicates != "keep-all":
         before = len(rows)
@@ -123,7 +124,8 @@ def _drop_duplicates(rows, users, items, times, keep: str) -> np.ndarray:
 
 
 def _k_core(rows, users, items, filters: Filters, report: FilterReport, name: str) -> np.ndarray:
-    """Drop rarely-rated items, then users with too few interactions, until a round drops nothing."""
+    """Drop rarely-rated items, then users with too few interactions, until a round drops
+    nothing."""
     min_user, min_item = filters.min_user_interactions, filters.min_item_interactions
     n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
     round_no = 0
@@ -148,7 +150,8 @@ def _k_core(rows, users, items, filters: Filters, report: FilterReport, name: st
             rows = rows[~short]
             if len(rows) == 0 and round_no == 1 and min_item == 1:  # the MovieLens wording
                 raise DataError(
-                    f"{name}: no user has at least {min_user} interactions; the dataset is empty after filtering"
+                    f"{name}: no user has at least {min_user} interactions; the "
+                    "dataset is empty after filtering"
                 )
             _raise_if_empty(
                 rows,

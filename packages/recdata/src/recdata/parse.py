@@ -214,7 +214,8 @@ def _add_item(
 ) -> None:
     if item_id in first_seen:
         raise DataError(
-            f"{path}:{lineno}: item id {item_id} appears again (first on line {first_seen[item_id]})"
+            f"{path}:{lineno}: item id {item_id} appears again (first "
+            f"on line {first_seen[item_id]})"
         )
     first_seen[item_id] = lineno
     items[item_id] = item

@@ -207,9 +207,9 @@ def ensure_prepared(
         return Path(processed_dir)
     if name not in DATASETS:
         raise DataError(
-            f"{processed_dir}: no prepared dataset {name!r} (no {META_FILE}); prepare your own data "
-            f"with `recdata prepare {name} --from PATH ...` (docs/data.md), or pick a built-in "
-            f"dataset: {', '.join(sorted(DATASETS))}"
+            f"{processed_dir}: no prepared dataset {name!r} (no {META_FILE}); prepare your own "
+            f"data with `recdata prepare {name} --from PATH ...` (docs/data.md), or pick a "
+            f"built-in dataset: {', '.join(sorted(DATASETS))}"
         )
     spec = dataset_spec(name)
     if not is_fetched(spec, Path(raw_dir)):

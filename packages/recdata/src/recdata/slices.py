@@ -36,8 +36,8 @@ class Slices:
         counts = np.bincount(self.item_group[1:], minlength=len(ITEM_GROUPS))
         users = np.bincount(self.user_group[1:], minlength=len(USER_GROUPS))
         return {
-            "popularity": f"head = the {self.head_fraction:.0%} most popular items by training interactions, "
-            "tail = the rest, cold = held out of training",
+            "popularity": f"head = the {self.head_fraction:.0%} most popular items by training "
+            "interactions, tail = the rest, cold = held out of training",
             "history": f"short = users with at most {self.short_max_length} training interactions "
             f"(the {self.short_quantile:.0%} quantile), long = the rest",
             "items": {g: int(c) for g, c in zip(ITEM_GROUPS, counts, strict=True)},

@@ -23,7 +23,8 @@ SPLITS = ("train", "valid", "test")
 def check_limit(limit_data_rows: int) -> int:
     if limit_data_rows == 0 or limit_data_rows < -1:
         raise UserError(
-            f"dataset.limit_data_rows must be -1 (all samples) or a positive count, got {limit_data_rows}"
+            "dataset.limit_data_rows must be -1 (all samples) or a "
+            f"positive count, got {limit_data_rows}"
         )
     return limit_data_rows
 
