@@ -1,4 +1,5 @@
-"""eval-all: the same numbers as each run's own test, error entries by name, strict teacher reuse."""
+"""eval-all: the same numbers as each run's own test, error entries by name, strict teacher
+reuse."""
 
 import copy
 import json
@@ -138,8 +139,8 @@ def test_every_model_is_compared_to_the_baseline_with_its_uncertainty(runs):
     assert "paired per-user difference at K=5" in md
     d = diffs["ndcg@5"]
     assert (
-        f"| distilled_student | {d['mean']:+.4f} ± {d['se']:.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] |"
-        in md
+        f"| distilled_student | {d['mean']:+.4f} ± {d['se']:.4f} "
+        f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] |" in md
     )
 
 
@@ -174,8 +175,8 @@ def test_a_card_edited_from_sasrec_to_distilled_is_refused(runs, tmp_path):
         **out["distilled_student"],
         "status": "error",
         "error": (
-            f"{card}: a sasrec-distilled card must record distillation.teacher_digest; this one does not "
-            "(was its kind edited by hand?)"
+            f"{card}: a sasrec-distilled card must record distillation.teacher_digest; this one "
+            "does not (was its kind edited by hand?)"
         ),
     }
     assert out["baseline_student"]["status"] == "ok"

@@ -113,10 +113,10 @@ def error_entry(target: ComparedModel, message: str) -> dict:
 
 
 def add_uncertainty(entries: dict, results: dict[str, EvalResult], ks) -> None:
-    """Each evaluated entry gets the bootstrap 95% interval of its metrics (``ci95``), its metrics by
-    slice, and, against the baseline student, the paired per-user difference of NDCG@K and HR@K
-    (K = the ratio's K) with its SE and bootstrap 95% interval, overall (``vs_baseline``) and on
-    each slice (``vs_baseline_by_slice``)."""
+    """Each evaluated entry gets the bootstrap 95% interval of its metrics (``ci95``), its metrics
+    by slice, and, against the baseline student, the paired per-user difference of NDCG@K and
+    HR@K (K = the ratio's K) with its SE and bootstrap 95% interval, overall (``vs_baseline``) and
+    on each slice (``vs_baseline_by_slice``)."""
     k = ratio_k(ks)
     base = results.get("baseline_student")
     for key, result in results.items():

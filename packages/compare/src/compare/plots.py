@@ -49,7 +49,8 @@ def render_chart(entries: dict, ks, path: Path, masked: bool) -> bool:
     ax.set_xticks(range(len(cols)), [label for _, label in cols])
     ax.set_ylabel("score")
     ax.set_title(
-        f"Test split ({'history masked' if masked else 'history not masked'}); 95% bootstrap intervals"
+        f"Test split ({'history masked' if masked else 'history not masked'}); "
+        "95% bootstrap intervals"
     )
     ax.legend()
     ax.grid(axis="y", alpha=0.3)

@@ -64,10 +64,11 @@ def protocol_line(protocol: dict) -> str:
         else "history items not masked"
     )
     text = (
-        f"Protocol: {protocol['split']} split, {protocol['num_samples']} samples of {data.get('dataset')} "
-        f"(fingerprint {str(data.get('fingerprint'))[:12]}…, limit_data_rows {data.get('limit_data_rows')}); "
-        f"full ranking over all {data.get('num_items')} items at K = {', '.join(map(str, fr['ks']))}, {masked}; "
-        f"ties count against the target"
+        f"Protocol: {protocol['split']} split, {protocol['num_samples']} samples of "
+        f"{data.get('dataset')} (fingerprint {str(data.get('fingerprint'))[:12]}…, "
+        f"limit_data_rows {data.get('limit_data_rows')}); full ranking over all "
+        f"{data.get('num_items')} items at K = {', '.join(map(str, fr['ks']))}, "
+        f"{masked}; ties count against the target"
     )
     if cands.get("num"):
         text += (
@@ -116,8 +117,8 @@ def _difference_rows(entries: dict, ks) -> list[str]:
         return []
     lines = [
         "",
-        f"Against the baseline student: paired per-user difference at K={k} (mean ± SE, bootstrap 95% interval; "
-        "'yes' when |mean| > 2 SE):",
+        f"Against the baseline student: paired per-user difference at K={k} (mean ± SE, bootstrap "
+        "95% interval; 'yes' when |mean| > 2 SE):",
         "",
         f"| model | ΔNDCG@{k} | ΔHR@{k} | beyond 2 SE |",
         "|:--|--:|--:|:--|",
@@ -144,7 +145,8 @@ def slice_rows(entries: dict, ks, definition: dict | None) -> list[str]:
     samples = {g: next(iter(ok.values()))["metrics_by_slice"][g]["samples"] for g in groups}
     lines = [
         "",
-        f"By slice: NDCG@{k}, and the paired difference to the baseline student (± SE; * beyond 2 SE):",
+        f"By slice: NDCG@{k}, and the paired difference to the baseline "
+        "student (± SE; * beyond 2 SE):",
         "",
     ]
     if definition:

@@ -163,7 +163,8 @@ SLICE_GROUPS = (*ITEM_GROUPS, *USER_GROUPS)
 
 
 def add_paired_differences(runs: list[Run], baseline: Path) -> None:
-    """Each complete run's paired per-user difference to the baseline run, on the same test users."""
+    """Each complete run's paired per-user difference to the baseline run, on the same test
+    users."""
     from compare.stats import in_slice, paired_difference, per_sample, read_predictions
 
     try:
