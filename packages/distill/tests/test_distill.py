@@ -357,7 +357,8 @@ def _truncate(name):
     [
         (
             _out_of_range,
-            "soft: the top-K list of sample (user_id, position) = ({u}, {p}) holds item 41, outside 1..40",
+            "soft: the top-K list of sample (user_id, position) = ({u}, "
+            "{p}) holds item 41, outside 1..40",
         ),
         (
             _truncate("soft_labels.parquet"),
@@ -482,7 +483,8 @@ def test_the_objective_in_row_blocks_equals_the_whole_batch_with_its_gradients(
     labels = read_soft_labels(soft_dir, fingerprint=dm.fingerprint)
     torch.manual_seed(0)
     module = DistillModule(
-        SASRecConfig(num_items=dm.num_items, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16),
+        SASRecConfig(num_items=dm.num_items, hidden_size=16, num_blocks=1, num_heads=1,
+                     max_seq_len=16),
         labels=labels, store=dm.store, loss=DLLM2RecLoss(form=form, average=average),
     ).eval()  # fmt: skip
     with torch.no_grad():  # a non-zero projection, so the teacher embeddings enter the table

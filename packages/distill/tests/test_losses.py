@@ -1,4 +1,5 @@
-"""DLLM2Rec losses against hand-computed references (math.exp / math.log, not the code under test)."""
+"""DLLM2Rec losses against hand-computed references (math.exp / math.log, not the code under
+test)."""
 
 import math
 
@@ -312,7 +313,8 @@ def test_embedding_distillation_hand_computed_and_padding_row():
     out = mod(student)
     # teacher rows 1,2 = [1, 2], [-1, 0.5]; mean [0, 1.25]; centred [1, 0.75], [-1, -0.75], each of
     # norm 1.25 -> standardised [0.8, 0.6], [-0.8, -0.6].
-    # W t + b: row 1 = [0.8 + 0.5, 1.2 - 0.5] = [1.3, 0.7]; row 2 = [-0.8 + 0.5, -1.2 - 0.5] = [-0.3, -1.7]
+    # W t + b: row 1 = [0.8 + 0.5, 1.2 - 0.5] = [1.3, 0.7];
+    #          row 2 = [-0.8 + 0.5, -1.2 - 0.5] = [-0.3, -1.7]
     _close(
         out, [[0.0, 0.0], [0.1 + 0.3 * 1.3, 0.2 + 0.3 * 0.7], [0.3 - 0.3 * 0.3, -0.4 - 0.3 * 1.7]]
     )

@@ -345,7 +345,8 @@ def test_aligned_to_reorders_by_key_and_names_the_first_missing_key(reference):
     with pytest.raises(
         SoftLabelError,
         match=re.escape(
-            f"lack 2 of {len(keys)} training samples (first missing key (user_id, position) = {first})"
+            f"lack 2 of {len(keys)} training samples (first missing key "
+            f"(user_id, position) = {first})"
         ),
     ):
         partial.aligned_to(keys)

@@ -45,7 +45,8 @@ class DistillConfig:
     gamma_position: float = checked(0.3, at_least(0))
     gamma_confidence: float = checked(0.5, at_least(0))
     gamma_consistency: float = checked(0.1, at_least(0))
-    # normalised (w_s sums to 1 over the agreeing items) | original (1 per agreeing item, as the DLLM2Rec code)
+    # normalised (w_s sums to 1 over the agreeing items) | original (1 per agreeing item, as the
+    # DLLM2Rec code)
     consistency_weight: str = checked("normalised", one_of(CONSISTENCY_FORMS))
     # the student's top-K for consistency skips history
     consistency_masks_history: bool = checked(True, BOOLEAN)

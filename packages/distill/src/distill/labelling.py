@@ -115,7 +115,8 @@ class WindowUnits:
         return batch["user_id"][rows], positions, items, values
 
     def fetch(self, client, lo: int, hi: int, k: int, mask_history: bool) -> Rows:
-        """The windows' prefixes and first keys to /topk_windows; only the selected keys are kept."""
+        """The windows' prefixes and first keys to /topk_windows; only the selected keys are
+        kept."""
         users, ends = self.plan.user_ids[lo:hi], self.plan.ends[lo:hi]
         full = self._prefixes(users, ends)
         answers = client.topk_windows(

@@ -133,7 +133,8 @@ class DistillModule(SASRecModule):
             consistency_scores = logits.detach().scatter(1, labels.prefixes[rows], -torch.inf)
         negatives = None if labels.negatives is None else labels.negatives[rows]
         parts = self.loss(ce, logits, labels.items[rows], labels.scores[rows], negatives,
-                          num_samples=num_samples, consistency_scores=consistency_scores)  # fmt: skip
+                          num_samples=num_samples,
+                          consistency_scores=consistency_scores)  # fmt: skip
         return parts["rank"]
 
     def _whole_batch_losses(self, states, table, targets, labels: TeacherLabels | None):

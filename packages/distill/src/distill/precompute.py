@@ -68,7 +68,8 @@ def _rank_world() -> tuple[int, int]:
 
 
 def scorer(units, teacher, k: int, mask_history: bool, device):
-    """Label units lo..hi with the loaded teacher, refusing a K the masked history leaves no room for."""
+    """Label units lo..hi with the loaded teacher, refusing a K the masked history leaves no
+    room for."""
 
     def label(lo: int, hi: int):
         users, positions, items, scores = units.score(teacher, lo, hi, k, mask_history, device)
@@ -76,8 +77,8 @@ def scorer(units, teacher, k: int, mask_history: bool, device):
             row = int((~torch.isfinite(scores)).any(1).nonzero()[0])
             raise UserError(
                 f"distill.candidate_topk={k} exceeds the items the teacher can rank for sample "
-                f"(user_id, position) = ({int(users[row])}, {int(positions[row])}) once its history "
-                "is masked; lower distill.candidate_topk"
+                f"(user_id, position) = ({int(users[row])}, {int(positions[row])}) once its "
+                "history is masked; lower distill.candidate_topk"
             )
         return users, positions, items, scores
 
@@ -154,7 +155,8 @@ def precompute(cfg: DictConfig) -> Path:
     unfinished = [p.name for p in paths if not shard_is_done(p, tag)]
     if unfinished:
         raise UserError(
-            f"{shard_dir}: {len(unfinished)} shard(s) unfinished or from another job (first {unfinished[0]}); re-run precompute-soft-labels to complete them"
+            f"{shard_dir}: {len(unfinished)} shard(s) unfinished or from another job (first "
+            f"{unfinished[0]}); re-run precompute-soft-labels to complete them"
         )
     # only this job's shards are merged (a stale shard of another layout never leaks in)
     user_ids, positions, items, scores = merge_shards(paths, d.candidate_topk)

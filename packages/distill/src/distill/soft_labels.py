@@ -54,8 +54,9 @@ class SoftLabels:
         if bool(bad.any()):
             row = int(bad.any(1).nonzero()[0])
             raise SoftLabelError(
-                f"{where}: the top-K list of sample (user_id, position) = ({int(self.user_ids[row])}, "
-                f"{int(self.positions[row])}) holds item {int(items[row][bad[row]][0])}, outside 1..{num_items}"
+                f"{where}: the top-K list of sample (user_id, position) = "
+                f"({int(self.user_ids[row])}, {int(self.positions[row])}) holds item "
+                f"{int(items[row][bad[row]][0])}, outside 1..{num_items}"
             )
         if not bool(torch.isfinite(self.topk_scores).all()):
             raise SoftLabelError(f"{where}: some teacher scores are not finite")
@@ -94,7 +95,9 @@ class SoftLabels:
             missing = int((~found).sum())
             first = (int(keys.user_ids[~found][0]), int(keys.positions[~found][0]))
             raise SoftLabelError(
-                f"soft labels lack {missing} of {len(wanted)} training samples (first missing key (user_id, position) = {first}); re-run precompute-soft-labels with the same distill.soft_label_samples"
+                f"soft labels lack {missing} of {len(wanted)} training samples (first missing key "
+                f"(user_id, position) = {first}); re-run precompute-soft-labels with the "
+                "same distill.soft_label_samples"
             )
         rows = order[where]
         return SoftLabels(
@@ -150,11 +153,13 @@ def read_soft_labels(
     card = _read_card(directory)
     if card.get("data_fingerprint") != fingerprint:
         raise SoftLabelError(
-            f"{directory} was computed on other data (fingerprint {str(card.get('data_fingerprint'))[:12]}…, dataset has {fingerprint[:12]}…)"
+            f"{directory} was computed on other data (fingerprint "
+            f"{str(card.get('data_fingerprint'))[:12]}…, dataset has {fingerprint[:12]}…)"
         )
     if teacher is not None and card.get("teacher_digest") != teacher:
         raise SoftLabelError(
-            f"{directory} was computed by another teacher ({str(card.get('teacher_digest'))[:12]}…, expected {teacher[:12]}…)"
+            f"{directory} was computed by another teacher "
+            f"({str(card.get('teacher_digest'))[:12]}…, expected {teacher[:12]}…)"
         )
     if card.get("k", 0) < min_k:
         raise SoftLabelError(
@@ -170,7 +175,8 @@ def read_soft_labels(
         ValueError,
     ) as exc:  # truncated, or not this table
         raise SoftLabelError(
-            f"{path}: unreadable soft-label table ({str(exc).splitlines()[0]}); re-run precompute-soft-labels"
+            f"{path}: unreadable soft-label table ({str(exc).splitlines()[0]}); "
+            "re-run precompute-soft-labels"
         ) from None
     try:
         item_embeddings = read_tensors(directory / EMBEDDINGS_FILE)["item_embeddings"]

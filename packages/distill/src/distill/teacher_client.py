@@ -143,7 +143,8 @@ class TeacherClient:
             delay = min(2 * delay, MAX_BACKOFF)
         hint = (
             " (is it running? TEACHER_CHECKPOINT=<teacher checkpoints/best> uv run bentoml serve "
-            "teacher.service:TeacherService --port <port>; a slow teacher needs a larger distill.request_timeout)"
+            "teacher.service:TeacherService --port <port>; a slow teacher needs a "
+            "larger distill.request_timeout)"
         )
         raise TeacherServiceError(
             f"teacher service {self.url}{path} still failing after {attempt} attempts in "
@@ -167,7 +168,8 @@ class TeacherClient:
         body = self.post("/item_embeddings", {})
         if body.get("dtype") != "float32":
             raise TeacherServiceError(
-                f"teacher service sent item embeddings of dtype {body.get('dtype')!r}, expected float32"
+                "teacher service sent item embeddings of dtype "
+                f"{body.get('dtype')!r}, expected float32"
             )
         array = np.frombuffer(base64.b64decode(body["data"]), dtype="<f4").reshape(body["shape"])
         return torch.from_numpy(array.astype(np.float32, copy=True))
@@ -222,33 +224,37 @@ def check_info(
     served = str(info.get("teacher_digest"))
     if expected_digest is not None and served != expected_digest:
         raise SoftLabelError(
-            f"the teacher service serves teacher {served[:12]}… ({info.get('teacher_checkpoint')}), "
-            f"not the expected {expected_digest[:12]}… ({expected_from}); restart the service "
-            "with that TEACHER_CHECKPOINT or point distill.teacher_checkpoint_path at the served one"
+            f"the teacher service serves teacher {served[:12]}… "
+            f"({info.get('teacher_checkpoint')}), not the expected {expected_digest[:12]}… "
+            f"({expected_from}); restart the service with that TEACHER_CHECKPOINT or point "
+            "distill.teacher_checkpoint_path at the served one"
         )
     if info.get("data_fingerprint") != dm.fingerprint:
         raise SoftLabelError(
-            f"the teacher service serves a teacher trained on other data (fingerprint "
+            "the teacher service serves a teacher trained on other data (fingerprint "
             f"{str(info.get('data_fingerprint'))[:12]}…, dataset {dm.processed_dir} has "
-            f"{dm.fingerprint[:12]}…); start it with TEACHER_DATA={dm.processed_dir} and a teacher "
-            "trained on it"
+            f"{dm.fingerprint[:12]}…); start it with TEACHER_DATA={dm.processed_dir} "
+            "and a teacher trained on it"
         )
     if info.get("num_items") != dm.num_items:
         raise SoftLabelError(
-            f"the teacher service knows {info.get('num_items')} items, the dataset has {dm.num_items}"
+            f"the teacher service knows {info.get('num_items')} items, "
+            f"the dataset has {dm.num_items}"
         )
     if not info.get("k_min", 1) <= k <= info.get("k_max", k):
         raise UserError(
-            f"distill.candidate_topk={k} is outside the service's range {info.get('k_min')}..{info.get('k_max')}"
+            f"distill.candidate_topk={k} is outside the service's range "
+            f"{info.get('k_min')}..{info.get('k_max')}"
         )
     if batch_size > info.get("max_requests", batch_size):
         raise UserError(
-            f"distill.teacher_batch_size={batch_size} exceeds the service's {info['max_requests']} requests per call"
+            f"distill.teacher_batch_size={batch_size} exceeds the service's "
+            f"{info['max_requests']} requests per call"
         )
     if info.get("prompt_mode") != "sequence" and dm.max_seq_len < info.get("max_seq_len", 0):
         log.warning(
-            "student.max_seq_len=%d is shorter than the teacher's window (%d): the service scores the "
-            "teacher's full window, precompute-soft-labels would score the shorter one",
+            "student.max_seq_len=%d is shorter than the teacher's window (%d): the service scores "
+            "the teacher's full window, precompute-soft-labels would score the shorter one",
             dm.max_seq_len,
             info["max_seq_len"],
         )
@@ -320,7 +326,8 @@ def fetch_soft_labels(
         embeddings = client.item_embeddings()
         if embeddings.shape[0] != dm.num_items + 1:
             raise TeacherServiceError(
-                f"teacher service sent {embeddings.shape[0]} item embeddings, expected {dm.num_items + 1}"
+                f"teacher service sent {embeddings.shape[0]} item "
+                f"embeddings, expected {dm.num_items + 1}"
             )
         sequence_mode = info.get("prompt_mode") == "sequence"
         units = labelling_units(
