@@ -21,7 +21,8 @@ GPU = ["trainer.accelerator=gpu", "trainer.devices=1"]
 
 
 def test_lightning_leaves_the_module_on_the_cpu_after_fit_on_the_gpu(cyclic_data):
-    """Why the run's test pass asks the trainer for its device: `module.device` after fit is the CPU."""
+    """Why the run's test pass asks the trainer for its device: `module.device` after fit is the
+    CPU."""
     dm = SequentialDataModule(cyclic_data, max_seq_len=16, num_candidates=0)
     dm.setup()
     module = SASRecModule(

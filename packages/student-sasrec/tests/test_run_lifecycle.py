@@ -199,11 +199,13 @@ def test_multirun_sweeps_get_their_own_directories(cyclic_data, tmp_path):
         ("train.bacth_size=64", "error: Could not override 'train.bacth_size'."),
         (
             "dataset=ml-20m",
-            "error: In 'config': Could not find 'dataset/ml-20m' Available options in 'dataset': ml-100k, ml-1m",
+            "error: In 'config': Could not find 'dataset/ml-20m' Available "
+            "options in 'dataset': ml-100k, ml-1m",
         ),
         (
             "paths.cache_dir=${oc.env:ILORA_NO_SUCH_VARIABLE}",
-            "error: config paths.cache_dir: KeyError raised while resolving interpolation: \"Environment variable 'ILORA_NO_SUCH_VARIABLE' not found\"",
+            "error: config paths.cache_dir: KeyError raised while resolving interpolation: "
+            "\"Environment variable 'ILORA_NO_SUCH_VARIABLE' not found\"",
         ),
         (
             f"train.resume={Path('/nonexistent/run')}",
@@ -231,7 +233,8 @@ def test_resume_refuses_another_config_group_and_an_unreadable_checkpoint(
     refusals = [
         (
             ["train=teacher"],
-            f"error: train.resume: train=teacher changes the config group 'train' of {run_dir} (it ran with train=student)",
+            "error: train.resume: train=teacher changes the config group 'train' of "
+            f"{run_dir} (it ran with train=student)",
         ),
         ([], f"error: {run_dir / 'checkpoints' / 'last.ckpt'}: unreadable resume checkpoint ("),
     ]

@@ -1,4 +1,5 @@
-"""The `student` config group: the SASRec architecture every student (baseline and distilled) uses."""
+"""The `student` config group: the SASRec architecture every student (baseline and distilled)
+uses."""
 
 from __future__ import annotations
 
