@@ -94,7 +94,8 @@ def left_pad(rows, width=16):
 
 
 def assert_close_bf16(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Equal up to bf16 rounding (8-bit mantissa), relative to the scores' scale; padding (-inf) alike."""
+    """Equal up to bf16 rounding (8-bit mantissa), relative to the scores' scale; padding (-inf)
+    alike."""
     finite = torch.isfinite(expected)
     assert torch.equal(finite, torch.isfinite(actual)), "NaN or a different -inf pattern"
     scale = expected[finite].abs().max()

@@ -382,7 +382,8 @@ def test_the_starting_point_is_validated_and_can_win_model_selection(tiny_pipeli
 
 
 def test_the_head_scores_in_fp32_under_bf16_autocast(teacher):
-    """trainer.precision=bf16-mixed: the LLM may run in bf16, the head must not (bf16 scores tie)."""
+    """trainer.precision=bf16-mixed: the LLM may run in bf16, the head must not (bf16 scores
+    tie)."""
     state, u = (
         torch.randn(3, teacher.llm.config.hidden_size),
         torch.randn(3, teacher.student.config.hidden_size),
@@ -429,7 +430,8 @@ def test_a_dataset_without_item_text_trains_on_item_tokens_alone(tiny_pipeline, 
     log = "".join(p.read_text() for p in (tmp_path / "teacher").glob("*.log"))
     said = [line.split("] - ")[-1] for line in log.splitlines() if "no item text" in line]
     assert said == [
-        "notext has no item text: the teacher reads item tokens alone (no titles, no title projector)"
+        "notext has no item text: the teacher reads item tokens alone "
+        "(no titles, no title projector)"
     ]
     card = json.loads((tmp_path / "teacher" / "checkpoints" / "best" / "card.json").read_text())
     assert card["hparams"]["teacher"]["use_title_projector"] is False
@@ -479,8 +481,8 @@ def test_text_states_can_be_read_at_another_depth_of_the_llm(tmp_path):
         SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16)
     )
     titles = [""] + [f"the movie {i}" for i in range(1, 41)]
-    common = dict(llm_model_name=str(llm), target_modules=["q_proj"], hidden_size=8, gate_hidden_size=4,
-                  text_scoring=True, llm_num_layers=1)  # fmt: skip
+    common = dict(llm_model_name=str(llm), target_modules=["q_proj"], hidden_size=8,
+                  gate_hidden_size=4, text_scoring=True, llm_num_layers=1)  # fmt: skip
     shallow, _ = build_teacher(TeacherConfig(**common), student, titles)
     deep, _ = build_teacher(TeacherConfig(**common, text_state_layers=2), student, titles)
     assert deep.llm.config.num_hidden_layers == 1  # the teacher itself keeps one layer

@@ -63,7 +63,8 @@ class TeacherConfig:
     answer_cue: str = "\nThe next movie they watch:"
     # score against a trainable copy of the student's item table (else a linear head)
     use_item_embeddings_head: bool = checked(True, BOOLEAN)
-    # true: query = the student's state + head(LLM state), head zero-initialised (starts as the student)
+    # true: query = the student's state + head(LLM state), head zero-initialised (starts as the
+    # student)
     residual_student_state: bool = checked(False, BOOLEAN)
     # scores += student_mix x the student's scores (an ensemble; needs residual_student_state=false)
     student_mix: float = checked(0.0, number(0))
@@ -75,7 +76,8 @@ class TeacherConfig:
     prompt_mode: str = checked("sequence", one_of(PROMPT_MODES))
     # sequence mode: `title [ItemEmb]` per item (~10x the tokens) instead of `[ItemEmb]`
     sequence_titles: bool = checked(False, BOOLEAN)
-    # input side, sequence mode: item token = projector(SASRec vector) + title_projector(title state)
+    # input side, sequence mode: item token = projector(SASRec vector) +
+    # title_projector(title state)
     use_title_projector: bool = checked(True, BOOLEAN)
     # scoring side: an item's vector = its item-table row + a projection of its text state, so
     # text can carry an item with few or no interactions
@@ -100,8 +102,9 @@ class TeacherConfig:
             )
         if isinstance(mix, int | float) and mix > 0 and residual:
             raise UserError(
-                f"{prefix}student_mix mixes the student's scores into a teacher with its own query: "
-                f"set {prefix}residual_student_state=false (the residual head already adds the student)"
+                f"{prefix}student_mix mixes the student's scores into a teacher with its own "
+                f"query: set {prefix}residual_student_state=false (the residual "
+                "head already adds the student)"
             )
         if values.get("text_scoring") and values.get("use_item_embeddings_head") is False:
             raise UserError(
@@ -125,7 +128,8 @@ class TeacherConfig:
 
     @classmethod
     def from_settings(cls, values: dict, student_mix: float) -> TeacherConfig:
-        """The architecture of a `teacher` group (a mix chosen on valid after training starts at 0)."""
+        """The architecture of a `teacher` group (a mix chosen on valid after training starts at
+        0)."""
         names = cls.__dataclass_fields__
         return cls(
             **{**{k: v for k, v in values.items() if k in names}, "student_mix": student_mix}
@@ -136,7 +140,8 @@ class TeacherConfig:
 class TeacherSettings(TeacherConfig):
     """The `teacher` config group: the architecture, plus how the teacher is built and trained."""
 
-    # auto = the weight w of scores + w x student chosen on valid after training (recorded in the card)
+    # auto = the weight w of scores + w x student chosen on valid after training (recorded in the
+    # card)
     student_mix: Any = checked("auto", number_or("auto", 0))
     # student checkpoints/best; null = the newest student run
     rec_model_checkpoint_path: str | None = None

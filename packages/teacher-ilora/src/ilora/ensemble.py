@@ -21,7 +21,8 @@ MIX_GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def own_and_student_scores(teacher, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, N+1) scores of the teacher alone (w = 0) and of its frozen student, at the last position."""
+    """(B, N+1) scores of the teacher alone (w = 0) and of its frozen student, at the last
+    position."""
     state, u = teacher.encode(history)
     return teacher.scores_from_state(state, u, student_mix=0.0)[:, 0], item_scores(
         u[:, 0], teacher.student.item_table()

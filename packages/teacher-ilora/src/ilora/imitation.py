@@ -1,12 +1,14 @@
 """Embedding imitation (the earlier guide's "reverse distillation"): the loss and its lambda decay.
 
-With ``use_item_embeddings_head=true`` the teacher scores against a *trainable* copy of the student's
-item table. The imitation loss pulls that table back toward its initial copy so the teacher's item
-space stays aligned with the student's; its weight ``lambda(t)`` decays over training::
+With ``use_item_embeddings_head=true`` the teacher scores against a *trainable* copy of the
+student's item table. The imitation loss pulls that table back toward its initial copy so the
+teacher's item space stays aligned with the student's; its weight ``lambda(t)`` decays over
+training::
 
     schedule = DecaySchedule(lambda0=1.0, lambda_min=0.0, kind="cosine").resolve(
         trainer.estimated_stepping_batches)
-    loss = ce + schedule(global_step) * imitation_loss(table.weight, initial_table, "mse", rows=items)
+    loss = ce + schedule(global_step) * imitation_loss(
+        table.weight, initial_table, "mse", rows=items)
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ EXP_FLOOR = 1e-8
 
 
 class ImitationConfigError(UserError, ValueError):
-    """An unknown loss/decay name or a bad horizon: a ValueError that the CLIs also report cleanly."""
+    """An unknown loss/decay name or a bad horizon: a ValueError that the CLIs also report
+    cleanly."""
 
 
 def _check_name(kind: str, allowed: tuple[str, ...], what: str) -> None:
@@ -126,7 +129,8 @@ def decayed_lambda(
 @dataclass(frozen=True)
 class DecaySchedule:
     """``decay_steps=None`` means "the run's real total optimizer steps": call ``resolve`` with
-    Lightning's ``trainer.estimated_stepping_batches`` (not ``max_steps``, which is -1 by default)."""
+    Lightning's ``trainer.estimated_stepping_batches`` (not ``max_steps``, which is -1 by
+    default)."""
 
     lambda0: float
     lambda_min: float = 0.0
@@ -147,8 +151,8 @@ class DecaySchedule:
         # estimated_stepping_batches is a float ('inf' for an unbounded run)
         if not math.isfinite(total_steps) or total_steps < 1:
             raise ImitationConfigError(
-                f"total_steps must be a finite number >= 1 (set teacher.imitation_decay_steps for an "
-                f"unbounded run), got {total_steps}"
+                "total_steps must be a finite number >= 1 (set teacher.imitation_decay_steps for "
+                f"an unbounded run), got {total_steps}"
             )
         return dataclasses.replace(self, decay_steps=int(total_steps))
 

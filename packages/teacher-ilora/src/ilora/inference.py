@@ -110,7 +110,8 @@ def window_batch(
     """The window batch :class:`recdata.datamodule.WindowTrainDataset` builds, from each window's
     whole prefix items[:end] and its first read-out key: ``history`` (the last ``width`` items,
     left-padded, all-padding columns dropped), ``read`` (B, L) bool and ``positions`` (B, L) (the
-    key position each column's readout predicts), and ``full_history`` (the prefixes, left-padded)."""
+    key position each column's readout predicts), and ``full_history`` (the prefixes,
+    left-padded)."""
     ends = torch.tensor([len(h) for h in histories])
     full = torch.zeros(len(histories), max(int(ends.max()), width), dtype=torch.long)
     for r, h in enumerate(histories):

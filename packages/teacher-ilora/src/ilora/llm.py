@@ -217,7 +217,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json
 
 
 def local_dir_digest(path: Path) -> str:
-    """sha256 over ``config.json`` and the weight files' names and sizes (cheap, no weight reads)."""
+    """sha256 over ``config.json`` and the weight files' names and sizes (cheap, no weight
+    reads)."""
     h = hashlib.sha256()
     cfg = path / "config.json"
     if cfg.is_file():

@@ -188,7 +188,8 @@ class ILoRATeacher(nn.Module):
             return self._encode_sequence(history, all_positions)
         if all_positions:
             raise ValueError(
-                "prefix mode reads out one state per prompt; all_positions needs prompt_mode=sequence"
+                "prefix mode reads out one state per prompt; "
+                "all_positions needs prompt_mode=sequence"
             )
         return self._encode_prefix(history)
 

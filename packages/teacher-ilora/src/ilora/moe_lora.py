@@ -12,10 +12,10 @@ the tokens of item t use the gate of the prefix ending at t); it is set once per
     with gate_context(model, gates):        # or set_gate(model, gates) before model(...)
         out = model(input_ids)
 
-The experts are computed in one fused pass: ``A`` (stored ``(E, r_e, in)``) is viewed as a single
-``(E*r_e, in)`` matrix and ``B`` (stored ``(E, out, r_e)``) as ``(out, E*r_e)``, so the adapter costs
-two thin matmuls plus one ``(tokens, E*r_e)`` scale by the gate repeated per rank -- the same work
-as a plain rank-``r`` LoRA.
+The experts are computed in one fused pass: ``A`` (stored ``(E, r_e, in)``) is viewed as a
+single ``(E*r_e, in)`` matrix and ``B`` (stored ``(E, out, r_e)``) as ``(out, E*r_e)``, so the
+adapter costs two thin matmuls plus one ``(tokens, E*r_e)`` scale by the gate repeated per rank
+-- the same work as a plain rank-``r`` LoRA.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ class GateState:
         self._expanded = {}
 
     def expanded(self, rank: int, scaling: float, dtype: torch.dtype) -> Tensor:
-        """``(B, E*rank)`` or ``(B, T, E*rank)``: gate_e * scaling repeated ``rank`` times per expert."""
+        """``(B, E*rank)`` or ``(B, T, E*rank)``: gate_e * scaling repeated ``rank`` times per
+        expert."""
         assert self.gates is not None
         key = (rank, scaling, dtype)
         out = self._expanded.get(key)
@@ -111,9 +112,10 @@ class LoRADropout(nn.Dropout):
 class MoELoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus ``E`` gated LoRA experts.
 
-    Parameters: ``lora_A`` ``(E, r_e, in)`` (kaiming-uniform, like peft), ``lora_B`` ``(E, out, r_e)``
-    (zeros, so a fresh adapter is the identity). Adapters live in ``adapter_dtype`` (fp32 by default,
-    also when the base is bf16/fp16); the input is cast to it and the update cast back.
+    Parameters: ``lora_A`` ``(E, r_e, in)`` (kaiming-uniform, like peft), ``lora_B``
+    ``(E, out, r_e)`` (zeros, so a fresh adapter is the identity). Adapters live in
+    ``adapter_dtype`` (fp32 by default, also when the base is bf16/fp16); the input is cast to it
+    and the update cast back.
     """
 
     def __init__(
@@ -195,7 +197,8 @@ class MoELoRALinear(nn.Module):
         if x.dim() < 2 or (nb != x.shape[0] and nb != 1):
             raise RuntimeError(
                 f"MoE-LoRA gate has batch size {nb} but the layer input has shape "
-                f"{tuple(x.shape)}; the gate must be (batch, num_experts) or (batch, tokens, num_experts)"
+                f"{tuple(x.shape)}; the gate must be (batch, num_experts) "
+                "or (batch, tokens, num_experts)"
             )
         if g.dim() == 2:  # one gate per example: the same for every token
             return g.view(nb, *([1] * (x.dim() - 2)), g.shape[-1])
@@ -252,8 +255,8 @@ def inject_moe_lora(
     """Replace every ``nn.Linear`` whose qualified name ends with one of
     ``config.target_modules`` by a :class:`MoELoRALinear` sharing one :class:`GateState`.
 
-    Freezes every pre-existing parameter of ``model`` (like peft); only the new ``lora_A``/``lora_B``
-    are trainable. Returns the replaced module names."""
+    Freezes every pre-existing parameter of ``model`` (like peft); only the new
+    ``lora_A``/``lora_B`` are trainable. Returns the replaced module names."""
     if any(isinstance(m, MoELoRALinear) for m in model.modules()):
         raise UserError("model already has MoE-LoRA layers; inject once")
     linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]

@@ -1,6 +1,7 @@
 """Prompt building for the iLoRA teacher, in its two formats.
 
-Prefix mode (:class:`PromptBuilder`, iLoRA's prompt): one prompt per history, ``[BOS] instruction  title_1 [ItemEmb] , title_2 [ItemEmb] , ... answer_cue``: the
+Prefix mode (:class:`PromptBuilder`, iLoRA's prompt): one prompt per history,
+``[BOS] instruction  title_1 [ItemEmb] , title_2 [ItemEmb] , ... answer_cue``: the
 instruction first (so the representation is read at the end), then the last ``max_history`` items
 of the history, oldest first, each as its title followed by one ``[ItemEmb]`` token whose input
 embedding the teacher replaces by ``projector(SASRec item embedding)``, then the answer cue. No

@@ -41,7 +41,8 @@ def teacher_config(cfg: DictConfig) -> TeacherConfig:
 
 
 def finalize_teacher(module: TeacherModule, best_dir: Path, *, cfg: DictConfig, dm) -> None:
-    """After training, on the best weights: the student mix (when auto), then the item embeddings."""
+    """After training, on the best weights: the student mix (when auto), then the item
+    embeddings."""
     if mix_is_auto(cfg):
         monitor = (
             cfg.train.monitor
