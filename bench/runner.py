@@ -46,7 +46,8 @@ def child_env(parallel: int) -> dict:
 
 
 def run_all(jobs: list[tuple[str, str, list[str]]], child, parallel: int) -> dict:
-    """Run (job name, command, overrides) children, `parallel` at a time -> {name: child's result}."""
+    """Run (job name, command, overrides) children, `parallel` at a time -> {name: child's
+    result}."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:

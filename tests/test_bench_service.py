@@ -37,7 +37,8 @@ def test_a_sequence_mode_teacher_is_killed_and_restarted_mid_fetch(
     uninterrupted = fetch_soft_labels(teacher_service.url, dm, keys, k=K, batch_size=BATCH)
 
     report = bench_service.fetch_with_restart(teacher_service, dm, keys, k=K, batch_size=BATCH,
-                                              reference=uninterrupted, retry_budget=120)  # fmt: skip
+                                              reference=uninterrupted,
+                                              retry_budget=120)  # fmt: skip
 
     assert report.endpoint == "/topk_windows"  # the sequence-mode teacher's endpoint
     assert (

@@ -117,7 +117,8 @@ def synthetic_dataset(root: Path, sizes: Sizes) -> Path:
 
 
 def window_batch(processed: Path, sizes: Sizes, batch: int) -> dict[str, torch.Tensor]:
-    """`batch` random training windows of the sequence teacher (as bench.speed.teacher draws them)."""
+    """`batch` random training windows of the sequence teacher (as bench.speed.teacher draws
+    them)."""
     from recdata.datamodule import SequentialDataModule
 
     dm = SequentialDataModule(
@@ -165,7 +166,8 @@ def prompt_tokens(teacher, history: torch.Tensor) -> tuple[int, int]:
 def forward_flops(teacher, batch: int, width: int) -> tuple[float, float]:
     """(linear, attention) FLOPs of one LLM forward over (batch, width) padded tokens: 2 x the
     weights of every linear layer (adapters included, the unused LM head not) per token, and
-    4 x batch x width^2 x hidden per layer for scores and values (a padding mask: no causal skip)."""
+    4 x batch x width^2 x hidden per layer for scores and values (a padding mask: no causal
+    skip)."""
     from ilora.moe_lora import MoELoRALinear
 
     body = teacher.llm.base_model
@@ -215,9 +217,10 @@ def report_teacher(mode: str, batch_size: int, t: dict, peak: float) -> None:
     for phase in ("train", "score"):
         s = t[phase]
         print(
-            f"  {mode:8s} batch {batch_size:3d} {phase:5s}: {s * 1e3:8.1f} ms  {t['real'] / s:10.0f} tokens/s "
-            f"({t['padded'] / s:10.0f} padded)  {t['positions'] / s:9.0f} positions/s  "
-            f"{work[phase] / s / 1e12:7.2f} TFLOP/s = {work[phase] / s / peak:.3f} of peak"
+            f"  {mode:8s} batch {batch_size:3d} {phase:5s}: {s * 1e3:8.1f} ms  "
+            f"{t['real'] / s:10.0f} tokens/s ({t['padded'] / s:10.0f} padded)  "
+            f"{t['positions'] / s:9.0f} positions/s  {work[phase] / s / 1e12:7.2f} TFLOP/s = "
+            f"{work[phase] / s / peak:.3f} of peak"
         )
 
 
@@ -225,14 +228,16 @@ def bench_teacher(llm_dir: Path, processed: Path, sizes: Sizes, peak: float) -> 
     for mode in ("prefix", "sequence"):
         teacher, info = build_mode_teacher(llm_dir, processed, mode, sizes)
         print(
-            f"teacher {mode}: {info.num_parameters / 1e6:.1f}M-parameter LLM, {info.dtype}, {info.attn_implementation}, "
-            f"on {info.device}; MoE-LoRA r=8 E=4 on q,k,v,o,gate,up,down"
+            f"teacher {mode}: {info.num_parameters / 1e6:.1f}M-parameter LLM, {info.dtype}, "
+            f"{info.attn_implementation}, on {info.device}; MoE-LoRA "
+            "r=8 E=4 on q,k,v,o,gate,up,down"
         )
         for batch_size in sizes.batches:
             t = time_teacher(teacher, window_batch(processed, sizes, batch_size), sizes)
             print(
-                f"  {mode:8s} batch {batch_size:3d}: {t['real']} prompt tokens ({t['padded']} padded), "
-                f"{t['positions']} {'prompts' if mode == 'prefix' else 'training positions'}"
+                f"  {mode:8s} batch {batch_size:3d}: {t['real']} prompt tokens ({t['padded']} "
+                f"padded), {t['positions']} "
+                f"{'prompts' if mode == 'prefix' else 'training positions'}"
             )
             report_teacher(mode, batch_size, t, peak)
         del teacher
@@ -275,7 +280,8 @@ def bench_student(processed: Path, sizes: Sizes, peak: float) -> None:
     config = SASRecConfig(num_items=dm.num_items, max_seq_len=sizes.window)
     h, n = config.hidden_size, config.num_items + 1
     # forward per padded token and block: qkv, out and the 2-layer FFN (6 h^2 weights) and
-    # attention (4 h width); per supervised position the full-softmax output (2 h N); training = 3 x forward
+    # attention (4 h width); per supervised position the full-softmax output (2 h N);
+    # training = 3 x forward
     blocks = (
         sum(tokens * (2 * 6 * h * h + 4 * h * width) for _, tokens, width in batches)
         * config.num_blocks
@@ -299,8 +305,9 @@ def bench_student(processed: Path, sizes: Sizes, peak: float) -> None:
     epoch = statistics.median(timer.seconds[1:] or timer.seconds)
     print(
         f"student epoch ({len(dm.train_dataset())} user sequences, {positions} training positions, "
-        f"{padded} padded tokens): {epoch:.2f} s = {positions / epoch:.0f} positions/s ({padded / epoch:.0f} padded tokens/s), "
-        f"{work / epoch / 1e12:.3f} TFLOP/s = {work / epoch / peak:.4f} of peak; epochs {[round(s, 2) for s in timer.seconds]}"
+        f"{padded} padded tokens): {epoch:.2f} s = {positions / epoch:.0f} positions/s "
+        f"({padded / epoch:.0f} padded tokens/s), {work / epoch / 1e12:.3f} TFLOP/s = "
+        f"{work / epoch / peak:.4f} of peak; epochs {[round(s, 2) for s in timer.seconds]}"
     )
 
 
@@ -313,11 +320,13 @@ def run(sizes: Sizes) -> None:
     transformers.utils.logging.disable_progress_bar()
     where = torch.cuda.get_device_name() if sizes.device == "cuda" else "CPU (dry run, toy sizes)"
     print(
-        f"{where}; torch {torch.__version__}, transformers {transformers.__version__}, lightning {lightning.__version__}"
+        f"{where}; torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"lightning {lightning.__version__}"
     )
     peak = matmul_peak(sizes)
     print(
-        f"matmul peak ({sizes.matmul}^3, {'bf16' if sizes.device == 'cuda' else 'fp32'}): {peak / 1e12:.1f} TFLOP/s"
+        f"matmul peak ({sizes.matmul}^3, {'bf16' if sizes.device == 'cuda' else 'fp32'}): "
+        f"{peak / 1e12:.1f} TFLOP/s"
     )
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         processed = synthetic_dataset(Path(tmp) / "data", sizes)

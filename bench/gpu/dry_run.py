@@ -34,7 +34,8 @@ def main(tests: list[str]) -> int:
     )
     if code != 0 or not selection.ids:
         print(
-            f"error: collecting the CUDA tests of {' '.join(tests)} gave exit {code}, {len(selection.ids)} selected"
+            f"error: collecting the CUDA tests of {' '.join(tests)} gave exit {code}, "
+            f"{len(selection.ids)} selected"
         )
         return 1
     print(

@@ -15,11 +15,15 @@
    that every kind and config schema is registered.
 
     python -m bench.gpu.env needed            # name==version of each wheel to carry, one a line
-    python -m bench.gpu.env sdist NAME FILE   # FILE is the locked sdist of NAME (sha256), for a wheel built here
-    python -m bench.gpu.env check .whl        # exactly those wheels, at the locked versions and hashes
-    python -m bench.gpu.env src               # the src dirs the check puts on PYTHONPATH, colon-separated
+    python -m bench.gpu.env sdist NAME FILE   # FILE is the locked sdist of NAME (sha256), for a
+                                              # wheel built here
+    python -m bench.gpu.env check .whl        # exactly those wheels, at the locked versions and
+                                              # hashes
+    python -m bench.gpu.env src               # the src dirs the check puts on PYTHONPATH,
+                                              # colon-separated
     python -m bench.gpu.env entry-points DIR  # a dist-info per workspace package in DIR
-    python -m bench.gpu.env registry DIR      # kinds and schemas registered from the src dirs + DIR alone
+    python -m bench.gpu.env registry DIR      # kinds and schemas registered from the src dirs +
+                                              # DIR alone
 """
 
 from __future__ import annotations
@@ -153,7 +157,8 @@ def check_wheels(directory: Path, allow_missing: bool = False) -> list[str]:
 
 # -- workspace from PYTHONPATH: src dirs and entry points ---------------------------------------
 def workspace_projects() -> dict[str, tuple[Path, dict]]:
-    """{canonical name: (project dir, [project] table)} of every packages/* and services/* pyproject."""
+    """{canonical name: (project dir, [project] table)} of every packages/* and services/*
+    pyproject."""
     projects = {}
     for pyproject in sorted(
         [*ROOT.glob("packages/*/pyproject.toml"), *ROOT.glob("services/*/pyproject.toml")]
@@ -233,11 +238,15 @@ import json, sys
 from importlib.metadata import entry_points
 from runkit.config import registered_schemas
 from runkit.kinds import kind_names
-print(json.dumps({"kinds": list(kind_names()), "schemas": sorted(s.name for s in registered_schemas()),
+print(json.dumps({"kinds": list(kind_names()),
+                  "schemas": sorted(s.name for s in registered_schemas()),
                   "groups": sorted({s.group for s in registered_schemas()}),
                   "declared": {g: sorted(p.name for p in entry_points(group=g))
-                               for g in ("ilora_dllm2rec.checkpoint_kinds", "ilora_dllm2rec.config_schemas")},
-                  "files": {m: getattr(sys.modules[m], "__file__", None) for m in ("runkit", "sasrec", "ilora", "distill", "compare") if m in sys.modules}}))
+                               for g in ("ilora_dllm2rec.checkpoint_kinds",
+                                         "ilora_dllm2rec.config_schemas")},
+                  "files": {m: getattr(sys.modules[m], "__file__", None)
+                            for m in ("runkit", "sasrec", "ilora", "distill", "compare")
+                            if m in sys.modules}}))
 """
 
 
@@ -310,7 +319,8 @@ def main(argv: list[str]) -> int:
     if command == "entry-points" and len(args) == 1:
         written = write_entry_points(Path(args[0]))
         print(
-            f"entry points of {len(written)} workspace packages in {args[0]}: {', '.join(w.name for w in written)}"
+            f"entry points of {len(written)} workspace packages in {args[0]}: "
+            f"{', '.join(w.name for w in written)}"
         )
         return 0
     if command == "registry" and len(args) == 1:
@@ -318,7 +328,8 @@ def main(argv: list[str]) -> int:
         if not problems:
             print(
                 f"registered from the src dirs and {args[0]} alone (no workspace install seen): "
-                f"checkpoint kinds {', '.join(found['kinds'])}; config schemas {', '.join(found['schemas'])}"
+                f"checkpoint kinds {', '.join(found['kinds'])}; "
+                f"config schemas {', '.join(found['schemas'])}"
             )
     elif command == "sdist" and len(args) == 2:
         problems = check_sdist(args[0], Path(args[1]))

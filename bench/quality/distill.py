@@ -1,7 +1,8 @@
 """Does distillation help? Baseline SASRec vs the DLLM2Rec-distilled SASRec on ML-100K.
 
-    uv run python -m bench.quality.distill [--teacher PATH] [--epochs N] [--samples SPEC] [--seeds S ...]
-                                           [--parallel J] [--no-ablations] [--soft-labels DIR] [overrides...]
+    uv run python -m bench.quality.distill [--teacher PATH] [--epochs N] [--samples SPEC]
+                                           [--seeds S ...] [--parallel J] [--no-ablations]
+                                           [--soft-labels DIR] [overrides...]
 
 With the newest `ilora-teacher` under result/ (or --teacher), computes the teacher's soft labels
 with `precompute-soft-labels` unless valid ones already exist, then trains the baseline student
@@ -66,13 +67,15 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
         type=int,
         nargs="+",
         default=[42],
-        help="one baseline and one distilled run (and ablations) per seed; the table gives the mean",
+        help="one baseline and one distilled run (and ablations) per seed; the table gives the "
+        "mean",
     )
     parser.add_argument(
         "--parallel",
         type=int,
         default=1,
-        help="children run at once, each with cores/parallel threads (2 on a 2-core machine is ~1.3x faster)",
+        help="children run at once, each with cores/parallel threads (2 on a 2-core machine is "
+        "~1.3x faster)",
     )
     parser.add_argument(
         "--ablations",
@@ -224,12 +227,13 @@ def report(teacher, soft, soft_card, soft_note, out, args, overrides, runs) -> N
     teacher_card = json.loads((teacher / "card.json").read_text())
     teacher_test = teacher_card.get("metrics", {}).get("test", {})
     print(
-        f"teacher                 {teacher} (test NDCG@10 {teacher_test.get('ndcg@10', float('nan')):.4f}, "
-        f"trained on limit_data_rows={teacher_card['data'].get('limit_data_rows')})"
+        f"teacher                 {teacher} (test NDCG@10 "
+        f"{teacher_test.get('ndcg@10', float('nan')):.4f}, trained on "
+        f"limit_data_rows={teacher_card['data'].get('limit_data_rows')})"
     )
     print(
-        f"soft labels             {soft} ({soft_card['num_samples']} samples {soft_card['samples']}, "
-        f"K={soft_card['k']}, {soft_note})"
+        f"soft labels             {soft} ({soft_card['num_samples']} samples "
+        f"{soft_card['samples']}, K={soft_card['k']}, {soft_note})"
     )
     print(
         f"runs                    {out} (seeds {args.seeds}, epochs {args.epochs or 'config'}, "
@@ -242,8 +246,8 @@ def report(teacher, soft, soft_card, soft_note, out, args, overrides, runs) -> N
     base_users = [per_user(run_dir) for _, run_dir in runs["baseline student"]]
     print()
     print(
-        f"{'run':<34} {'NDCG@10':>15} {'HR@10':>7} {'ratio':>6} {'paired diff ± SE [95% CI]':>36}  "
-        f"{'per-seed ratio':<20} {'wall s':>6}"
+        f"{'run':<34} {'NDCG@10':>15} {'HR@10':>7} {'ratio':>6} "
+        f"{'paired diff ± SE [95% CI]':>36}  {'per-seed ratio':<20} {'wall s':>6}"
     )
     for name, rs in runs.items():
         ndcg = [m["ndcg@10"] for m in masked[name]]
@@ -264,8 +268,8 @@ def report(teacher, soft, soft_card, soft_note, out, args, overrides, runs) -> N
     )
     print(
         "NDCG@10 mean±SD over seeds; ratio = mean / baseline mean; paired diff = per-user NDCG@10 "
-        "difference to the baseline of the same seed, averaged over seeds per user, then over users "
-        "(± SE, bootstrap 95% interval over users)"
+        "difference to the baseline of the same seed, averaged over seeds per user, then over "
+        "users (± SE, bootstrap 95% interval over users)"
     )
     print("metrics: test split, full ranking over all items, history masked")
 

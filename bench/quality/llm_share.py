@@ -194,8 +194,9 @@ def report(work: Path, seeds: list[int]) -> None:
         pairs.append(("teacher_main", "teacher_inputonly"))
     for metric in METRICS:
         print(
-            f"\n{metric.upper()}, pooled over seeds {', '.join(map(str, seeds))}: mean of the model "
-            "(x its reference) and the paired difference ± SE [bootstrap 95%]; * beyond 2 SE\n"
+            f"\n{metric.upper()}, pooled over seeds {', '.join(map(str, seeds))}: mean of the "
+            "model (x its reference) and the paired difference ± SE "
+            "[bootstrap 95%]; * beyond 2 SE\n"
         )
         print("| model | vs | " + " | ".join(g or "overall" for g in groups) + " |")
         print("|:--|:--|" + "--:|" * len(groups))

@@ -1,11 +1,13 @@
 """Does the teacher beat its own student? The sequence-mode teacher and its controls on ML-100K.
 
     uv run python -m bench.quality.teacher --student result/<run>/checkpoints/best [...]
-        [--seeds S ...] [--runs main two-epochs three-epochs random-llm no-title-projector residual prefix longer]
+        [--seeds S ...]
+        [--runs main two-epochs three-epochs random-llm no-title-projector residual prefix longer]
         [--parallel J] [--out DIR] [--prefix-steps N] [--threads T] [overrides...]
 
 Each run is `train-teacher experiment=cpu_demo` as a child process on the same student, with:
-  main                 the CPU preset (sequence mode, its own query, student mix chosen on valid, 1 epoch)
+  main                 the CPU preset (sequence mode, its own query, student mix chosen on valid,
+                       1 epoch)
   two-epochs           the main teacher for 2 epochs (the issue's 12-minute training budget, not
   three-epochs         the demo's 20 minutes end to end), or 3 epochs
   random-llm           the same LLM shape with random weights (does the pretrained LLM help?)
@@ -16,11 +18,11 @@ Each run is `train-teacher experiment=cpu_demo` as a child process on the same s
 With several --seeds, give one --student per seed (in the same order): each teacher is trained
 with `seed=S` on the student of seed S, and every run also gets a pooled row (the per-user
 difference averaged over seeds, then over users).
-Printed per run and seed: the learning curve (valid NDCG@10 after each epoch, from TensorBoard; main and
-longer validate the starting point too), test NDCG@10 / HR@10 (full ranking, history masked), the ratio to the student,
-the paired per-user difference to the student with its SE and bootstrap 95% interval (target:
-ratio >= 1.05 and difference > 2 SE), and the wall time of the whole command. Extra arguments
-are Hydra overrides for every run.
+Printed per run and seed: the learning curve (valid NDCG@10 after each epoch, from TensorBoard;
+main and longer validate the starting point too), test NDCG@10 / HR@10 (full ranking, history
+masked), the ratio to the student, the paired per-user difference to the student with its SE
+and bootstrap 95% interval (target: ratio >= 1.05 and difference > 2 SE), and the wall time of
+the whole command. Extra arguments are Hydra overrides for every run.
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     args, overrides = parser.parse_known_args()
     if len(args.student) != len(args.seeds):
         parser.error(
-            f"{len(args.seeds)} seeds need as many students (each teacher learns from its seed's student), "
-            f"got {len(args.student)}"
+            f"{len(args.seeds)} seeds need as many students (each teacher learns from its seed's "
+            f"student), got {len(args.student)}"
         )
     bad = [o for o in overrides if o.startswith("-") or "=" not in o]
     if bad:
@@ -126,7 +128,8 @@ def main() -> None:
     for seed, run in student_runs.items():
         base = read_metrics(str(run))["metrics_masked"]
         print(
-            f"student seed {seed} {run}: test NDCG@10 {base['ndcg@10']:.4f}, HR@10 {base['hr@10']:.4f}"
+            f"student seed {seed} {run}: test NDCG@10 "
+            f"{base['ndcg@10']:.4f}, HR@10 {base['hr@10']:.4f}"
         )
     print(f"runs in {out}; overrides {overrides or 'none'}\n", flush=True)
 
@@ -184,7 +187,8 @@ def report(title: str, run_dirs: list[Path], student_runs: list[Path], cost: str
         ]
         curve = " -> ".join(f"{v:.4f}@{s}" for s, v in learning_curve(run_dirs[0]))
         print(
-            f"    valid NDCG@10 by step: {curve}  (best: step {card.get('global_step')}, epoch {card.get('epoch')})"
+            f"    valid NDCG@10 by step: {curve}  (best: step "
+            f"{card.get('global_step')}, epoch {card.get('epoch')})"
         )
     print(f"    test NDCG@10 {ndcg:.4f} (x{ratio:.3f} the student), HR@10 {hr:.4f}")
     print(

@@ -246,8 +246,8 @@ def print_tables(rows: list[dict]) -> None:
         return fmt.format(row[key]) if key in row else "—"
 
     print(
-        "\n| users | items | interactions | prepare s | prepare GB | student step s | student epoch s "
-        "| student GB | eval s | eval GB | labels/s | labels GB |"
+        "\n| users | items | interactions | prepare s | prepare GB | student step s "
+        "| student epoch s | student GB | eval s | eval GB | labels/s | labels GB |"
     )
     print("|" + "---:|" * 12)
     for r in rows:

@@ -2,10 +2,11 @@
 BentoML service, the service's latency under concurrent single-history clients, and what a crash
 of the server mid-fetch costs.
 
-(a) throughput (samples/s, after one warm-up batch each) over the first `--samples` training prefixes (last_n_per_user=1, the
-    distill default): in-process precompute-style scoring (`teacher(history)` + top-K, batches of
-    `--batch-size`) vs `distill.teacher_client.fetch_soft_labels` against the service (same batch
-    size, one call at a time), and whether the two agree;
+(a) throughput (samples/s, after one warm-up batch each) over the first `--samples` training
+    prefixes (last_n_per_user=1, the distill default): in-process precompute-style scoring
+    (`teacher(history)` + top-K, batches of `--batch-size`) vs
+    `distill.teacher_client.fetch_soft_labels` against the service (same batch size, one call at
+    a time), and whether the two agree;
 (b) p50/p99 latency of single-history `/topk` calls at 1, 4 and 16 concurrent clients, a bounded
     `--requests` calls per level shared by its clients (or, with `--duration S`, as many calls as
     each client makes in S seconds), errors, /readyz probes during the level, and the mean model
@@ -33,12 +34,14 @@ of the server mid-fetch costs.
 The service is started here (`bentoml serve teacher.service:TeacherService` on a free localhost
 port) and stopped at the end. `fetch_with_restart` is reusable (tests/test_bench_service.py).
 
-    uv run python -m bench.speed.service [--checkpoint result/<run>/checkpoints/best] [--data data/processed/ml-100k]
-                                         [--samples 32] [--batch-size 8] [--requests 32] [--levels 1,4,16]
+    uv run python -m bench.speed.service [--checkpoint result/<run>/checkpoints/best]
+                                         [--data data/processed/ml-100k] [--samples 32]
+                                         [--batch-size 8] [--requests 32] [--levels 1,4,16]
                                          [--duration 60] [--restart]
-    uv run python -m bench.speed.service --all-prefixes [--restart] [--no-in-process] [--batch-size 16] [--checkpoint ...]
-    uv run python -m bench.speed.service --distill-restart [--seed 42] [--precomputed-run DIR] [--out DIR]
-                                         [--checkpoint ...] [overrides...]
+    uv run python -m bench.speed.service --all-prefixes [--restart] [--no-in-process]
+                                         [--batch-size 16] [--checkpoint ...]
+    uv run python -m bench.speed.service --distill-restart [--seed 42] [--precomputed-run DIR]
+                                         [--out DIR] [--checkpoint ...] [overrides...]
 """
 
 from __future__ import annotations
@@ -137,8 +140,9 @@ def label_all(
             local_s = time.perf_counter() - t0
             local = SoftLabels(*merge_shards(paths, k), torch.zeros(1), {}).aligned_to(keys)
         print(
-            f"in-process (precompute) {len(keys) / local_s:7.1f} prefixes/s  ({len(keys)} prefixes in {len(units)} "
-            f"{'windows' if sequence_mode else 'prompts'}, batch {batch_size}, {local_s:.0f} s)",
+            f"in-process (precompute) {len(keys) / local_s:7.1f} prefixes/s  ({len(keys)} prefixes "
+            f"in {len(units)} {'windows' if sequence_mode else 'prompts'}, batch "
+            f"{batch_size}, {local_s:.0f} s)",
             flush=True,
         )
         del teacher
@@ -156,8 +160,8 @@ def label_all(
                 f"; x{served_s / local_s:.2f} the in-process time; labels bitwise equal: {same}"
             )
         print(
-            f"through the service     {len(keys) / served_s:7.1f} prefixes/s  ({len(keys)} prefixes, {served_s:.0f} s "
-            f"incl. info + item embeddings{versus}; log {log})",
+            f"through the service     {len(keys) / served_s:7.1f} prefixes/s  ({len(keys)} "
+            f"prefixes, {served_s:.0f} s incl. info + item embeddings{versus}; log {log})",
             flush=True,
         )
         if restart:
@@ -275,10 +279,11 @@ class RestartReport:
             else "NEVER (still taken after 30 s)"
         )
         return (
-            f"server SIGKILLed as {self.endpoint} call {self.kill_at} of {self.calls} was sent; port free after "
-            f"{port}; restarted (ready) {self.restart_s:.1f} s and the fetch resumed {self.resumed_s:.1f} s after "
-            f"the kill; {self.sent - self.calls} requests retried; {self.lost} of {len(self.labels.user_ids) + self.lost} "
-            f"prefixes lost; labels bitwise equal to the uninterrupted fetch: {self.equal}"
+            f"server SIGKILLed as {self.endpoint} call {self.kill_at} of {self.calls} was sent; "
+            f"port free after {port}; restarted (ready) {self.restart_s:.1f} s and the fetch "
+            f"resumed {self.resumed_s:.1f} s after the kill; {self.sent - self.calls} requests "
+            f"retried; {self.lost} of {len(self.labels.user_ids) + self.lost} prefixes lost; "
+            f"labels bitwise equal to the uninterrupted fetch: {self.equal}"
         )
 
 
@@ -320,8 +325,8 @@ class KillMidFetch(httpx.HTTPTransport):
     def report(self, calls: int, keys, labels, reference) -> RestartReport:
         if "killed" not in self.events:
             raise RuntimeError(
-                f"the fetch sent {self.sent} {self.endpoint} calls and never reached call {self.kill_at}: "
-                "the server was not killed"
+                f"the fetch sent {self.sent} {self.endpoint} calls and never reached call "
+                f"{self.kill_at}: the server was not killed"
             )
         self.restart.join()
         if "ready" not in self.events:
@@ -493,8 +498,9 @@ def distill_restart(args, checkpoint: Path) -> None:
         # and at least one when there are several, so the kill is mid-fetch
         kill_after = min(calls - 1, max(1, calls // 3))
         print(
-            f"service on {service.url} ready in {time.perf_counter() - t_service:.0f} s; the fetch of {len(keys)} "
-            f"prefixes makes {calls} {endpoint} calls; SIGKILL after {kill_after} answered (counted in {log})",
+            f"service on {service.url} ready in {time.perf_counter() - t_service:.0f} s; the fetch "
+            f"of {len(keys)} prefixes makes {calls} {endpoint} calls; SIGKILL after "
+            f"{kill_after} answered (counted in {log})",
             flush=True,
         )
         answered = AccessLog(log, endpoint)
@@ -516,14 +522,16 @@ def distill_restart(args, checkpoint: Path) -> None:
                 service.kill()
                 events["port_free"] = wait_port_free(service.port)
                 print(
-                    f"[{time.strftime('%H:%M:%S')}] killed the server (SIGKILL) after {n} answered calls, "
-                    f"{events['killed'] - t0:.0f} s into the run; port free after {events['port_free'] or float('nan'):.2f} s",
+                    f"[{time.strftime('%H:%M:%S')}] killed the server (SIGKILL) after {n} answered "
+                    f"calls, {events['killed'] - t0:.0f} s into the run; port free after "
+                    f"{events['port_free'] or float('nan'):.2f} s",
                     flush=True,
                 )
                 service.start()
                 events["ready"] = time.perf_counter() - events["killed"]
                 print(
-                    f"[{time.strftime('%H:%M:%S')}] restarted on the same port, ready {events['ready']:.1f} s after the kill",
+                    f"[{time.strftime('%H:%M:%S')}] restarted on the same port, ready "
+                    f"{events['ready']:.1f} s after the kill",
                     flush=True,
                 )
             elif "killed" in events and n > events["answered_at_kill"]:
@@ -571,8 +579,9 @@ def distill_restart(args, checkpoint: Path) -> None:
     ]
     print(f"\nteacher                 {checkpoint}")
     print(
-        f"label fetch             {len(keys)} prefixes, {calls} {endpoint} calls of batch {d.teacher_batch_size}; "
-        f"{total_answered} answered in all ({total_answered - calls} answered twice)"
+        f"label fetch             {len(keys)} prefixes, {calls} {endpoint} calls of batch "
+        f"{d.teacher_batch_size}; {total_answered} answered in all "
+        f"({total_answered - calls} answered twice)"
     )
     port = (
         "NEVER (taken 30 s after)"
@@ -580,12 +589,13 @@ def distill_restart(args, checkpoint: Path) -> None:
         else f"{events['port_free']:.2f} s"
     )
     print(
-        f"server SIGKILLed        after {events['answered_at_kill']} of {calls} calls answered; port free after "
-        f"{port}; restarted (ready) {events['ready']:.1f} s and the fetch resumed "
+        f"server SIGKILLed        after {events['answered_at_kill']} of {calls} calls answered; "
+        f"port free after {port}; restarted (ready) {events['ready']:.1f} s and the fetch resumed "
         f"{events['resumed']:.1f} s after the kill"
     )
     print(
-        f"prefixes lost           {lost} of {len(keys)}; fetched labels bitwise equal to the precomputed ones: {labels_equal}"
+        f"prefixes lost           {lost} of {len(keys)}; fetched labels bitwise equal to the "
+        f"precomputed ones: {labels_equal}"
     )
     for name, run in (("service, killed", run_service), ("precomputed", run_pre)):
         m = metrics[name]
@@ -593,11 +603,12 @@ def distill_restart(args, checkpoint: Path) -> None:
             f"{service_s:.0f} s (fetch, restart and training)" if run == run_service else pre_note
         )
         print(
-            f"distill ({name:15s}) test NDCG@10 {m['ndcg@10']:.6f}  HR@10 {m['hr@10']:.6f}  wall {wall}  {run}"
+            f"distill ({name:15s}) test NDCG@10 {m['ndcg@10']:.6f}  HR@10 "
+            f"{m['hr@10']:.6f}  wall {wall}  {run}"
         )
     print(
-        f"test metrics identical  {metrics['service, killed'] == metrics['precomputed']}; per-user test predictions "
-        f"identical: {tables[0].equals(tables[1])} ({tables[0].num_rows} users)"
+        f"test metrics identical  {metrics['service, killed'] == metrics['precomputed']}; per-user "
+        f"test predictions identical: {tables[0].equals(tables[1])} ({tables[0].num_rows} users)"
     )
 
 
@@ -632,8 +643,8 @@ def main() -> None:
     parser.add_argument(
         "--all-prefixes",
         action="store_true",
-        help="(a'): label every training prefix in-process and through the service (with --restart: "
-        "(c) on that fetch), nothing else",
+        help="(a'): label every training prefix in-process and through the service (with "
+        "--restart: (c) on that fetch), nothing else",
     )
     parser.add_argument(
         "--in-process",
@@ -644,8 +655,9 @@ def main() -> None:
     parser.add_argument(
         "--distill-restart",
         action="store_true",
-        help="(d): distill experiment=cpu_demo distill.teacher_source=service with the server killed "
-        "a third of the way through the fetch and restarted, vs distill on the precomputed labels",
+        help="(d): distill experiment=cpu_demo distill.teacher_source=service with the server "
+        "killed a third of the way through the fetch and restarted, vs distill on the precomputed "
+        "labels",
     )
     parser.add_argument(
         "--seed", type=int, default=42, help="--distill-restart: seed of both distill runs"
@@ -669,7 +681,8 @@ def main() -> None:
     bad = [o for o in args.overrides if o.startswith("-") or "=" not in o]
     if bad or (args.overrides and not args.distill_restart):
         parser.error(
-            f"unrecognised arguments {bad or args.overrides} (Hydra overrides key=value go with --distill-restart)"
+            f"unrecognised arguments {bad or args.overrides} (Hydra overrides "
+            "key=value go with --distill-restart)"
         )
     torch.set_num_threads(args.threads)
 
@@ -693,7 +706,8 @@ def main() -> None:
     t0 = time.perf_counter()
     teacher, ckpt = load_teacher(checkpoint, load_prepared(args.data))
     print(
-        f"in-process load         {time.perf_counter() - t0:.1f} s  ({ckpt.hparams['teacher']['llm_model_name']})"
+        f"in-process load         {time.perf_counter() - t0:.1f} s  "
+        f"({ckpt.hparams['teacher']['llm_model_name']})"
     )
     dm = SequentialDataModule(
         args.data, max_seq_len=teacher.student.config.max_seq_len, train_mode="prefixes"
@@ -707,7 +721,8 @@ def main() -> None:
     in_process(teacher, dataset, min(n, args.batch_size), args.batch_size, args.k)  # warm-up
     seconds, ref_items, ref_scores = in_process(teacher, dataset, n, args.batch_size, args.k)
     print(
-        f"in-process scoring      {n / seconds:7.2f} samples/s  ({n} samples, batch {args.batch_size}, {seconds:.1f} s)"
+        f"in-process scoring      {n / seconds:7.2f} samples/s  ({n} samples, batch "
+        f"{args.batch_size}, {seconds:.1f} s)"
     )
     del teacher
 
@@ -726,8 +741,9 @@ def main() -> None:
         same_items = torch.equal(labels.topk_items, ref_items)
         diff = (labels.topk_scores - ref_scores).abs().max().item()
         print(
-            f"through the service     {n / seconds:7.2f} samples/s  ({n} samples, batch {args.batch_size}, {seconds:.1f} s "
-            f"incl. info + item embeddings; items identical: {same_items}, max |score diff| {diff:.2e})"
+            f"through the service     {n / seconds:7.2f} samples/s  ({n} samples, batch "
+            f"{args.batch_size}, {seconds:.1f} s incl. info + item embeddings; items identical: "
+            f"{same_items}, max |score diff| {diff:.2e})"
         )
 
         histories = [
@@ -744,9 +760,11 @@ def main() -> None:
             batches = after[1] - before[1]
             mean_batch = (after[0] - before[0]) / batches if batches else float("nan")
             print(
-                f"latency {clients:>2} client(s)    p50 {statistics.median(times):6.2f} s  p99 {percentile(times, 99):6.2f} s  "
-                f"({len(times)} calls, {errors} errors in {wall:.0f} s, {len(times) / wall:.2f} calls/s, mean model batch "
-                f"{mean_batch:.1f}; /readyz {sum(p == 200 for p in probes)}/{len(probes)} probes 200)"
+                f"latency {clients:>2} client(s)    p50 {statistics.median(times):6.2f} s  p99 "
+                f"{percentile(times, 99):6.2f} s  ({len(times)} calls, {errors} errors in "
+                f"{wall:.0f} s, {len(times) / wall:.2f} calls/s, mean model batch "
+                f"{mean_batch:.1f}; /readyz {sum(p == 200 for p in probes)}/{len(probes)} "
+                "probes 200)"
             )
         if args.restart:
             report = fetch_with_restart(

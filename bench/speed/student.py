@@ -48,18 +48,21 @@ def main() -> None:
     m, u = metrics["metrics_masked"], metrics["metrics_unmasked"]
     print(f"run_dir                 {run_dir}")
     print(
-        f"test NDCG@10 / HR@10    masked {m['ndcg@10']:.4f} / {m['hr@10']:.4f}   unmasked {u['ndcg@10']:.4f} / {u['hr@10']:.4f}"
+        f"test NDCG@10 / HR@10    masked {m['ndcg@10']:.4f} / {m['hr@10']:.4f}   unmasked "
+        f"{u['ndcg@10']:.4f} / {u['hr@10']:.4f}"
     )
     print(f"test HR@1 of 20         {m['hr@1_of_20']:.4f}")
     print(
-        f"best epoch              {card['metrics']['epoch'] + 1} of {len(epochs)} run (valid ndcg@10 {card['metrics']['valid']['ndcg@10']:.4f})"
+        f"best epoch              {card['metrics']['epoch'] + 1} of {len(epochs)} run (valid "
+        f"ndcg@10 {card['metrics']['valid']['ndcg@10']:.4f})"
     )
     if epochs:
         per_epoch = sorted(epochs)[len(epochs) // 2]
         print(f"seconds per epoch       {per_epoch:.1f} (median, incl. validation)")
         if train_samples:
             print(
-                f"training throughput     {train_samples / per_epoch:.0f} samples/s (prefix samples per epoch / s)"
+                f"training throughput     {train_samples / per_epoch:.0f} samples/s "
+                "(prefix samples per epoch / s)"
             )
     print(f"total wall time         {seconds:.0f} s (incl. start-up and test)")
     print(f"peak RSS                {peak:.2f} GiB")

@@ -221,11 +221,11 @@ def compare_modes(args) -> None:
     real, positions = (sum(c) for c in zip(*map(items_and_positions, batches), strict=True))
     padded = sum(b["history"].numel() for b in batches)
     print(
-        f"\nprompt modes: {len(batches)} length-grouped ML-100K training batches of {args.windows} windows "
-        f"(one per {1 / len(batches):.0%} of the epoch's batches by length), "
-        f"{positions} training positions in {real} items ({positions / real:.0%}; the whole epoch: "
-        f"{epoch_share:.0%}; the rest is overlapping windows' context), {real / padded:.0%} of the padded columns real, "
-        f"fp32, {torch.get_num_threads()} threads"
+        f"\nprompt modes: {len(batches)} length-grouped ML-100K training batches of {args.windows} "
+        f"windows (one per {1 / len(batches):.0%} of the epoch's batches by length), {positions} "
+        f"training positions in {real} items ({positions / real:.0%}; the whole epoch: "
+        f"{epoch_share:.0%}; the rest is overlapping windows' context), {real / padded:.0%} of the "
+        f"padded columns real, fp32, {torch.get_num_threads()} threads"
     )
     rows = {}
     for name, mode, with_titles in (
@@ -246,8 +246,9 @@ def compare_modes(args) -> None:
         done = len(batches) * args.windows if mode == "prefix" else positions
         rows[name] = (done / step, done / fwd)
         print(
-            f"    {name:18s}: train {step:7.2f} s = {done / step:8.1f} positions/s;"
-            f"  score {fwd:7.2f} s = {done / fwd:8.1f} prefixes/s  ({done} {'prompts' if mode == 'prefix' else 'positions'})"
+            f"    {name:18s}: train {step:7.2f} s = {done / step:8.1f} positions/s;  score "
+            f"{fwd:7.2f} s = {done / fwd:8.1f} prefixes/s  ({done} "
+            f"{'prompts' if mode == 'prefix' else 'positions'})"
         )
     base_train, base_score = rows["prefix"][:2]
     for name, target in (("sequence", 50), ("sequence + titles", 5)):
@@ -257,8 +258,9 @@ def compare_modes(args) -> None:
             f"prefixes scored/s x{score_rate / base_score:.1f}  (target >= {target}x)"
         )
     print(
-        f"    at the sequence rate, labelling 97,171 prefixes takes ~{97171 / rows['sequence'][1] / 60:.1f} min "
-        "of forward passes (the real command adds loading, window overlap and history masking)"
+        "    at the sequence rate, labelling 97,171 prefixes takes "
+        f"~{97171 / rows['sequence'][1] / 60:.1f} min of forward passes (the real command adds "
+        "loading, window overlap and history masking)"
     )
 
 
