@@ -1,7 +1,9 @@
 """The iLoRA teacher as a BentoML service: top-K soft labels and item embeddings.
 
-    TEACHER_CHECKPOINT=result/<run>/checkpoints/best uv run bentoml serve teacher.service:TeacherService --port 3000
-    TEACHER_CHECKPOINT=result/<run>/checkpoints/best uv run bentoml serve teacher --port 3000   # same service
+    TEACHER_CHECKPOINT=result/<run>/checkpoints/best \
+        uv run bentoml serve teacher.service:TeacherService --port 3000
+    TEACHER_CHECKPOINT=result/<run>/checkpoints/best \
+        uv run bentoml serve teacher --port 3000   # the same service
 
 from the repo root (relative paths are resolved there). It listens on 127.0.0.1 only unless
 ``--host`` says otherwise.
@@ -9,7 +11,8 @@ from the repo root (relative paths are resolved there). It listens on 127.0.0.1 
 Configuration (environment, read at startup; checked once before workers start, so a bad setting
 or a corrupt checkpoint stops `bentoml serve` with one message, see `teacher.startup`):
 
-* ``TEACHER_CHECKPOINT`` (required): an ``ilora-teacher`` checkpoint directory (``checkpoints/best``).
+* ``TEACHER_CHECKPOINT`` (required): an ``ilora-teacher`` checkpoint directory
+  (``checkpoints/best``).
 * ``TEACHER_DATA`` (default ``data/processed/ml-100k``): the prepared dataset it was trained on.
 * ``TEACHER_DEVICE`` (default ``cpu``), ``TEACHER_CACHE_DIR`` (converted base LLMs; default
   ``$ILORA_CACHE`` or ``~/.cache/ilora-dllm2rec``).
@@ -19,7 +22,8 @@ or a corrupt checkpoint stops `bentoml serve` with one message, see `teacher.sta
 
 Endpoints (POST, JSON):
 
-* ``/topk`` -- batchable: ``{"requests": [{"history": [...], "k": 10, "exclude_history": true}, ...]}``
+* ``/topk`` -- batchable:
+  ``{"requests": [{"history": [...], "k": 10, "exclude_history": true}, ...]}``
   (1..256 requests per call) -> ``[{"topk_items": [...], "topk_scores": [...]}, ...]``, descending.
   Concurrent calls are merged by BentoML's adaptive batcher into model batches of at most
   ``TEACHER_MAX_BATCH_SIZE`` histories; a long call is split across batches. Scores are those of
@@ -31,7 +35,8 @@ Endpoints (POST, JSON):
   keys p0..end (the item at position p predicted from items[:p]) ->
   ``[{"positions": [...], "topk_items": [[...]], "topk_scores": [[...]]}, ...]``. The windows of
   `precompute-soft-labels` sent in the same batches give its numbers bitwise.
-* ``/item_embeddings`` -> ``{"shape": [N+1, H], "dtype": "float32", "data": <base64 little-endian>}``.
+* ``/item_embeddings`` ->
+  ``{"shape": [N+1, H], "dtype": "float32", "data": <base64 little-endian>}``.
 * ``/info`` -> teacher digest, data fingerprint, limits and model names.
 * BentoML's ``/healthz``, ``/livez``, ``/readyz`` (ready once the teacher is loaded).
 
@@ -116,7 +121,8 @@ class TopKRequest(StrictBody):
         unknown = [i for i in history if i < 1 or (n is not None and i > n)]
         if unknown:
             raise ValueError(
-                f"unknown item ids {unknown[:5]}{' ...' if len(unknown) > 5 else ''}: item ids are 1..{n}"
+                f"unknown item ids {unknown[:5]}{' ...' if len(unknown) > 5 else ''}: "
+                f"item ids are 1..{n}"
             )
         return history
 
@@ -144,7 +150,8 @@ class WindowRequest(TopKRequest):
     def _first_position_fits(self) -> WindowRequest:
         if not 1 <= self.first_position <= len(self.history):
             raise ValueError(
-                f"first_position={self.first_position} must be in 1..{len(self.history)} (the history's length)"
+                f"first_position={self.first_position} must be in 1..{len(self.history)} "
+                "(the history's length)"
             )
         return self
 
@@ -285,7 +292,8 @@ class TeacherService:
         input_spec=WindowCall,
     )
     def topk_windows(self, requests: list[WindowRequest]) -> list[WindowResult]:
-        """Sequence-mode teachers: the top-K of every key a window reads out (one pass per window)."""
+        """Sequence-mode teachers: the top-K of every key a window reads out (one pass per
+        window)."""
 
         from ilora.inference import window_batch, window_topk
 

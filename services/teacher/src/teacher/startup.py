@@ -65,12 +65,14 @@ def check_settings(checkpoint: str | None, data: str) -> None:
         ) from error
     if card.get("kind") != "ilora-teacher":
         raise ServiceStartupError(
-            f"TEACHER_CHECKPOINT={checkpoint!r} is a {card.get('kind')!r} checkpoint, not an ilora-teacher"
+            f"TEACHER_CHECKPOINT={checkpoint!r} is a {card.get('kind')!r} checkpoint, "
+            "not an ilora-teacher"
         )
     fingerprint = card.get("data", {}).get("fingerprint")
     if fingerprint != dataset.fingerprint:
         raise ServiceStartupError(
-            f"teacher {checkpoint!r} was trained on other data (fingerprint {str(fingerprint)[:12]}…) "
+            f"teacher {checkpoint!r} was trained on other data "
+            f"(fingerprint {str(fingerprint)[:12]}…) "
             f"than TEACHER_DATA={data!r} ({dataset.fingerprint[:12]}…)"
         )
     check_weights(path, card)
@@ -101,7 +103,8 @@ def load_state(checkpoint: str | None, data: str, device: str, cache_dir: str | 
         ) from error
     if embeddings.shape[0] != dataset.num_items + 1:
         raise ServiceStartupError(
-            f"{path}: item embeddings have {embeddings.shape[0]} rows, expected {dataset.num_items + 1}"
+            f"{path}: item embeddings have {embeddings.shape[0]} rows, "
+            f"expected {dataset.num_items + 1}"
         )
     return teacher, ckpt, dataset, embeddings, digest
 
