@@ -36,19 +36,17 @@ def test_a_sequence_mode_teacher_is_killed_and_restarted_mid_fetch(
     keys = training_keys(dm, "all")
     uninterrupted = fetch_soft_labels(teacher_service.url, dm, keys, k=K, batch_size=BATCH)
 
-    report = bench_service.fetch_with_restart(teacher_service, dm, keys, k=K, batch_size=BATCH,
-                                              reference=uninterrupted,
-                                              retry_budget=120)  # fmt: skip
+    report = bench_service.fetch_with_restart(
+        teacher_service, dm, keys, k=K, batch_size=BATCH, reference=uninterrupted, retry_budget=120
+    )
 
     assert report.endpoint == "/topk_windows"  # the sequence-mode teacher's endpoint
-    assert (
-        1 < report.kill_at <= report.calls // 3 + 1 < report.calls
-    )  # a third of the way: mid-fetch
+    # a third of the way: mid-fetch
+    assert 1 < report.kill_at <= report.calls // 3 + 1 < report.calls
     assert report.port_free_s is not None and report.port_free_s < 10
     assert report.restart_s > 0 and report.resumed_s > 0
     assert report.sent > report.calls  # the call sent into the kill was retried
     assert report.lost == 0 and len(report.labels.user_ids) == len(keys)
     assert report.equal  # bitwise equal to the uninterrupted fetch
-    assert (
-        httpx.get(f"{teacher_service.url}/readyz", timeout=10).status_code == 200
-    )  # left running for the session
+    # left running for the session
+    assert httpx.get(f"{teacher_service.url}/readyz", timeout=10).status_code == 200

@@ -26,14 +26,26 @@ def test_the_dry_run_passes_and_covers_tests_wheels_and_benchmark():
         "OMP_NUM_THREADS": "1",
     }
     env.pop("OUT", None)
-    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", "bench/gpu_check.sh", "--dry-run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert int(re.search(r"(\d+) CUDA tests selected", out).group(1)) >= 10
     assert all(f"{p}==" in out for p in ("hydra-core", "omegaconf", "antlr4-python3-runtime"))
-    for line in ("registered from the src dirs", "teacher prefix:", "teacher sequence:",
-                 "student epoch", "of peak", "dry run passed"):  # fmt: skip
+    for line in (
+        "registered from the src dirs",
+        "teacher prefix:",
+        "teacher sequence:",
+        "student epoch",
+        "of peak",
+        "dry run passed",
+    ):
         assert line in out
 
 
@@ -53,9 +65,8 @@ def test_the_entry_point_shim_registers_every_kind_and_schema_from_the_src_dirs_
     """A Python that sees only the src dirs, the shim and third-party packages (the GPU machine's
     view) registers every kind and every config schema conf/ composes; without the shim, none."""
     found, problems = gpu_env.registry(tmp_path / "empty")
-    assert any(
-        "checkpoint kind sasrec is not registered" in p for p in problems
-    )  # the view hides the venv's installs
+    # the view hides the venv's installs
+    assert any("checkpoint kind sasrec is not registered" in p for p in problems)
     written = gpu_env.write_entry_points(tmp_path / "site")
     assert {w.name for w in written} >= {
         "runkit-0.1.0.dist-info",
@@ -98,29 +109,43 @@ def test_the_src_dirs_are_the_check_scripts():
 
 EDITABLE = {"editable": "packages/x"}
 LOCK = {
-    "recdata": {"name": "recdata", "dependencies": [{"name": "torch"}, {"name": "hydra-core"},
-                                                    {"name": "pywin32",
-                                                     "marker": "sys_platform == 'win32'"}]},
+    "recdata": {
+        "name": "recdata",
+        "dependencies": [
+            {"name": "torch"},
+            {"name": "hydra-core"},
+            {"name": "pywin32", "marker": "sys_platform == 'win32'"},
+        ],
+    },
     "runkit": {"name": "runkit", "source": EDITABLE, "dependencies": [{"name": "recdata"}]},
     "student-sasrec": {"name": "student-sasrec", "dependencies": [{"name": "recdata"}]},
     "teacher-ilora": {"name": "teacher-ilora", "dependencies": [{"name": "Omega_Conf"}]},
-    "distill": {"name": "distill", "source": EDITABLE,
-                "dependencies": [{"name": "teacher-service"}]},
+    "distill": {
+        "name": "distill",
+        "source": EDITABLE,
+        "dependencies": [{"name": "teacher-service"}],
+    },
     "compare": {"name": "compare", "source": EDITABLE, "dependencies": [{"name": "distill"}]},
     # a workspace package the GPU check does not import: never carried as a wheel
-    "teacher-service": {"name": "teacher-service", "source": EDITABLE,
-                        "dependencies": [{"name": "bentoml"}]},
+    "teacher-service": {
+        "name": "teacher-service",
+        "source": EDITABLE,
+        "dependencies": [{"name": "bentoml"}],
+    },
     "bentoml": {"name": "bentoml", "version": "1.4"},
     "torch": {"name": "torch", "version": "2.15", "dependencies": [{"name": "sympy"}]},
-    "hydra-core": {"name": "hydra-core", "version": "1.3.8",
-                   "dependencies": [{"name": "omegaconf"}, {"name": "packaging"}]},
+    "hydra-core": {
+        "name": "hydra-core",
+        "version": "1.3.8",
+        "dependencies": [{"name": "omegaconf"}, {"name": "packaging"}],
+    },
     "omega-conf": {"name": "omega-conf", "version": "2.3.1", "dependencies": [{"name": "antlr4"}]},
     "omegaconf": {"name": "omegaconf", "version": "2.3.1", "dependencies": [{"name": "antlr4"}]},
     "antlr4": {"name": "antlr4", "version": "4.9.3"},
     "pywin32": {"name": "pywin32", "version": "1"},
     "pytest": {"name": "pytest", "version": "8"},
     "pytest-timeout": {"name": "pytest-timeout", "version": "2"},
-}  # fmt: skip
+}
 
 
 def test_carried_are_the_missing_dependencies_and_theirs_not_those_of_packages_present():

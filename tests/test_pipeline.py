@@ -148,9 +148,13 @@ def test_the_cold_item_protocol_through_every_trainer(tiny_pipeline, tmp_path):
     run_cli(
         precompute.main,
         tiny_run_overrides(
-            data, tmp_path / "precompute", *cold, f"distill.teacher_checkpoint_path={teacher}",
-            f"distill.soft_labels_dir={soft}", "distill.soft_label_samples=all",
+            data,
+            tmp_path / "precompute",
+            *cold,
+            f"distill.teacher_checkpoint_path={teacher}",
+            f"distill.soft_labels_dir={soft}",
+            "distill.soft_label_samples=all",
         ),
-    )  # fmt: skip
+    )
     labels = read_soft_labels(soft, fingerprint=dm.fingerprint)
     assert len(labels.user_ids) == len(dm.keys["train"]) and not held[labels.topk_items].any()

@@ -483,10 +483,13 @@ def test_the_objective_in_row_blocks_equals_the_whole_batch_with_its_gradients(
     labels = read_soft_labels(soft_dir, fingerprint=dm.fingerprint)
     torch.manual_seed(0)
     module = DistillModule(
-        SASRecConfig(num_items=dm.num_items, hidden_size=16, num_blocks=1, num_heads=1,
-                     max_seq_len=16),
-        labels=labels, store=dm.store, loss=DLLM2RecLoss(form=form, average=average),
-    ).eval()  # fmt: skip
+        SASRecConfig(
+            num_items=dm.num_items, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16
+        ),
+        labels=labels,
+        store=dm.store,
+        loss=DLLM2RecLoss(form=form, average=average),
+    ).eval()
     with torch.no_grad():  # a non-zero projection, so the teacher embeddings enter the table
         module.embedding_distillation.proj.weight.normal_(std=0.1)
     batch = next(iter(dm.train_dataloader()))

@@ -417,8 +417,22 @@ def test_a_dataset_without_item_text_trains_on_item_tokens_alone(tiny_pipeline, 
     ]
     (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
     data = tmp_path / "processed"
-    recdata_main(["prepare", "notext", "--from", str(tmp_path / "log.csv"), "--user-col", "user",
-                  "--item-col", "item", "--time-col", "time", "--out", str(data)])  # fmt: skip
+    recdata_main(
+        [
+            "prepare",
+            "notext",
+            "--from",
+            str(tmp_path / "log.csv"),
+            "--user-col",
+            "user",
+            "--item-col",
+            "item",
+            "--time-col",
+            "time",
+            "--out",
+            str(data),
+        ]
+    )
     assert not load_prepared(data).has_item_text
     student = tmp_path / "student"
     run_cli(train_student, tiny_run_overrides(data, student, "train.max_epochs=2"))
@@ -481,8 +495,14 @@ def test_text_states_can_be_read_at_another_depth_of_the_llm(tmp_path):
         SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16)
     )
     titles = [""] + [f"the movie {i}" for i in range(1, 41)]
-    common = dict(llm_model_name=str(llm), target_modules=["q_proj"], hidden_size=8,
-                  gate_hidden_size=4, text_scoring=True, llm_num_layers=1)  # fmt: skip
+    common = dict(
+        llm_model_name=str(llm),
+        target_modules=["q_proj"],
+        hidden_size=8,
+        gate_hidden_size=4,
+        text_scoring=True,
+        llm_num_layers=1,
+    )
     shallow, _ = build_teacher(TeacherConfig(**common), student, titles)
     deep, _ = build_teacher(TeacherConfig(**common, text_state_layers=2), student, titles)
     assert deep.llm.config.num_hidden_layers == 1  # the teacher itself keeps one layer

@@ -132,9 +132,15 @@ class DistillModule(SASRecModule):
         ):  # the teacher's list never holds a history item: nor does this one
             consistency_scores = logits.detach().scatter(1, labels.prefixes[rows], -torch.inf)
         negatives = None if labels.negatives is None else labels.negatives[rows]
-        parts = self.loss(ce, logits, labels.items[rows], labels.scores[rows], negatives,
-                          num_samples=num_samples,
-                          consistency_scores=consistency_scores)  # fmt: skip
+        parts = self.loss(
+            ce,
+            logits,
+            labels.items[rows],
+            labels.scores[rows],
+            negatives,
+            num_samples=num_samples,
+            consistency_scores=consistency_scores,
+        )
         return parts["rank"]
 
     def _whole_batch_losses(self, states, table, targets, labels: TeacherLabels | None):

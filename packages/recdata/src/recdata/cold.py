@@ -79,7 +79,7 @@ def hold_out(dataset: PreparedDataset, cold: np.ndarray, spec: str) -> PreparedD
             "items": int(cold.sum()),
             "dropped_users": int((~users).sum()),
             "source_fingerprint": dataset.fingerprint,
-        },  # fmt: skip
+        },
     }
     return dataclasses.replace(
         dataset,

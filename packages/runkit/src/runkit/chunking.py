@@ -37,9 +37,11 @@ def blocks(rows: int, columns: int, budget: int | None = None) -> Iterator[slice
 
 
 def checkpointed_sum(
-    block_loss: Callable[..., torch.Tensor], tensors: tuple[torch.Tensor, ...], columns: int,
+    block_loss: Callable[..., torch.Tensor],
+    tensors: tuple[torch.Tensor, ...],
+    columns: int,
     budget: int | None = None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """sum over row blocks of ``block_loss(*block_of_each_tensor)`` (a scalar per block), each
     block under activation checkpointing: peak memory is one block of scores, not all of them."""
     total = tensors[0].new_zeros(())
@@ -49,9 +51,12 @@ def checkpointed_sum(
 
 
 def blocked_cross_entropy(
-    scores_of: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], targets: torch.Tensor,
-    columns: int, budget: int | None = None,
-) -> torch.Tensor:  # fmt: skip
+    scores_of: Callable[..., torch.Tensor],
+    inputs: tuple[torch.Tensor, ...],
+    targets: torch.Tensor,
+    columns: int,
+    budget: int | None = None,
+) -> torch.Tensor:
     """Mean cross-entropy of ``scores_of(*inputs)`` (rows x `columns` scores) against `targets`:
     one matrix when it fits the budget, else summed over checkpointed row blocks."""
     if fits(len(targets), columns, budget):

@@ -57,10 +57,16 @@ def first_occurrences(full_history: torch.Tensor, num_items: int) -> torch.Tenso
 
 @torch.no_grad()
 def window_topk(
-    teacher, windows: torch.Tensor, read: torch.Tensor, positions: torch.Tensor,
-    full_history: torch.Tensor | None, k: int, device="cpu", budget: int | None = None,
+    teacher,
+    windows: torch.Tensor,
+    read: torch.Tensor,
+    positions: torch.Tensor,
+    full_history: torch.Tensor | None,
+    k: int,
+    device="cpu",
+    budget: int | None = None,
     never: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, ...]:  # fmt: skip
+) -> tuple[torch.Tensor, ...]:
     """The teacher's top-K of every read-out key of a window batch, one causal pass per window:
     (rows, positions, items, scores), row-major over ``read`` (B, L) bool, where ``rows`` is each
     key's window and ``positions`` (B, L) the key position each column predicts;
