@@ -43,6 +43,37 @@ class EvalResult:
         return "  ".join(f"{k}={v:.4f}" for k, v in self.metrics.items())
 
 
+class SampleRows:
+    """Per-sample outputs of an evaluation pass, written into buffers allocated once when the
+    number of samples is known. Appending a small tensor per batch between the large (batch x
+    items) transients fragments glibc's heap: on 50k users x 100k items the peak RSS grew with every
+    batch to 6.9 GB, against 2.1 GB with the buffers."""
+
+    def __init__(self, total: int | None):
+        self.total, self.filled = total, 0
+        self.columns: dict[str, list[torch.Tensor] | torch.Tensor] = {}
+
+    def add(self, **columns: torch.Tensor) -> None:
+        n = len(next(iter(columns.values())))
+        for name, value in columns.items():
+            if self.total is None:
+                self.columns.setdefault(name, []).append(value)
+                continue
+            if name not in self.columns:
+                self.columns[name] = value.new_empty((self.total, *value.shape[1:]))
+            self.columns[name][self.filled : self.filled + n] = value
+        self.filled += n
+
+    def has(self, name: str) -> bool:
+        return name in self.columns
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.columns:  # no batch at all
+            return torch.zeros(0, dtype=torch.long)
+        value = self.columns[name]
+        return torch.cat(value) if isinstance(value, list) else value[: self.filled]
+
+
 @torch.no_grad()
 def evaluate(
     score_fn: Scorer,
@@ -57,36 +88,39 @@ def evaluate(
     extra_protocol: dict | None = None,
     slices: Slices | None = None,
 ) -> EvalResult:
-    keys, targets, ranks_raw, ranks_masked, tops, hits = [], [], [], [], [], []
+    rows = SampleRows(len(batches.dataset) if hasattr(batches, "dataset") else None)
     for batch in tqdm(batches, desc=f"eval {split}", disable=not progress, leave=False):
         scores = score_fn(batch).float()
         seen = history_mask(batch["full_history"], num_items, keep=batch["target"])
-        ranks_raw.append(target_ranks(scores, batch["target"]))
-        ranks_masked.append(target_ranks(scores, batch["target"], seen))
         ranked = scores.clone()
         ranked[:, 0] = -torch.inf
         if mask_history:
             ranked.masked_fill_(seen, -torch.inf)
-        tops.append(ranked.topk(min(top_n, num_items), dim=1).indices)
-        if "candidates" in batch:
-            hits.append(candidate_hits_at_1(scores, batch["candidates"]))
-        keys.append(torch.stack([batch["user_id"], batch["position"]], 1))
-        targets.append(batch["target"])
-    key = torch.cat(keys)
+        hits = (
+            {"hit": candidate_hits_at_1(scores, batch["candidates"])}
+            if "candidates" in batch
+            else {}
+        )
+        rows.add(
+            key=torch.stack([batch["user_id"], batch["position"]], 1),
+            target=batch["target"],
+            rank_raw=target_ranks(scores, batch["target"]),
+            rank_masked=target_ranks(scores, batch["target"], seen),
+            top=ranked.topk(min(top_n, num_items), dim=1).indices,
+            **hits,
+        )
+    key = rows.get("key")
     # predictions in (user_id, position) order whatever order the loader used (e.g. by length)
     order = (
         torch.argsort(key[:, 0] * (int(key[:, 1].max()) + 1) + key[:, 1])
         if len(key)
         else torch.arange(0)
     )
-    key, target = key[order], torch.cat(targets)[order]
-    r_raw, r_masked, top = (
-        torch.cat(ranks_raw)[order],
-        torch.cat(ranks_masked)[order],
-        torch.cat(tops)[order],
-    )
+    key, target = key[order], rows.get("target")[order]
+    r_raw, r_masked = rows.get("rank_raw")[order], rows.get("rank_masked")[order]
+    top = rows.get("top")[order]
     m_raw, m_masked = ranking_metrics(r_raw, ks), ranking_metrics(r_masked, ks)
-    hit = torch.cat(hits)[order] if hits else None
+    hit = rows.get("hit")[order] if rows.has("hit") else None
     for m in (m_raw, m_masked):
         if hit is not None:
             m[CANDIDATE_METRIC] = hit.double().mean().item()

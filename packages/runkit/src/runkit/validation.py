@@ -24,7 +24,10 @@ class RankingValidationMixin:
     eval_mask_history = True
 
     def on_validation_epoch_start(self) -> None:
-        self._valid_ranks, self._valid_hits = [], []
+        # plain Python lists, not a small tensor per batch: those, between the (batch x items)
+        # transients, fragment the C heap and grow the RSS with every batch on big catalogues
+        self._valid_ranks: list[int] = []
+        self._valid_hits: list[float] = []
 
     def validation_step(self, batch, batch_idx):
         self.record_valid_scores(self.score(batch), batch)
@@ -36,21 +39,19 @@ class RankingValidationMixin:
         return history_mask(batch["full_history"], self.num_items, keep=batch["target"]).to(device)
 
     def record_valid_scores(self, scores: torch.Tensor, batch) -> None:
-        self._valid_ranks.append(
-            target_ranks(scores, batch["target"], self.valid_exclude(batch, scores.device))
-        )
+        exclude = self.valid_exclude(batch, scores.device)
+        self._valid_ranks += target_ranks(scores, batch["target"], exclude).tolist()
         if "candidates" in batch:
-            self._valid_hits.append(candidate_hits_at_1(scores, batch["candidates"]).float())
+            self._valid_hits += candidate_hits_at_1(scores, batch["candidates"]).float().tolist()
 
     def on_validation_epoch_end(self) -> None:
         if not self._valid_ranks:
             return
-        ranks = self.all_gather(torch.cat(self._valid_ranks)).reshape(-1)
+        ranks = self.all_gather(torch.tensor(self._valid_ranks, device=self.device)).reshape(-1)
         metrics = ranking_metrics(ranks.cpu(), self.eval_ks)
         if self._valid_hits:
-            metrics[CANDIDATE_METRIC] = (
-                self.all_gather(torch.cat(self._valid_hits)).float().mean().item()
-            )
+            hits = torch.tensor(self._valid_hits, device=self.device)
+            metrics[CANDIDATE_METRIC] = self.all_gather(hits).float().mean().item()
         for name, value in metrics.items():
             self.log(
                 f"valid/{name}",

@@ -89,29 +89,27 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
-        self._mix_ranks: list[dict[float, torch.Tensor]] = []
+        self._mix_ranks: dict[float, list[int]] = {w: [] for w in self.mix_grid or ()}
 
     def validation_step(self, batch, batch_idx):
         if self.mix_grid is None:
             return super().validation_step(batch, batch_idx)
         own, student = own_and_student_scores(self.teacher, batch["history"])
         self.record_valid_scores(own, batch)  # model selection: the teacher alone
-        self._mix_ranks.append(
-            ranks_by_mix(
-                own, student, batch["target"], self.valid_exclude(batch, own.device), self.mix_grid
-            )
-        )
+        exclude = self.valid_exclude(batch, own.device)
+        for w, ranks in ranks_by_mix(own, student, batch["target"], exclude, self.mix_grid).items():
+            self._mix_ranks[w] += ranks.tolist()
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        if self.mix_grid is None or not self._mix_ranks:
+        if self.mix_grid is None or not any(self._mix_ranks.values()):
             return
+        gathered = {
+            w: self.all_gather(torch.tensor(r, device=self.device)).reshape(-1).cpu()
+            for w, r in self._mix_ranks.items()
+        }
         self.valid_by_mix[int(self.global_step)] = {
-            w: ranking_metrics(
-                self.all_gather(torch.cat([r[w] for r in self._mix_ranks])).reshape(-1).cpu(),
-                self.eval_ks,
-            )
-            for w in self.mix_grid
+            w: ranking_metrics(ranks, self.eval_ks) for w, ranks in gathered.items()
         }
 
     def on_fit_start(self) -> None:
