@@ -24,29 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from recdata.parse import ML100K_GENRES
+
 ML1M_USERS, ML1M_ITEMS, ML1M_RATINGS = 6040, 3706, 1_000_209
 MIN_PER_USER = 20
 TARGET_SECONDS, TARGET_BYTES = 30.0, 2 * 1024**3
-GENRES = (
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-)
+GENRES = ML100K_GENRES[1:]  # without "unknown"
 WORDS = (
     "Cité",
     "Perdus",

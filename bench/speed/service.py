@@ -227,19 +227,12 @@ def label_endpoint_and_calls(
     """(the endpoint, the number of calls) of `fetch_soft_labels` for `keys` from a service that
     answers /info with `info`: a prefix-mode teacher is asked /topk per batch of prefixes, a
     sequence-mode teacher (the default) /topk_windows per batch of user windows; each shard is cut
-    into batches from its start. The units are built as fetch_soft_labels builds them."""
-    from distill.labelling import labelling_units
+    into batches from its start. The units are fetch_soft_labels' own (`service_units`)."""
     from distill.shards import shard_ranges
+    from distill.teacher_client import service_units
 
     sequence_mode = info.get("prompt_mode") == "sequence"
-    units = labelling_units(
-        dm.store,
-        dm.keys["train"],
-        keys,
-        sequence_mode=sequence_mode,
-        width=int(info["window"]) if sequence_mode else dm.max_seq_len,
-        stride=info.get("window_stride"),
-    )
+    units = service_units(info, dm, keys)
     calls = sum(-(-(hi - lo) // batch_size) for _, lo, hi in shard_ranges(len(units), shard_size))
     return ("/topk_windows" if sequence_mode else "/topk"), calls
 

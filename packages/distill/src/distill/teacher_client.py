@@ -285,6 +285,20 @@ def shard_tag(
     ).encode()
 
 
+def service_units(info: dict, dm, keys: SampleKeys):
+    """The labelling units a fetch sends to a service that answers /info with `info`: user windows
+    of its window and stride for a sequence-mode teacher, prefixes otherwise."""
+    sequence_mode = info.get("prompt_mode") == "sequence"
+    return labelling_units(
+        dm.store,
+        dm.keys["train"],
+        keys,
+        sequence_mode=sequence_mode,
+        width=int(info["window"]) if sequence_mode else dm.max_seq_len,
+        stride=info.get("window_stride"),
+    )
+
+
 def fetch_soft_labels(
     url: str,
     dm,
@@ -329,15 +343,7 @@ def fetch_soft_labels(
                 f"teacher service sent {embeddings.shape[0]} item "
                 f"embeddings, expected {dm.num_items + 1}"
             )
-        sequence_mode = info.get("prompt_mode") == "sequence"
-        units = labelling_units(
-            dm.store,
-            dm.keys["train"],
-            keys,
-            sequence_mode=sequence_mode,
-            width=int(info["window"]) if sequence_mode else dm.max_seq_len,
-            stride=info.get("window_stride"),
-        )
+        units = service_units(info, dm, keys)
         tag = shard_tag(info, dm, keys, k, mask_history, len(units), shard_size)
         shard_dir = Path(cache_dir or scratch) / hashlib.sha256(tag).hexdigest()[:16]
         shard_dir.mkdir(parents=True, exist_ok=True)
