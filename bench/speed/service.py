@@ -104,8 +104,7 @@ def label_all(
 ) -> None:
     """(a'): every training prefix, in-process (precompute's units, shards and batches) vs the
     service; with `restart`, (c) on this whole fetch."""
-    from distill.labelling import labelling_units
-    from distill.precompute import scorer, training_keys
+    from distill.precompute import scorer, teacher_units, training_keys
     from distill.shards import label_shard, merge_shards, shard_path, shard_ranges
     from distill.soft_labels import SoftLabels
     from distill.teacher_client import fetch_soft_labels
@@ -122,14 +121,7 @@ def label_all(
     local = None
     if in_process:
         teacher, _ = load_teacher(checkpoint, dm.dataset)
-        units = labelling_units(
-            dm.store,
-            dm.keys["train"],
-            keys,
-            sequence_mode=sequence_mode,
-            width=window,
-            stride=config.sequence_window_stride,
-        )
+        units = teacher_units(dm, keys, config, window)
         label = scorer(units, teacher, k, True, "cpu")
         with tempfile.TemporaryDirectory(prefix="bench-service-shards-") as shards:
             t0 = time.perf_counter()

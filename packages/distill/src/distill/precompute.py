@@ -63,6 +63,20 @@ def training_keys(dm, spec: str) -> SampleKeys:
     return select_samples(split_keys(dm.dataset.lengths, "train", dm.limit_data_rows), spec)
 
 
+def teacher_units(dm, keys: SampleKeys, config, window: int):
+    """The units that label `keys` with a teacher of this card's config and window, as
+    precompute-soft-labels scores them (no label names a held-out cold item)."""
+    return labelling_units(
+        dm.store,
+        dm.keys["train"],
+        keys,
+        sequence_mode=config.prompt_mode == "sequence",
+        width=window,
+        stride=config.sequence_window_stride,
+        never=dm.held_out_items,
+    )
+
+
 def _rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
@@ -89,7 +103,6 @@ def precompute(cfg: DictConfig) -> Path:
     d = cfg.distill
     teacher_path = resolve_teacher_path(cfg)
     config, window = teacher_window(read_card(teacher_path), teacher_path)
-    sequence_mode = config.prompt_mode == "sequence"
     dm = build_datamodule(cfg, max_seq_len=window)
     keys = training_keys(dm, d.soft_label_samples)  # a bad selection fails before the teacher loads
     out = soft_labels_dir(cfg, teacher_path)
@@ -97,15 +110,7 @@ def precompute(cfg: DictConfig) -> Path:
     teacher, ckpt = load_teacher(
         teacher_path, dm.dataset, device=device, cache_dir=Path(cfg.paths.cache_dir)
     )
-    units = labelling_units(
-        dm.store,
-        dm.keys["train"],
-        keys,
-        sequence_mode=sequence_mode,
-        width=window,
-        stride=config.sequence_window_stride,
-        never=dm.held_out_items,  # the cold-item protocol: no label names a held-out item
-    )
+    units = teacher_units(dm, keys, config, window)
     shard_dir = out.with_name(out.name + ".shards")
     shard_dir.mkdir(parents=True, exist_ok=True)
     rank, world = _rank_world()
