@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +24,9 @@ from runkit.metrics import (
     ranking_metrics,
     target_ranks,
 )
+from runkit.protocol import Scorer
 
 TIE_RULE = "ties count against the target (rank = #other items scoring >= target)"
-Scorer = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 
 @dataclass

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
-import torch
+from runkit.protocol import Scorer
 
 ENTRY_POINT_GROUP = "ilora_dllm2rec.checkpoint_kinds"
-# (checkpoint dir, prepared dataset, device, options) -> scores of a batch, (B, N+1) on the CPU
-Scorer = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,13 @@ of them (the student, the teacher, the distilled student)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
+
+# a batch -> its (B, N+1) scores, column 0 never ranked (what evaluation runs a model as)
+Scorer = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 
 @runtime_checkable
