@@ -509,3 +509,29 @@ def test_text_states_can_be_read_at_another_depth_of_the_llm(tmp_path):
     assert not torch.allclose(deep.title_states, shallow.title_states)
     again, _ = build_teacher(TeacherConfig(**common, text_state_layers=2), student, titles)
     torch.testing.assert_close(again.title_states, deep.title_states, rtol=0, atol=0)
+
+
+def test_text_id_dropout_leaves_id_rows_out_in_training_only():
+    torch.manual_seed(0)
+    student = SASRec(
+        SASRecConfig(num_items=40, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=16)
+    )
+    titles = [""] + [f"the movie {i}" for i in range(1, 41)]
+    config = TeacherConfig(
+        target_modules=["q_proj"],
+        hidden_size=8,
+        gate_hidden_size=4,
+        text_scoring=True,
+        text_id_dropout=0.5,
+    )
+    teacher = ILoRATeacher(build_tiny_llama(), build_tiny_tokenizer(), student, titles, config)
+    with torch.no_grad():
+        teacher.text_projector.weight.normal_(std=0.5)
+    text = teacher.text_projector(teacher.title_states)
+    torch.manual_seed(3)
+    dropped = teacher.scoring_table(drop_ids=True)
+    gone = (dropped - text).abs().sum(1) < 1e-6  # rows that are text alone
+    assert 8 < int(gone[1:].sum()) < 32  # about half of the 40 items
+    kept = ~gone & (teacher.item_table.abs().sum(1) > 0)
+    torch.testing.assert_close(dropped[kept], teacher.item_table[kept] + text[kept])
+    torch.testing.assert_close(teacher.scoring_table(), teacher.item_table + text)  # evaluation

@@ -82,6 +82,9 @@ class TeacherConfig:
     # scoring side: an item's vector = its item-table row + a projection of its text state, so
     # text can carry an item with few or no interactions
     text_scoring: bool = checked(False, BOOLEAN)
+    # with text scoring: the probability that a training step leaves an item's ID row out, so
+    # the text part learns to score an item alone (a cold item has no ID row at all)
+    text_id_dropout: float = checked(0.0, number(0, 1, strict_high=True))
     # the LLM depth its text states are read at; null = the teacher's own (llm_num_layers)
     text_state_layers: int | None = checked(None, optional_integer(1))
     # sequence mode window (items); null = the student's max_seq_len

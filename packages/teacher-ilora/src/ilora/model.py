@@ -261,17 +261,22 @@ class ILoRATeacher(nn.Module):
 
     # -- scoring ----------------------------------------------------------------------------------
     def scores_from_state(
-        self, state: torch.Tensor, u: torch.Tensor, student_mix: float | None = None
+        self,
+        state: torch.Tensor,
+        u: torch.Tensor,
+        student_mix: float | None = None,
+        table: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(..., H_llm) LLM states and (..., d) student states -> (..., N+1) fp32 scores, column 0
         -inf: the teacher's own scores plus ``student_mix`` (default: the config's) times the
-        student's. The head runs in fp32 also under autocast (bf16 scores would tie items)."""
+        student's. ``table``: the item vectors to score against (default :meth:`scoring_table`).
+        The head runs in fp32 also under autocast (bf16 scores would tie items)."""
         mix = self.config.student_mix if student_mix is None else student_mix
         with torch.autocast(state.device.type, enabled=False):
             state, u = self.state_norm(state.float()), u.float()
             if self.item_table is not None:
                 query = self.head(state) + (u if self.config.residual_student_state else 0)
-                scores = item_scores(query, self.scoring_table())
+                scores = item_scores(query, self.scoring_table() if table is None else table)
             else:
                 scores = self.head(state)
                 if self.config.residual_student_state:
@@ -282,13 +287,19 @@ class ILoRATeacher(nn.Module):
             -1, torch.zeros(1, dtype=torch.long, device=scores.device), -torch.inf
         )
 
-    def scoring_table(self) -> torch.Tensor:
+    def scoring_table(self, drop_ids: bool = False) -> torch.Tensor:
         """(N+1, d) the item vectors the teacher scores against: the item table, plus with
         `text_scoring` a projection of each item's text state (so text carries an item with few or
-        no interactions, whose ID row has learnt little or nothing)."""
+        no interactions, whose ID row has learnt little or nothing). ``drop_ids`` (a training step
+        with `text_id_dropout` p): each item's ID row is left out with probability p, so the text
+        part learns to score an item alone, as it must for an item never seen."""
         if self.text_projector is None:
             return self.item_table
-        return self.item_table + self.text_projector(self.title_states)
+        rows = self.item_table
+        if drop_ids and self.config.text_id_dropout > 0:
+            kept = torch.rand(len(rows), 1, device=rows.device) >= self.config.text_id_dropout
+            rows = rows * kept
+        return rows + self.text_projector(self.title_states)
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         """(B, N+1) scores for the item after each history; column 0 (padding) is -inf."""
@@ -325,9 +336,11 @@ class ILoRATeacher(nn.Module):
         ((N+1,) bool) items take no part (the cold-item protocol)."""
         states, u, targets = self.training_readouts(batch)
         columns = self.student.config.num_items + 1
+        # one draw of the ID dropout per step, shared by every row block
+        table = self.scoring_table(drop_ids=self.training) if self.item_table is not None else None
 
         def scores(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            out = self.scores_from_state(s, v)
+            out = self.scores_from_state(s, v, table=table)
             return out if exclude is None else out.masked_fill(exclude.to(out.device), -torch.inf)
 
         return blocked_cross_entropy(scores, (states, u), targets, columns, budget), targets
