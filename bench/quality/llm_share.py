@@ -15,6 +15,9 @@ distilled student (same seed). Variants (teacher overrides on top of experiment=
     inputonly  text on the input side only (the teacher before text scoring)
     notext     no text at all (no title projector, no text scoring; its distillation ed_weight=0)
     deep       main with text states read at all 30 of SmolLM2's layers (the body keeps 8)
+    textdrop   main with teacher.text_id_dropout=0.5 (an item's ID row left out of half the
+               training steps, so the text part learns to score it alone)
+    randomdrop textdrop with random LLM weights
 
 Runs are kept in DIR (a finished run is not trained again when the command is repeated), so the
 plan can be grown one variant or seed at a time. `--synthetic U,I,N` prepares a synthetic dataset
@@ -39,6 +42,12 @@ VARIANTS = {
     "inputonly": [],
     "notext": ["teacher.use_title_projector=false"],
     "deep": ["teacher.text_scoring=true", "teacher.text_state_layers=30"],
+    "textdrop": ["teacher.text_scoring=true", "teacher.text_id_dropout=0.5"],
+    "randomdrop": [
+        "teacher.text_scoring=true",
+        "teacher.text_id_dropout=0.5",
+        "teacher.llm_random_init=true",
+    ],
 }
 DISTILL_EXTRA = {"notext": ["distill.ed_weight=0"]}
 METRICS = ("ndcg@10", "hr@10")
@@ -188,8 +197,12 @@ def report(work: Path, seeds: list[int]) -> None:
         }
     )
     pairs = [(n, "student") for n in names if n != "student"]
-    if "teacher_main" in names and "teacher_random" in names:
-        pairs.append(("teacher_main", "teacher_random"))
+    for pretrained, twin in (
+        ("teacher_main", "teacher_random"),
+        ("teacher_textdrop", "teacher_randomdrop"),
+    ):
+        if pretrained in names and twin in names:
+            pairs.append((pretrained, twin))
     if "teacher_main" in names and "teacher_inputonly" in names:
         pairs.append(("teacher_main", "teacher_inputonly"))
     for metric in METRICS:
