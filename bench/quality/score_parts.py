@@ -1,14 +1,17 @@
 """Where does a target rank under each part of a text-scoring teacher's score? (test split)
 
-    uv run python -m bench.quality.score_parts RUN_DIR [--threads 1]
+    uv run python -m bench.quality.score_parts RUN_DIR [RUN_DIR ...] [--twins RUN_DIR ...]
 
-RUN_DIR is a finished `train-teacher` run with `teacher.text_scoring=true` (its config.yaml names
-the data, its checkpoints/best the teacher). The teacher's score of an item is
-q . (ID row + P t) + w * student; this prints, for the cold, tail and head targets (and all), the
-median rank and HR@10 / HR@100 under: the whole mix, the teacher alone (w = 0), the text part
-alone (q . P t, every item's ID row left out) and the student alone, with the mean norm of the ID
-rows and of the text part. It shows whether text can carry an item the ID table knows nothing of,
-and how far the learnt ID rows outweigh it.
+Each RUN_DIR is a finished `train-teacher` run with `teacher.text_scoring=true` (its config.yaml
+names the data, its checkpoints/best the teacher), e.g. one per seed. The teacher's score of an
+item is q . (ID row + P t) + w * student; this prints, per run and for the cold, tail and head
+targets (and all), the median rank and HR@10 / HR@100 under: the whole mix, the teacher alone
+(w = 0), the text part alone (q . P t, every item's ID row left out) and the student alone, with
+the mean norm of the ID rows and of the text part. With `--twins` (one per run, e.g. the same
+teachers with random LLM weights) it adds, per part and slice, the paired per-user difference
+run - twin pooled over the pairs (each user's difference averaged over them first), mean ± SE.
+It shows whether text can carry an item the ID table knows nothing of, how far the learnt ID rows
+outweigh it, and how much of each part the pretrained LLM makes.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def part_scores(teacher, history: torch.Tensor, text_table: torch.Tensor) -> dic
 
 @torch.no_grad()
 def ranks_by_part(run: Path):
-    """(ranks {part: (S,)}, target groups (S,), norms) over the run's test split."""
+    """(ranks {part: (S,)}, target groups (S,), norms) over the run's test split, samples in
+    (user, position) order."""
     from omegaconf import OmegaConf
 
     from ilora.checkpoint import load_teacher
@@ -55,13 +59,15 @@ def ranks_by_part(run: Path):
     teacher.eval()
     text_table = teacher.text_projector(teacher.title_states)
     ranks = {part: [] for part in PARTS}
-    groups = []
+    groups, keys = [], []
     for batch in dm.test_dataloader():
         exclude = history_mask(batch["full_history"], dm.num_items, keep=batch["target"])
         for part, scores in part_scores(teacher, batch["history"], text_table).items():
             # target_ranks is 0-based: 1-based here, as the predictions files are
             ranks[part].append(target_ranks(scores, batch["target"], exclude) + 1)
         groups += [ITEM_GROUPS[g] for g in dm.slices.item_group[batch["target"].numpy()]]
+        keys.append(batch["user_id"] * (dm.num_items + 1) + batch["position"])
+    order = torch.argsort(torch.cat(keys))
     seen = torch.ones(dm.num_items + 1, dtype=torch.bool)
     if dm.held_out_items is not None:
         seen &= ~dm.held_out_items
@@ -70,27 +76,26 @@ def ranks_by_part(run: Path):
         "ID rows (seen items)": teacher.item_table[seen].norm(dim=1).mean().item(),
         "text part (all items)": text_table[1:].norm(dim=1).mean().item(),
     }
-    return {p: torch.cat(r).float() for p, r in ranks.items()}, groups, norms
+    ranks = {p: torch.cat(r).float()[order] for p, r in ranks.items()}
+    return ranks, [groups[i] for i in order], norms
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.quality.score_parts", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("run", type=Path, help="a finished train-teacher run directory")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    ranks, groups, norms = ranks_by_part(args.run)
-    print(", ".join(f"mean norm of the {k}: {v:.3f}" for k, v in norms.items()))
+METRICS = {
+    "NDCG@10": lambda r: torch.where(r <= 10, 1 / torch.log2(r + 1), torch.zeros_like(r)),
+    "HR@10": lambda r: (r <= 10).float(),
+    "HR@100": lambda r: (r <= 100).float(),
+}
+
+
+def print_parts(run: Path, ranks: dict, groups: list[str], norms: dict) -> None:
+    print(f"\n{run}: " + ", ".join(f"mean norm of the {k} {v:.3f}" for k, v in norms.items()))
     names = ["all", *sorted(set(groups))]
-    print("\n| part | " + " | ".join(f"{g} (n={_count(groups, g)})" for g in names) + " |")
+    print("\n| part | " + " | ".join(f"{g} (n={_mask(groups, g).sum()})" for g in names) + " |")
     print("|:--|" + "--:|" * len(names))
     for part, rank in ranks.items():
         cells = []
         for g in names:
-            r = rank if g == "all" else rank[torch.tensor([x == g for x in groups])]
+            r = rank[_mask(groups, g)]
             cells.append(
                 f"median {r.median():.0f}, HR@10 {(r <= 10).float().mean():.3f}, "
                 f"HR@100 {(r <= 100).float().mean():.3f}"
@@ -98,8 +103,56 @@ def main() -> None:
         print(f"| {part} | " + " | ".join(cells) + " |")
 
 
-def _count(groups: list[str], group: str) -> int:
-    return len(groups) if group == "all" else groups.count(group)
+def print_against_twins(runs: list, twins: list, groups: list[str]) -> None:
+    """Per part and slice: run - twin, paired per user, pooled over the pairs."""
+    from compare.stats import paired_difference
+
+    names = ["all", *sorted(set(groups))]
+    for metric, per_sample in METRICS.items():
+        print(f"\n{metric}: run - twin, pooled over {len(runs)} pair(s), mean ± SE (* beyond 2 SE)")
+        print("\n| part | " + " | ".join(names) + " |")
+        print("|:--|" + "--:|" * len(names))
+        for part in PARTS:
+            cells = []
+            for g in names:
+                keep = _mask(groups, g)
+                diff = paired_difference(
+                    [per_sample(t[part][keep]).numpy() for t in twins],
+                    [per_sample(r[part][keep]).numpy() for r in runs],
+                )
+                star = "*" if diff.significant() else ""
+                cells.append(f"{diff.mean:+.4f} ± {diff.se:.4f}{star}")
+            print(f"| {part} | " + " | ".join(cells) + " |")
+
+
+def _mask(groups: list[str], group: str) -> torch.Tensor:
+    return torch.tensor([group in ("all", x) for x in groups])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.quality.score_parts", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("runs", type=Path, nargs="+", help="finished train-teacher run dirs")
+    parser.add_argument("--twins", type=Path, nargs="*", default=[], help="one twin per run")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = parser.parse_args()
+    if args.twins and len(args.twins) != len(args.runs):
+        parser.error(f"--twins needs one run per run: {len(args.runs)}, got {len(args.twins)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    measured = {}
+    for run in [*args.runs, *args.twins]:
+        ranks, groups, norms = ranks_by_part(run)
+        print_parts(run, ranks, groups, norms)
+        measured[run] = ranks, groups
+    first_groups = measured[args.runs[0]][1]
+    if any(g != first_groups for _, g in measured.values()):
+        raise SystemExit("the runs do not share their test samples and slices (same data?)")
+    if args.twins:
+        print_against_twins(
+            [measured[r][0] for r in args.runs], [measured[t][0] for t in args.twins], first_groups
+        )
 
 
 if __name__ == "__main__":
