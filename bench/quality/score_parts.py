@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from runkit.metrics import ndcg_per_sample
+
 PARTS = ("mix", "teacher alone", "text part alone", "student alone")
 
 
@@ -63,11 +65,13 @@ def ranks_by_part(run: Path):
     for batch in dm.test_dataloader():
         exclude = history_mask(batch["full_history"], dm.num_items, keep=batch["target"])
         for part, scores in part_scores(teacher, batch["history"], text_table).items():
-            # target_ranks is 0-based: 1-based here, as the predictions files are
-            ranks[part].append(target_ranks(scores, batch["target"], exclude) + 1)
+            ranks[part].append(target_ranks(scores, batch["target"], exclude))  # 0-based
         groups += [ITEM_GROUPS[g] for g in dm.slices.item_group[batch["target"].numpy()]]
-        keys.append(batch["user_id"] * (dm.num_items + 1) + batch["position"])
-    order = torch.argsort(torch.cat(keys))
+        keys.append(torch.stack([batch["user_id"], batch["position"]], 1))
+    key = torch.cat(keys)
+    # (user, position) order whatever order the loader used: by position, then stably by user
+    by_position = torch.argsort(key[:, 1], stable=True)
+    order = by_position[torch.argsort(key[by_position, 0], stable=True)]
     seen = torch.ones(dm.num_items + 1, dtype=torch.bool)
     if dm.held_out_items is not None:
         seen &= ~dm.held_out_items
@@ -80,10 +84,11 @@ def ranks_by_part(run: Path):
     return ranks, [groups[i] for i in order], norms
 
 
+# per-sample metrics of 0-based target ranks (runkit.metrics' convention)
 METRICS = {
-    "NDCG@10": lambda r: torch.where(r <= 10, 1 / torch.log2(r + 1), torch.zeros_like(r)),
-    "HR@10": lambda r: (r <= 10).float(),
-    "HR@100": lambda r: (r <= 100).float(),
+    "NDCG@10": lambda r: ndcg_per_sample(r, 10),
+    "HR@10": lambda r: (r < 10).double(),
+    "HR@100": lambda r: (r < 100).double(),
 }
 
 
@@ -97,8 +102,8 @@ def print_parts(run: Path, ranks: dict, groups: list[str], norms: dict) -> None:
         for g in names:
             r = rank[_mask(groups, g)]
             cells.append(
-                f"median {r.median():.0f}, HR@10 {(r <= 10).float().mean():.3f}, "
-                f"HR@100 {(r <= 100).float().mean():.3f}"
+                f"median {r.median() + 1:.0f}, HR@10 {METRICS['HR@10'](r).mean():.3f}, "
+                f"HR@100 {METRICS['HR@100'](r).mean():.3f}"
             )
         print(f"| {part} | " + " | ".join(cells) + " |")
 
