@@ -18,6 +18,12 @@ distilled student (same seed). Variants (teacher overrides on top of experiment=
     textdrop   main with teacher.text_id_dropout=0.5 (an item's ID row left out of half the
                training steps, so the text part learns to score it alone)
     randomdrop textdrop with random LLM weights
+    deepdrop   textdrop with text states read at all 30 layers (deep's control for textdrop)
+
+The report compares every model with the student (a distilled one: with its baseline, the same
+student), and each pretrained teacher (main, textdrop) and the student distilled from it with its
+controls that were run (CONTROLS): random weights, text on the input side only, no text, deep text
+states.
 
 Runs are kept in DIR (a finished run is not trained again when the command is repeated), so the
 plan can be grown one variant or seed at a time. `--synthetic U,I,N` prepares a synthetic dataset
@@ -48,6 +54,16 @@ VARIANTS = {
         "teacher.text_id_dropout=0.5",
         "teacher.llm_random_init=true",
     ],
+    "deepdrop": [
+        "teacher.text_scoring=true",
+        "teacher.text_id_dropout=0.5",
+        "teacher.text_state_layers=30",
+    ],
+}
+# each pretrained teacher's controls, reported as pretrained - control
+CONTROLS = {
+    "main": ("random", "inputonly", "notext", "deep"),
+    "textdrop": ("randomdrop", "inputonly", "notext", "deepdrop"),
 }
 DISTILL_EXTRA = {"notext": ["distill.ed_weight=0"]}
 # HR@100 reads the cold slice, where no model here reaches the top 10: a never-seen item's score
@@ -199,14 +215,13 @@ def report(work: Path, seeds: list[int]) -> None:
         }
     )
     pairs = [(n, "student") for n in names if n != "student"]
-    for pretrained, twin in (
-        ("teacher_main", "teacher_random"),
-        ("teacher_textdrop", "teacher_randomdrop"),
-    ):
-        if pretrained in names and twin in names:
-            pairs.append((pretrained, twin))
-    if "teacher_main" in names and "teacher_inputonly" in names:
-        pairs.append(("teacher_main", "teacher_inputonly"))
+    pairs += [
+        (f"{model}_{pretrained}", f"{model}_{control}")
+        for model in ("teacher", "distilled")
+        for pretrained, controls in CONTROLS.items()
+        for control in controls
+        if {f"{model}_{pretrained}", f"{model}_{control}"} <= set(names)
+    ]
     for metric in METRICS:
         print(
             f"\n{metric.upper()}, pooled over seeds {', '.join(map(str, seeds))}: mean of the "
