@@ -198,6 +198,21 @@ def pooled(manifest: dict, seeds, base: str, other: str, group: str | None, metr
     )
 
 
+def report_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """(model, reference) rows of the report, for the runs done on every seed: every model vs the
+    student (a distilled one's baseline), then each pretrained teacher and its distilled student
+    vs each control that was run."""
+    pairs = [(n, "student") for n in names if n != "student"]
+    pairs += [
+        (f"{model}_{pretrained}", f"{model}_{control}")
+        for model in ("teacher", "distilled")
+        for pretrained, controls in CONTROLS.items()
+        for control in controls
+        if {f"{model}_{pretrained}", f"{model}_{control}"} <= set(names)
+    ]
+    return pairs
+
+
 def report(work: Path, seeds: list[int]) -> None:
     manifest = json.loads((work / "runs.json").read_text())
     first = predictions(manifest, f"student_s{seeds[0]}")
@@ -214,14 +229,7 @@ def report(work: Path, seeds: list[int]) -> None:
             if all(f"{n.rsplit('_s', 1)[0]}_s{s}" in manifest for s in seeds)
         }
     )
-    pairs = [(n, "student") for n in names if n != "student"]
-    pairs += [
-        (f"{model}_{pretrained}", f"{model}_{control}")
-        for model in ("teacher", "distilled")
-        for pretrained, controls in CONTROLS.items()
-        for control in controls
-        if {f"{model}_{pretrained}", f"{model}_{control}"} <= set(names)
-    ]
+    pairs = report_pairs(names)
     for metric in METRICS:
         print(
             f"\n{metric.upper()}, pooled over seeds {', '.join(map(str, seeds))}: mean of the "
