@@ -39,26 +39,39 @@ def part_scores(teacher, history: torch.Tensor, text_table: torch.Tensor) -> dic
     return dict(zip(PARTS, (mix, alone, text, student), strict=True))
 
 
-@torch.no_grad()
-def ranks_by_part(run: Path):
-    """(ranks {part: (S,)}, target groups (S,), norms) over the run's test split, samples in
-    (user, position) order."""
+def load_text_teacher(run: Path):
+    """(the run's best teacher in eval mode, its datamodule); exits unless it scores with text."""
     from omegaconf import OmegaConf
 
     from ilora.checkpoint import load_teacher
     from ilora.train import teacher_config, teacher_datamodule
+
+    cfg = OmegaConf.load(run / "config.yaml")
+    config = teacher_config(cfg)
+    dm = teacher_datamodule(cfg, config, Path(cfg.teacher.rec_model_checkpoint_path))
+    teacher, _ = load_teacher(run / "checkpoints" / "best", dm.dataset)
+    if teacher.text_projector is None:
+        raise SystemExit(f"{run}: this teacher has no text part (teacher.text_scoring=false)")
+    return teacher.eval(), dm
+
+
+def sample_order(keys: list[torch.Tensor]) -> torch.Tensor:
+    """The permutation that puts (user, position) key batches in (user, position) order, whatever
+    order the loader used: by position, then stably by user."""
+    key = torch.cat(keys)
+    by_position = torch.argsort(key[:, 1], stable=True)
+    return by_position[torch.argsort(key[by_position, 0], stable=True)]
+
+
+@torch.no_grad()
+def ranks_by_part(run: Path):
+    """(ranks {part: (S,)}, target groups (S,), norms) over the run's test split, samples in
+    (user, position) order."""
     from recdata.batching import history_mask
     from recdata.slices import ITEM_GROUPS
     from runkit.metrics import target_ranks
 
-    cfg = OmegaConf.load(run / "config.yaml")
-    config = teacher_config(cfg)
-    student = Path(cfg.teacher.rec_model_checkpoint_path)
-    dm = teacher_datamodule(cfg, config, student)
-    teacher, _ = load_teacher(run / "checkpoints" / "best", dm.dataset)
-    if teacher.text_projector is None:
-        raise SystemExit(f"{run}: this teacher has no text part (teacher.text_scoring=false)")
-    teacher.eval()
+    teacher, dm = load_text_teacher(run)
     text_table = teacher.text_projector(teacher.title_states)
     ranks = {part: [] for part in PARTS}
     groups, keys = [], []
@@ -68,10 +81,7 @@ def ranks_by_part(run: Path):
             ranks[part].append(target_ranks(scores, batch["target"], exclude))  # 0-based
         groups += [ITEM_GROUPS[g] for g in dm.slices.item_group[batch["target"].numpy()]]
         keys.append(torch.stack([batch["user_id"], batch["position"]], 1))
-    key = torch.cat(keys)
-    # (user, position) order whatever order the loader used: by position, then stably by user
-    by_position = torch.argsort(key[:, 1], stable=True)
-    order = by_position[torch.argsort(key[by_position, 0], stable=True)]
+    order = sample_order(keys)
     seen = torch.ones(dm.num_items + 1, dtype=torch.bool)
     if dm.held_out_items is not None:
         seen &= ~dm.held_out_items
@@ -108,7 +118,9 @@ def print_parts(run: Path, ranks: dict, groups: list[str], norms: dict) -> None:
         print(f"| {part} | " + " | ".join(cells) + " |")
 
 
-def print_against_twins(runs: list, twins: list, groups: list[str]) -> None:
+def print_against_twins(
+    runs: list, twins: list, groups: list[str], parts: tuple[str, ...] = PARTS
+) -> None:
     """Per part and slice: run - twin, paired per user, pooled over the pairs."""
     from compare.stats import paired_difference
 
@@ -117,7 +129,7 @@ def print_against_twins(runs: list, twins: list, groups: list[str]) -> None:
         print(f"\n{metric}: run - twin, pooled over {len(runs)} pair(s), mean ± SE (* beyond 2 SE)")
         print("\n| part | " + " | ".join(names) + " |")
         print("|:--|" + "--:|" * len(names))
-        for part in PARTS:
+        for part in parts:
             cells = []
             for g in names:
                 keep = _mask(groups, g)
