@@ -22,37 +22,27 @@ import torch
 from bench.quality.score_parts import (
     METRICS,
     load_text_teacher,
-    part_scores,
     print_against_twins,
-    sample_order,
+    sample_mask,
+    scored_split,
 )
 
 # candidate offsets: b puts the median cold item's text score at these quantiles of the mix scores
 QUANTILES = torch.linspace(0.5, 0.9995, 40)
 
 
-@torch.no_grad()
-def split_scores(teacher, dm, split: str) -> dict:
-    """{mix, text (S, N+1) with the history excluded, targets, exclude, groups} over one split,
-    samples in (user, position) order."""
-    from recdata.batching import history_mask
-    from recdata.slices import ITEM_GROUPS
+def split_scores(teacher, dm, split: str) -> tuple[dict, list[str]]:
+    """({mix, text (S, N+1), targets, exclude (the history)}, target groups) over one split."""
 
-    text_table = teacher.text_projector(teacher.title_states)
-    out = {"mix": [], "text": [], "targets": [], "exclude": [], "groups": [], "keys": []}
-    for batch in dm.loader(split):
-        parts = part_scores(teacher, batch["history"], text_table)
-        out["mix"].append(parts["mix"])
-        out["text"].append(parts["text part alone"])
-        out["targets"].append(batch["target"])
-        seen = history_mask(batch["full_history"], dm.num_items, keep=batch["target"])
-        out["exclude"].append(seen)
-        out["groups"] += [ITEM_GROUPS[g] for g in dm.slices.item_group[batch["target"].numpy()]]
-        out["keys"].append(torch.stack([batch["user_id"], batch["position"]], 1))
-    order = sample_order(out.pop("keys"))
-    unordered = out.pop("groups")
-    groups = [unordered[i] for i in order]
-    return {**{k: torch.cat(v)[order] for k, v in out.items()}, "groups": groups}
+    def keep(parts, exclude, batch):
+        return {
+            "mix": parts["mix"],
+            "text": parts["text part alone"],
+            "targets": batch["target"],
+            "exclude": exclude,
+        }
+
+    return scored_split(teacher, dm, split, keep)
 
 
 def channel_ranks(scores: dict, cold: torch.Tensor, offset: float | None) -> torch.Tensor:
@@ -81,7 +71,7 @@ def measure(run: Path) -> tuple[dict, list[str]]:
         raise SystemExit(f"{run}: not a cold-item run (dataset.cold_items is none)")
     cold = dm.held_out_items.clone()
     cold[0] = False
-    valid = split_scores(teacher, dm, "valid")
+    valid, _ = split_scores(teacher, dm, "valid")
     ndcg = METRICS["NDCG@10"]
     cold_targets = cold[valid["targets"]]
     choices = {None: ndcg(channel_ranks(valid, cold, None)).mean().item()}
@@ -104,9 +94,9 @@ def measure(run: Path) -> tuple[dict, list[str]]:
         flush=True,
     )
     del valid
-    test = split_scores(teacher, dm, "test")
+    test, groups = split_scores(teacher, dm, "test")
     ranks = {"mix": channel_ranks(test, cold, None), "channel": channel_ranks(test, cold, best)}
-    return ranks, test["groups"]
+    return ranks, groups
 
 
 def main() -> None:
@@ -125,7 +115,7 @@ def main() -> None:
     for name in ("mix", "channel"):
         cells = []
         for g in ["all", *sorted(set(groups))]:
-            keep = torch.tensor([g in ("all", x) for x in groups])
+            keep = sample_mask(groups, g)
             rank = torch.cat([r[name][keep] for r, _ in measured])
             values = ", ".join(f"{m} {f(rank).mean():.4f}" for m, f in METRICS.items())
             cells.append(f"{g}: {values}")

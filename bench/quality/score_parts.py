@@ -64,34 +64,48 @@ def sample_order(keys: list[torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ranks_by_part(run: Path):
-    """(ranks {part: (S,)}, target groups (S,), norms) over the run's test split, samples in
-    (user, position) order."""
+def scored_split(teacher, dm, split: str, keep) -> tuple[dict, list[str]]:
+    """Score one split under every part and keep what ``keep(parts, exclude, batch)`` returns
+    ({name: (B, ...) tensor}) -> ({name: (S, ...)}, target groups), samples in (user, position)
+    order so that runs on the same data pair up. ``exclude``: the user's history (not ranked)."""
     from recdata.batching import history_mask
     from recdata.slices import ITEM_GROUPS
-    from runkit.metrics import target_ranks
 
-    teacher, dm = load_text_teacher(run)
     text_table = teacher.text_projector(teacher.title_states)
-    ranks = {part: [] for part in PARTS}
-    groups, keys = [], []
-    for batch in dm.test_dataloader():
+    kept, groups, keys = {}, [], []
+    for batch in dm.loader(split):
         exclude = history_mask(batch["full_history"], dm.num_items, keep=batch["target"])
-        for part, scores in part_scores(teacher, batch["history"], text_table).items():
-            ranks[part].append(target_ranks(scores, batch["target"], exclude))  # 0-based
+        parts = part_scores(teacher, batch["history"], text_table)
+        for name, value in keep(parts, exclude, batch).items():
+            kept.setdefault(name, []).append(value)
         groups += [ITEM_GROUPS[g] for g in dm.slices.item_group[batch["target"].numpy()]]
         keys.append(torch.stack([batch["user_id"], batch["position"]], 1))
     order = sample_order(keys)
+    return {n: torch.cat(v)[order] for n, v in kept.items()}, [groups[i] for i in order]
+
+
+def ranks_by_part(run: Path):
+    """(ranks {part: (S,)}, target groups (S,), norms) over the run's test split, samples in
+    (user, position) order."""
+    from runkit.metrics import target_ranks
+
+    teacher, dm = load_text_teacher(run)
+
+    def ranks(parts, exclude, batch):  # 0-based
+        return {p: target_ranks(s, batch["target"], exclude).float() for p, s in parts.items()}
+
+    by_part, groups = scored_split(teacher, dm, "test", ranks)
     seen = torch.ones(dm.num_items + 1, dtype=torch.bool)
     if dm.held_out_items is not None:
         seen &= ~dm.held_out_items
     seen[0] = False
+    with torch.no_grad():
+        text_table = teacher.text_projector(teacher.title_states)
     norms = {
         "ID rows (seen items)": teacher.item_table[seen].norm(dim=1).mean().item(),
         "text part (all items)": text_table[1:].norm(dim=1).mean().item(),
     }
-    ranks = {p: torch.cat(r).float()[order] for p, r in ranks.items()}
-    return ranks, [groups[i] for i in order], norms
+    return by_part, groups, norms
 
 
 # per-sample metrics of 0-based target ranks (runkit.metrics' convention)
@@ -105,12 +119,13 @@ METRICS = {
 def print_parts(run: Path, ranks: dict, groups: list[str], norms: dict) -> None:
     print(f"\n{run}: " + ", ".join(f"mean norm of the {k} {v:.3f}" for k, v in norms.items()))
     names = ["all", *sorted(set(groups))]
-    print("\n| part | " + " | ".join(f"{g} (n={_mask(groups, g).sum()})" for g in names) + " |")
+    counts = [f"{g} (n={sample_mask(groups, g).sum()})" for g in names]
+    print("\n| part | " + " | ".join(counts) + " |")
     print("|:--|" + "--:|" * len(names))
     for part, rank in ranks.items():
         cells = []
         for g in names:
-            r = rank[_mask(groups, g)]
+            r = rank[sample_mask(groups, g)]
             cells.append(
                 f"median {r.median() + 1:.0f}, HR@10 {METRICS['HR@10'](r).mean():.3f}, "
                 f"HR@100 {METRICS['HR@100'](r).mean():.3f}"
@@ -132,7 +147,7 @@ def print_against_twins(
         for part in parts:
             cells = []
             for g in names:
-                keep = _mask(groups, g)
+                keep = sample_mask(groups, g)
                 diff = paired_difference(
                     [per_sample(t[part][keep]).numpy() for t in twins],
                     [per_sample(r[part][keep]).numpy() for r in runs],
@@ -142,7 +157,8 @@ def print_against_twins(
             print(f"| {part} | " + " | ".join(cells) + " |")
 
 
-def _mask(groups: list[str], group: str) -> torch.Tensor:
+def sample_mask(groups: list[str], group: str) -> torch.Tensor:
+    """(S,) bool: the samples in ``group`` ("all": every sample)."""
     return torch.tensor([group in ("all", x) for x in groups])
 
 
