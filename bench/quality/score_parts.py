@@ -63,19 +63,26 @@ def sample_order(keys: list[torch.Tensor]) -> torch.Tensor:
     return by_position[torch.argsort(key[by_position, 0], stable=True)]
 
 
+def teacher_parts(teacher):
+    """batch -> {part: (B, N+1) scores} of a text-scoring teacher (PARTS)."""
+    with torch.no_grad():
+        text_table = teacher.text_projector(teacher.title_states)
+    return lambda batch: part_scores(teacher, batch["history"], text_table)
+
+
 @torch.no_grad()
-def scored_split(teacher, dm, split: str, keep) -> tuple[dict, list[str]]:
-    """Score one split under every part and keep what ``keep(parts, exclude, batch)`` returns
-    ({name: (B, ...) tensor}) -> ({name: (S, ...)}, target groups), samples in (user, position)
-    order so that runs on the same data pair up. ``exclude``: the user's history (not ranked)."""
+def scored_split(score_batch, dm, split: str, keep) -> tuple[dict, list[str]]:
+    """Score one split with ``score_batch(batch)`` ({name: (B, N+1) scores}) and keep what
+    ``keep(scores, exclude, batch)`` returns ({name: (B, ...) tensor}) -> ({name: (S, ...)},
+    target groups), samples in (user, position) order so that runs on the same data pair up.
+    ``exclude``: the user's history (not ranked)."""
     from recdata.batching import history_mask
     from recdata.slices import ITEM_GROUPS
 
-    text_table = teacher.text_projector(teacher.title_states)
     kept, groups, keys = {}, [], []
     for batch in dm.loader(split):
         exclude = history_mask(batch["full_history"], dm.num_items, keep=batch["target"])
-        parts = part_scores(teacher, batch["history"], text_table)
+        parts = score_batch(batch)
         for name, value in keep(parts, exclude, batch).items():
             kept.setdefault(name, []).append(value)
         groups += [ITEM_GROUPS[g] for g in dm.slices.item_group[batch["target"].numpy()]]
@@ -94,7 +101,7 @@ def ranks_by_part(run: Path):
     def ranks(parts, exclude, batch):  # 0-based
         return {p: target_ranks(s, batch["target"], exclude).float() for p, s in parts.items()}
 
-    by_part, groups = scored_split(teacher, dm, "test", ranks)
+    by_part, groups = scored_split(teacher_parts(teacher), dm, "test", ranks)
     seen = torch.ones(dm.num_items + 1, dtype=torch.bool)
     if dm.held_out_items is not None:
         seen &= ~dm.held_out_items
