@@ -44,7 +44,7 @@ from bench.quality.score_parts import (
 # offsets: b puts the median cold item's text score at these quantiles of the output's scores
 QUANTILES = torch.linspace(0.5, 0.9995, 40)
 SLOTS = (1, 2, 3, 5, 10)  # 1-based positions in the list
-GATES = (10, 30, 100, 300, 1000, math.inf)  # the cold item's own rank must be below this
+GATES = (10, 30, 100, 300, 1000, math.inf)  # m: the model must rank the cold item in its top m
 
 
 @dataclass(frozen=True)
