@@ -26,14 +26,14 @@ from runkit.metrics import ndcg_per_sample
 PARTS = ("mix", "teacher alone", "text part alone", "student alone")
 
 
-def part_scores(teacher, history: torch.Tensor, text_table: torch.Tensor) -> dict:
+def part_scores(teacher, history: torch.Tensor, text_rows: torch.Tensor) -> dict:
     """{part: (B, N+1) scores at the last position} for one batch of histories."""
     from sasrec.model import item_scores
 
     state, u = teacher.encode(history)
     student = item_scores(u[:, 0], teacher.student.item_table())
     alone = teacher.scores_from_state(state, u, student_mix=0.0)[:, 0]
-    text = teacher.scores_from_state(state, u, student_mix=0.0, table=text_table)[:, 0]
+    text = teacher.scores_from_state(state, u, student_mix=0.0, table=text_rows)[:, 0]
     student = student.index_fill(-1, torch.zeros(1, dtype=torch.long), -torch.inf)
     mix = alone + teacher.config.student_mix * student
     return dict(zip(PARTS, (mix, alone, text, student), strict=True))
@@ -55,19 +55,17 @@ def load_text_teacher(run: Path):
     return teacher.eval(), dm
 
 
-def sample_order(keys: list[torch.Tensor]) -> torch.Tensor:
-    """The permutation that puts (user, position) key batches in (user, position) order, whatever
-    order the loader used: by position, then stably by user."""
-    key = torch.cat(keys)
-    by_position = torch.argsort(key[:, 1], stable=True)
-    return by_position[torch.argsort(key[by_position, 0], stable=True)]
+@torch.no_grad()
+def text_table(teacher) -> torch.Tensor:
+    """(N+1, H) the text part of every item's vector (P t)."""
+    return teacher.text_projector(teacher.title_states)
 
 
-def teacher_parts(teacher):
-    """batch -> {part: (B, N+1) scores} of a text-scoring teacher (PARTS)."""
-    with torch.no_grad():
-        text_table = teacher.text_projector(teacher.title_states)
-    return lambda batch: part_scores(teacher, batch["history"], text_table)
+def teacher_parts(teacher, table: torch.Tensor | None = None):
+    """batch -> {part: (B, N+1) scores} of a text-scoring teacher (PARTS); ``table``: its
+    text_table when the caller has it already."""
+    table = text_table(teacher) if table is None else table
+    return lambda batch: part_scores(teacher, batch["history"], table)
 
 
 @torch.no_grad()
@@ -78,6 +76,7 @@ def scored_split(score_batch, dm, split: str, keep) -> tuple[dict, list[str]]:
     ``exclude``: the user's history (not ranked)."""
     from recdata.batching import history_mask
     from recdata.slices import ITEM_GROUPS
+    from runkit.evaluation import sample_order
 
     kept, groups, keys = {}, [], []
     for batch in dm.loader(split):
@@ -87,7 +86,7 @@ def scored_split(score_batch, dm, split: str, keep) -> tuple[dict, list[str]]:
             kept.setdefault(name, []).append(value)
         groups += [ITEM_GROUPS[g] for g in dm.slices.item_group[batch["target"].numpy()]]
         keys.append(torch.stack([batch["user_id"], batch["position"]], 1))
-    order = sample_order(keys)
+    order = sample_order(torch.cat(keys))
     return {n: torch.cat(v)[order] for n, v in kept.items()}, [groups[i] for i in order]
 
 
@@ -101,16 +100,15 @@ def ranks_by_part(run: Path):
     def ranks(parts, exclude, batch):  # 0-based
         return {p: target_ranks(s, batch["target"], exclude).float() for p, s in parts.items()}
 
-    by_part, groups = scored_split(teacher_parts(teacher), dm, "test", ranks)
+    table = text_table(teacher)
+    by_part, groups = scored_split(teacher_parts(teacher, table), dm, "test", ranks)
     seen = torch.ones(dm.num_items + 1, dtype=torch.bool)
     if dm.held_out_items is not None:
         seen &= ~dm.held_out_items
     seen[0] = False
-    with torch.no_grad():
-        text_table = teacher.text_projector(teacher.title_states)
     norms = {
         "ID rows (seen items)": teacher.item_table[seen].norm(dim=1).mean().item(),
-        "text part (all items)": text_table[1:].norm(dim=1).mean().item(),
+        "text part (all items)": table[1:].norm(dim=1).mean().item(),
     }
     return by_part, groups, norms
 

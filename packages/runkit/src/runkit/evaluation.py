@@ -75,6 +75,14 @@ class SampleRows:
 
 
 @torch.no_grad()
+def sample_order(key: torch.Tensor) -> torch.Tensor:
+    """The permutation that puts (S, 2) (user_id, position) keys in (user_id, position) order,
+    whatever order the loader used (e.g. by length), so that predictions of runs pair up."""
+    if not len(key):
+        return torch.arange(0)
+    return torch.argsort(key[:, 0] * (int(key[:, 1].max()) + 1) + key[:, 1])
+
+
 def evaluate(
     score_fn: Scorer,
     batches: Iterable[dict[str, torch.Tensor]],
@@ -110,12 +118,7 @@ def evaluate(
             **hits,
         )
     key = rows.get("key")
-    # predictions in (user_id, position) order whatever order the loader used (e.g. by length)
-    order = (
-        torch.argsort(key[:, 0] * (int(key[:, 1].max()) + 1) + key[:, 1])
-        if len(key)
-        else torch.arange(0)
-    )
+    order = sample_order(key)
     key, target = key[order], rows.get("target")[order]
     r_raw, r_masked = rows.get("rank_raw")[order], rows.get("rank_masked")[order]
     top = rows.get("top")[order]
