@@ -120,7 +120,8 @@ def with_cold_slot(
 
 def placed_at(output: torch.Tensor, pick: ColdPick, slots: torch.Tensor) -> torch.Tensor:
     """The output with each row's pick scored between the items now at 1-based ``slots`` - 1 and
-    ``slots`` of the list without it (slot 0: the row is left as it is)."""
+    ``slots`` of the list without it (slot 0: the row is left as it is). Callers only promote
+    (a slot at or above the pick's own place), so the item at ``slots`` always exists."""
     rows = torch.arange(len(output))
     top = pick.others().topk(int(slots.max().clamp(min=1)), dim=1).values
     at = (slots - 1).clamp(min=0)

@@ -19,6 +19,8 @@ distilled student (same seed). Variants (teacher overrides on top of experiment=
                training steps, so the text part learns to score it alone)
     randomdrop textdrop with random LLM weights
     deepdrop   textdrop with text states read at all 30 layers (deep's control for textdrop)
+    textdrop2ep, randomdrop2ep  textdrop and randomdrop trained for two epochs (train.max_epochs=2
+               on the teacher only; compared with each other and with the one-epoch textdrop)
 
 The report compares every model with the student (a distilled one: with its baseline, the same
 student), and each pretrained teacher (main, textdrop) and the student distilled from it with its
@@ -60,10 +62,14 @@ VARIANTS = {
         "teacher.text_state_layers=30",
     ],
 }
+# the same teachers trained for two epochs (the teacher's own train.max_epochs; students and
+# distillation keep theirs), to see whether a teacher that leans less on its student shows more
+VARIANTS |= {f"{v}2ep": [*VARIANTS[v], "train.max_epochs=2"] for v in ("textdrop", "randomdrop")}
 # each pretrained teacher's controls, reported as pretrained - control
 CONTROLS = {
     "main": ("random", "inputonly", "notext", "deep"),
     "textdrop": ("randomdrop", "inputonly", "notext", "deepdrop"),
+    "textdrop2ep": ("randomdrop2ep", "textdrop"),
 }
 DISTILL_EXTRA = {"notext": ["distill.ed_weight=0"]}
 # HR@100 reads the cold slice, where no model here reaches the top 10: a never-seen item's score
