@@ -52,6 +52,7 @@ from bench.quality.score_parts import (
 QUANTILES = torch.linspace(0.5, 0.9995, 40)
 SLOTS = (1, 2, 3, 5, 10)  # 1-based positions in the list
 GATES = (10, 30, 100, 300, 1000, math.inf)  # m: the model must rank the cold item in its top m
+K = 10  # the list a calibrated slot fills: NDCG@10's
 
 
 @dataclass(frozen=True)
@@ -131,9 +132,6 @@ def placed_at(output: torch.Tensor, pick: ColdPick, slots: torch.Tensor) -> torc
     moved = output.clone()
     moved[rows, pick.best] = torch.where(slots > 0, placed, output[rows, pick.best])
     return moved
-
-
-K = 10  # the list a calibrated slot fills: NDCG@10's
 
 
 @dataclass(frozen=True)
@@ -405,7 +403,8 @@ def measure(run: Path) -> tuple[dict, list[str]]:
     print(f"  calibrated on valid: {calibration}; test: the pick moved for {slots.gt(0).sum()} of")
     print(f"  {len(slots)} users, to slots {torch.bincount(slots, minlength=K + 1)[1:].tolist()}")
     policies = {name: policy or chosen for name, policy in READ.items()}
-    return {name: policy_ranks(test, cold, p, calibration) for name, p in policies.items()}, groups
+    ranks = {p: policy_ranks(test, cold, p, calibration) for p in set(policies.values())}
+    return {name: ranks[p] for name, p in policies.items()}, groups
 
 
 def print_pooled(name: str, measured: list, groups: list[str]) -> None:

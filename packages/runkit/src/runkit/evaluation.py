@@ -74,7 +74,6 @@ class SampleRows:
         return torch.cat(value) if isinstance(value, list) else value[: self.filled]
 
 
-@torch.no_grad()
 def sample_order(key: torch.Tensor) -> torch.Tensor:
     """The permutation that puts (S, 2) (user_id, position) keys in (user_id, position) order,
     whatever order the loader used (e.g. by length), so that predictions of runs pair up."""
@@ -83,6 +82,7 @@ def sample_order(key: torch.Tensor) -> torch.Tensor:
     return torch.argsort(key[:, 0] * (int(key[:, 1].max()) + 1) + key[:, 1])
 
 
+@torch.no_grad()
 def evaluate(
     score_fn: Scorer,
     batches: Iterable[dict[str, torch.Tensor]],
