@@ -294,6 +294,37 @@ def test_item_table_learning_rate_scale(tiny_pipeline, tmp_path, scale):
     assert torch.equal(trained["item_table"], student) == (scale == 0)
 
 
+@pytest.mark.parametrize("scale", [0, 3])
+def test_text_projector_learning_rate_scale(tiny_pipeline, tmp_path, scale):
+    """train.text_projector_lr_scale: the text projector learns at lr x scale (its lr curve
+    follows the teacher's at that ratio, step by step); 0 keeps it at zero (scoring by ID)."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "t"
+    run_cli(
+        teacher_train.main,
+        tiny_run_overrides(
+            tiny_pipeline["data"],
+            run,
+            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]),
+            "train.max_steps=3",
+            "train.limit_val_batches=1",
+            "trainer.log_every_n_steps=1",
+            "teacher.text_scoring=true",
+            f"train.text_projector_lr_scale={scale}",
+        ),
+    )
+    trained = load_file(run / "checkpoints" / "last" / "model.safetensors")
+    assert bool(trained["text_projector.weight"].abs().sum() > 0) == (scale > 0)
+    if scale:
+        teacher_lr = dict(_scalars(run, "lr/teacher"))
+        text_lr = dict(_scalars(run, "lr/text_projector"))
+        assert len(teacher_lr) == 3 and text_lr.keys() == teacher_lr.keys()
+        assert max(teacher_lr.values()) > 0
+        for step, lr in teacher_lr.items():
+            assert text_lr[step] == pytest.approx(scale * lr)
+
+
 def _scalars(run_dir, tag):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

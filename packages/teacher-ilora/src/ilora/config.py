@@ -175,7 +175,7 @@ class TeacherSettings(TeacherConfig):
 
 @dataclass
 class TeacherTrainConfig(TrainConfig):
-    """The teacher's `train` preset: warm-up + cosine lr, and the item table's own lr."""
+    """The teacher's `train` preset: warm-up + cosine lr, and the item vectors' own lrs."""
 
     # cosine (warm-up, then decay to 0) | constant
     lr_schedule: str = checked("cosine", one_of(LR_SCHEDULES))
@@ -183,6 +183,8 @@ class TeacherTrainConfig(TrainConfig):
     warmup_ratio: float = checked(0.05, number(0, 1, strict_high=True))
     # the item table's lr = lr x this; 0 keeps it
     item_table_lr_scale: float = checked(1.0, at_least(0))
+    # with teacher.text_scoring: the text projector's lr = lr x this; 0 keeps it at zero
+    text_projector_lr_scale: float = checked(1.0, at_least(0))
 
 
 SCHEMAS = [

@@ -49,6 +49,7 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
         contrastive_temperature: float = 0.1,
         seed: int = 42,
         item_table_lr_scale: float = 1.0,
+        text_projector_lr_scale: float = 1.0,
         lr_schedule: str = "cosine",
         warmup_ratio: float = 0.05,
     ):
@@ -56,6 +57,7 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
         self.teacher, self.llm_info, self.student_ref = teacher, llm_info, student_ref
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
         self.item_table_lr_scale = item_table_lr_scale
+        self.text_projector_lr_scale = text_projector_lr_scale
         self.lr_schedule, self.warmup_ratio = lr_schedule, warmup_ratio
         self.schedule, self.loss_type, self.temperature = (
             schedule,
@@ -144,16 +146,27 @@ class TeacherModule(RankingValidationMixin, L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        # The item table gets its own learning rate: Adam moves every row each step (the softmax
-        # gradient touches all items), so on a short run it drifts away from the student's table
-        # on a few hundred prompts. Scale 0 keeps the student's table as it is.
-        table = self.teacher.item_table
-        others = [p for p in self.teacher.parameters() if p.requires_grad and p is not table]
-        groups = [{"params": others, "name": "teacher"}]  # names: TensorBoard's lr/<name> curves
-        if table is not None and self.item_table_lr_scale > 0:
-            groups.append(
-                {"params": [table], "lr": self.lr * self.item_table_lr_scale, "name": "item_table"}
-            )
+        # The item vectors get their own learning rates. Adam moves every item-table row each step
+        # (the softmax gradient touches all items), so on a short run the table drifts away from
+        # the student's on a few hundred prompts (scale 0 keeps it as it is). The text projector
+        # starts at zero beside rows of the student's norm: at the common lr a short run leaves
+        # the text part a small fraction of an item's vector, so it may learn faster.
+        table, text = self.teacher.item_table, self.teacher.text_projector
+        own = {  # name (TensorBoard's lr/<name> curve): (parameters, lr scale)
+            "item_table": ([] if table is None else [table], self.item_table_lr_scale),
+            "text_projector": (
+                [] if text is None else list(text.parameters()),
+                self.text_projector_lr_scale,
+            ),
+        }
+        held = {id(p) for params, _ in own.values() for p in params}
+        others = [p for p in self.teacher.parameters() if p.requires_grad and id(p) not in held]
+        groups = [{"params": others, "name": "teacher"}]
+        groups += [
+            {"params": params, "lr": self.lr * scale, "name": name}
+            for name, (params, scale) in own.items()
+            if params and scale > 0
+        ]
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         return lr_scheduler_config(
             optimizer, self.lr_schedule, self.warmup_ratio, self.trainer.estimated_stepping_batches

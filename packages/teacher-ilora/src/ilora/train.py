@@ -128,6 +128,7 @@ def build_module(cfg: DictConfig, dm, config: TeacherConfig, student_path: Path)
         contrastive_temperature=t.contrastive_temperature,
         seed=cfg.seed,
         item_table_lr_scale=cfg.train.item_table_lr_scale,
+        text_projector_lr_scale=cfg.train.text_projector_lr_scale,
         lr_schedule=cfg.train.lr_schedule,
         warmup_ratio=cfg.train.warmup_ratio,
     )
