@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from recdata.batching import SequenceStore
+from recdata.cold import protocol_view
 from recdata.contract import load_prepared
 from recdata.datamodule import SplitDataset
 from recdata.splits import split_keys
@@ -51,9 +52,11 @@ def test_ranking_equals_the_evaluation_of_the_test_split(tiny, recommender):
         assert [r.items for r in recommender.rank(queries)] == [r["topk_items"] for r in rows]
 
 
-def fresh_evaluation(tiny) -> list[dict]:
-    model = load_model(tiny["student"])
-    dataset = load_prepared(tiny["data"])
+def fresh_evaluation(tiny, model=None, dataset=None) -> list[dict]:
+    """`evaluate` on the test split of ``dataset`` (default: the tiny data) with the history
+    masked, by ``model`` (default: the tiny student)."""
+    model = model or load_model(tiny["student"])
+    dataset = dataset or load_prepared(tiny["data"])
     split = SplitDataset(
         SequenceStore(dataset),
         split_keys(dataset.lengths, "test"),
@@ -208,9 +211,18 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny, capsys, tmp_path, monkeypatc
         assert err.startswith("error: ") and message in err, (argv, err)
 
 
-def save_student(directory: Path, data: Path, *, kind: str = "sasrec", seed: int = 0, **extra):
-    """An untrained SASRec checkpoint for `data` (training adds nothing these tests need)."""
-    dataset = load_prepared(data)
+def save_student(
+    directory: Path,
+    data: Path,
+    *,
+    kind: str = "sasrec",
+    seed: int = 0,
+    cold_items: str = "none",
+    **extra,
+):
+    """An untrained SASRec checkpoint for `data` (training adds nothing these tests need), as
+    trained under the cold-item protocol ``cold_items`` (its card records it, as training's)."""
+    dataset, _ = protocol_view(load_prepared(data), cold_items)
     torch.manual_seed(seed)
     config = SASRecConfig(
         num_items=dataset.num_items, hidden_size=16, num_blocks=1, num_heads=1, max_seq_len=8
@@ -220,6 +232,7 @@ def save_student(directory: Path, data: Path, *, kind: str = "sasrec", seed: int
         "dataset": dataset.name,
         "fingerprint": dataset.fingerprint,
         "num_items": dataset.num_items,
+        **({"cold_items": cold_items, "cold_seed": 0} if cold_items != "none" else {}),
     }
     save_checkpoint(
         directory,
@@ -248,6 +261,25 @@ def test_a_distilled_student_recommends_as_the_plain_sasrec_it_folds_into(tiny, 
     with torch.no_grad():
         expected = model.score(left_pad([history], 8))[0].topk(5).indices.tolist()
     assert recommender.info["kind"] == "sasrec-distilled" and ranked.items == expected
+
+
+def test_a_cold_protocol_student_is_served_on_the_view_it_was_trained_on(tiny, tmp_path):
+    """A student trained under dataset.cold_items loads on the prepared dataset it came from: the
+    held-out items are in its catalogue with no training interaction, and it ranks a user's test
+    history as its evaluation ranks that sample on the protocol's view."""
+    spec = "random:0.25"
+    model = save_student(tmp_path / "cold", tiny["data"], cold_items=spec)
+    view, cold = protocol_view(load_prepared(tiny["data"]), spec)
+    recommender = Recommender.load(tmp_path / "cold", tiny["data"])
+    catalogue = recommender.catalogue
+    assert recommender.info["data_fingerprint"] == view.fingerprint
+    assert recommender.info["cold_items"] == spec and cold.sum() == 10
+    assert catalogue.popularity[cold].sum() == 0 and catalogue.popularity[~cold][1:].min() > 0
+    assert catalogue.user_raw == view.user_raw_ids
+    rows = fresh_evaluation(tiny, model, view)
+    histories = histories_of(recommender)
+    queries = [Query(histories[r["user_id"] - 1], 20) for r in rows]
+    assert [r.items for r in recommender.rank(queries)] == [r["topk_items"] for r in rows]
 
 
 def test_any_prepared_dataset_string_ids_without_titles(tmp_path, capsys):

@@ -55,6 +55,13 @@ def cold_item_mask(dataset: PreparedDataset, spec: str, seed: int = 0) -> np.nda
     return cold
 
 
+def protocol_view(dataset: PreparedDataset, spec: str, seed: int = 0):
+    """(the dataset as a model trained under protocol ``spec`` saw it, its (N+1,) held-out mask):
+    `dataset` itself when the protocol is none."""
+    cold = cold_item_mask(dataset, spec, seed)
+    return (dataset if check_spec(spec) == NONE else hold_out(dataset, cold, spec)), cold
+
+
 def hold_out(dataset: PreparedDataset, cold: np.ndarray, spec: str) -> PreparedDataset:
     """`dataset` with the cold items removed from every sequence but its valid and test targets;
     users left with fewer than three items dropped."""

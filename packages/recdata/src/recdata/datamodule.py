@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from recdata.batching import SequenceStore
 from recdata.candidates import load_or_draw_candidates
-from recdata.cold import NONE, check_spec, cold_item_mask, hold_out
+from recdata.cold import check_spec, protocol_view
 from recdata.contract import PreparedDataset, load_prepared
 from recdata.errors import UserError
 from recdata.slices import Slices, sample_slices
@@ -281,10 +281,7 @@ class SequentialDataModule(L.LightningDataModule):
         if self.dataset is not None:
             return
         dataset = load_prepared(self.processed_dir)
-        self.cold = cold_item_mask(dataset, self.cold_items, self.cold_seed)
-        self.dataset = (
-            dataset if self.cold_items == NONE else hold_out(dataset, self.cold, self.cold_items)
-        )
+        self.dataset, self.cold = protocol_view(dataset, self.cold_items, self.cold_seed)
         self.store = SequenceStore(self.dataset)
         self.keys = {
             s: split_keys(self.dataset.lengths, s, self.limit_data_rows)

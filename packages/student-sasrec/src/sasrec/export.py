@@ -29,6 +29,7 @@ from sasrec.recommend import (
     Catalogue,
     Query,
     Recommender,
+    cold_protocol,
     default_data,
     load_catalogue,
 )
@@ -127,7 +128,10 @@ def _metadata(reference: Recommender, opset: int) -> dict:
             "layout": "column i scores item_id i; column 0 (padding) is -inf",
         },
         "checkpoint": {k: info[k] for k in ("checkpoint", "kind", "digest")},
-        "data": {k: info[k] for k in ("dataset", "data_fingerprint", "num_items")},
+        "data": {
+            **{k: info[k] for k in ("dataset", "data_fingerprint", "num_items")},
+            **cold_protocol(info),
+        },
         "max_seq_len": reference.max_seq_len,
         "fallback": "an empty history: items by train_interactions, descending (ties by item_id)",
     }
@@ -162,7 +166,7 @@ def load_export(
         raise UserError(f"{export_dir} is not a student export (no {META_FILE})")
     meta = json.loads((export_dir / META_FILE).read_text())
     data = Path(data) if data is not None else default_data({"data": meta["data"]})
-    dataset, catalogue = load_catalogue(data)
+    dataset, catalogue = load_catalogue(data, meta["data"])
     if dataset.fingerprint != meta["data"]["data_fingerprint"]:
         raise DataError(f"{export_dir} was exported for other data than {data}")
     info = {**meta["checkpoint"], **meta["data"], "export": str(export_dir)}

@@ -118,13 +118,19 @@ class Catalogue:
         return [self.item_raw[i - 1] for i in items]
 
 
-def load_catalogue(data: Path):
-    """(PreparedDataset, Catalogue) of a prepared dataset directory."""
+def load_catalogue(data: Path, trained_on: dict | None = None):
+    """(PreparedDataset, Catalogue) of a prepared dataset directory, as the model whose card's
+    `data` is ``trained_on`` saw it: under the cold-item protocol (`cold_items`, `cold_seed`) the
+    held-out items are in the catalogue but in no training interaction, as in its training."""
     import pyarrow.parquet as pq
 
+    from recdata.cold import NONE, protocol_view
     from recdata.contract import ITEMS_FILE, load_prepared
 
-    dataset = load_prepared(data)
+    trained_on = trained_on or {}
+    dataset, _ = protocol_view(
+        load_prepared(data), trained_on.get("cold_items", NONE), trained_on.get("cold_seed", 0)
+    )
     raw = pq.read_table(Path(data) / ITEMS_FILE, columns=["raw_id"]).column("raw_id").to_pylist()
     catalogue = Catalogue(
         item_raw=raw,
@@ -204,7 +210,7 @@ class Recommender:
 
         path, card = student_checkpoint(checkpoint)
         data = Path(data) if data is not None else default_data(card)
-        dataset, catalogue = load_catalogue(data)
+        dataset, catalogue = load_catalogue(data, card.get("data"))
         check_trained_on(path, card, dataset)
         model, card = load_sasrec(
             path,
@@ -225,6 +231,7 @@ class Recommender:
             "dataset": dataset.name,
             "data": str(Path(data).resolve()),
             "data_fingerprint": dataset.fingerprint,
+            **cold_protocol(card.get("data", {})),
             "num_items": dataset.num_items,
             "num_users": dataset.num_users,
             "max_seq_len": model.config.max_seq_len,
@@ -305,6 +312,11 @@ class Recommender:
             out["titles"] = [self.catalogue.titles[i] for i in ranked.items]
         out["fallback"] = ranked.fallback
         return out
+
+
+def cold_protocol(trained_on: dict) -> dict:
+    """The cold-item protocol a card's `data` records ({} when none): what rebuilds its view."""
+    return {k: trained_on[k] for k in ("cold_items", "cold_seed") if k in trained_on}
 
 
 def student_checkpoint(checkpoint: Path) -> tuple[Path, dict]:
