@@ -282,6 +282,69 @@ def test_a_cold_protocol_student_is_served_on_the_view_it_was_trained_on(tiny, t
     assert [r.items for r in recommender.rank(queries)] == [r["topk_items"] for r in rows]
 
 
+def test_the_new_item_slot_puts_the_best_new_item_where_the_calibration_says(tiny, tmp_path):
+    """A calibration that rates every new item a near-certain target puts each user's best-scored
+    new item first, the rest in the model's order; one that never rates it keeps the plain list;
+    a query without the slot, or with an empty history (popularity), is not touched."""
+    from runkit.new_items import Calibration
+
+    save_student(tmp_path / "cold", tiny["data"], cold_items="random:0.25")
+    plain = Recommender.load(tmp_path / "cold", tiny["data"])
+    new = plain.catalogue.new_items
+    histories = histories_of(plain)[:12]
+    sure = Calibration(warm=(1.0, 0.0, -3.0), cold=(0.0, 0.0, 6.0))
+    never = Calibration(warm=(1.0, 0.0, 0.0), cold=(0.0, 0.0, -30.0))
+    for calibration, first in ((sure, True), (never, False)):
+        plain.new_item_slot = calibration
+        for history in histories:
+            (slotted,) = plain.rank([Query(history, 10, new_item_slot=True)])
+            (model,) = plain.rank([Query(history, 41)])
+            best_new = next(i for i in model.items if new[i])
+            expected = (
+                [best_new] + [i for i in model.items if i != best_new] if first else model.items
+            )
+            assert slotted.items == expected[:10]
+    plain.new_item_slot = sure
+    (unslotted, fallback) = plain.rank([Query(histories[0], 10), Query([], 10, new_item_slot=True)])
+    assert unslotted.items == plain.rank([Query(histories[0], 10)])[0].items
+    assert fallback.fallback == FALLBACK and not any(new[i] for i in fallback.items)
+
+
+def test_fitting_the_new_item_slot_and_its_errors(tiny, tmp_path, capsys):
+    """`--fit-new-item-slot` writes the fit beside the checkpoint, for that student and data; the
+    recommender then places new items; a stale fit, a slot asked of a student without one and a
+    catalogue without new items are each one error line."""
+    from runkit.new_items import Calibration
+    from sasrec.new_item_slot import SIDECAR
+
+    cold = tmp_path / "cold"
+    save_student(cold, tiny["data"], cold_items="random:0.25")
+    code, _, err = run([cold, "--data", tiny["data"], "--fit-new-item-slot"], capsys)
+    fitted = json.loads((cold / SIDECAR).read_text())
+    recommender = Recommender.load(cold, tiny["data"])
+    assert code == 0 and "new-item slot fitted on" in err and recommender.info["new_item_slot"]
+    assert fitted["student_digest"] == recommender.info["digest"] and fitted["new_items"] == 10
+    assert recommender.new_item_slot == Calibration.from_dict(fitted["calibration"])
+    assert fitted["valid"]["users"] == len(recommender.catalogue.user_raw)
+    code, out, _ = run([cold, "--data", tiny["data"], "--user", "1", "--new-item-slot"], capsys)
+    assert code == 0 and out.startswith("user 1: top 10")
+
+    plain = tmp_path / "plain"
+    save_student(plain, tiny["data"])
+    (cold / SIDECAR).write_text(json.dumps({**fitted, "student_digest": "0" * 64}))
+    cases = [
+        ([cold, "--user", "1"], "was fitted for another student or other data"),
+        ([plain, "--user", "1", "--new-item-slot"], "this student has no new-item slot"),
+        ([plain, "--fit-new-item-slot"], "there is no new item to place"),
+    ]
+    for argv, message in cases:
+        code, out, err = run([argv[0], "--data", tiny["data"], *argv[1:]], capsys)
+        assert code == 2 and out == "" and err.count("\n") == 1, (argv, err)
+        assert message in err, (argv, err)
+    code, _, _ = run([cold, "--data", tiny["data"], "--fit-new-item-slot"], capsys)  # refit
+    assert code == 0 and json.loads((cold / SIDECAR).read_text()) == fitted
+
+
 def test_any_prepared_dataset_string_ids_without_titles(tmp_path, capsys):
     from recdata.cli import main as recdata_main
     from recdata.synthetic import generate

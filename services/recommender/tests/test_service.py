@@ -148,6 +148,13 @@ def bad_requests() -> list[tuple[str, str, object, int, str]]:
         ("user and history", r, {"requests": [{**ok, "user": "1"}]}, 400, "either 'user'"),
         ("neither", r, {"requests": [{"k": 3}]}, 400, "either 'user'"),
         (
+            "new-item slot never fitted",
+            r,
+            {"requests": [{**ok, "new_item_slot": True}]},
+            400,
+            "this student has no new-item slot: fit one",
+        ),
+        (
             "unknown candidate",
             r,
             {"requests": [{**ok, "candidates": ["3", "c-9"]}]},

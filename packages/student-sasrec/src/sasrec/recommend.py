@@ -26,6 +26,7 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import chain
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from recdata.errors import DataError, UserError, exit_on_user_error
+from sasrec.new_item_slot import SIDECAR, load_calibration, place_new_items
 
 STUDENT_SCORER = "sasrec.kind:student_scorer"  # the kinds that load as a plain SASRec
 FALLBACK = "popularity"
@@ -52,6 +54,7 @@ class Query:
     exclude_history: bool = True
     candidates: Sequence[int] | None = None  # None: every item
     exclude: Sequence[int] = ()
+    new_item_slot: bool = False  # the best new item at its calibrated place (sasrec.new_item_slot)
 
 
 @dataclass
@@ -81,6 +84,13 @@ class Catalogue:
     @property
     def num_items(self) -> int:
         return len(self.item_raw)
+
+    @cached_property
+    def new_items(self) -> torch.Tensor:
+        """(N+1,) bool: the items with no interaction in the training split (never padding)."""
+        new = torch.from_numpy(self.popularity == 0)
+        new[0] = False
+        return new
 
     @property
     def has_titles(self) -> bool:
@@ -120,17 +130,12 @@ class Catalogue:
 
 def load_catalogue(data: Path, trained_on: dict | None = None):
     """(PreparedDataset, Catalogue) of a prepared dataset directory, as the model whose card's
-    `data` is ``trained_on`` saw it: under the cold-item protocol (`cold_items`, `cold_seed`) the
-    held-out items are in the catalogue but in no training interaction, as in its training."""
+    `data` is ``trained_on`` saw it (see :func:`dataset_as_trained`)."""
     import pyarrow.parquet as pq
 
-    from recdata.cold import NONE, protocol_view
-    from recdata.contract import ITEMS_FILE, load_prepared
+    from recdata.contract import ITEMS_FILE
 
-    trained_on = trained_on or {}
-    dataset, _ = protocol_view(
-        load_prepared(data), trained_on.get("cold_items", NONE), trained_on.get("cold_seed", 0)
-    )
+    dataset = dataset_as_trained(data, trained_on)
     raw = pq.read_table(Path(data) / ITEMS_FILE, columns=["raw_id"]).column("raw_id").to_pylist()
     catalogue = Catalogue(
         item_raw=raw,
@@ -141,6 +146,18 @@ def load_catalogue(data: Path, trained_on: dict | None = None):
         popularity=training_popularity(dataset.offsets, dataset.items, dataset.num_items),
     )
     return dataset, catalogue
+
+
+def dataset_as_trained(data: Path, trained_on: dict | None = None):
+    """The prepared dataset in ``data`` as a model whose card's `data` is ``trained_on`` saw it:
+    under the cold-item protocol (`cold_items`, `cold_seed`) the held-out items are in the
+    catalogue but in no training interaction, as in its training."""
+    from recdata.cold import NONE, protocol_view
+    from recdata.contract import load_prepared
+
+    trained_on = trained_on or {}
+    spec, seed = trained_on.get("cold_items", NONE), trained_on.get("cold_seed", 0)
+    return protocol_view(load_prepared(data), spec, seed)[0]
 
 
 def training_popularity(offsets: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
@@ -186,8 +203,10 @@ class Recommender:
         item_table: torch.Tensor | None = None,
         info: dict | None = None,
         model: torch.nn.Module | None = None,
+        new_item_slot=None,
     ):
         self.scorer, self.catalogue, self.max_seq_len = scorer, catalogue, int(max_seq_len)
+        self.new_item_slot = new_item_slot  # a runkit.new_items.Calibration, once fitted
         self.info, self.model = info or {}, model  # model: the SASRec behind the scorer, if any
         n = catalogue.num_items
         # popularity as distinct ranking scores: count descending, then item id ascending
@@ -202,10 +221,16 @@ class Recommender:
 
     @classmethod
     def load(
-        cls, checkpoint: Path, data: Path | None = None, *, device: str = "cpu"
+        cls,
+        checkpoint: Path,
+        data: Path | None = None,
+        *,
+        device: str = "cpu",
+        new_item_slot: bool = True,
     ) -> Recommender:
         """A SASRec student checkpoint (or a run directory holding checkpoints/best) on the
-        dataset it was trained on: `data`, else data/processed/<the card's dataset>."""
+        dataset it was trained on: `data`, else data/processed/<the card's dataset>; with the
+        new-item slot fitted beside it, if any (``new_item_slot=False``: not read)."""
         from sasrec.module import load_sasrec
 
         path, card = student_checkpoint(checkpoint)
@@ -238,8 +263,16 @@ class Recommender:
             "device": device,
         }
         table = model.item_table()
+        slot = load_calibration(path, info) if new_item_slot else None
+        info["new_item_slot"] = slot is not None
         return cls(
-            score, catalogue, model.config.max_seq_len, item_table=table, info=info, model=model
+            score,
+            catalogue,
+            model.config.max_seq_len,
+            item_table=table,
+            info=info,
+            model=model,
+            new_item_slot=slot,
         )
 
     # -- ranking ---------------------------------------------------------------------------
@@ -247,10 +280,19 @@ class Recommender:
         """Top-k of every query, scored in one batch."""
         if not queries:
             return []
-        n = self.catalogue.num_items
-        scores = self._scores(queries)
-        scores.masked_fill_(~self._allowed(queries), -torch.inf)
-        values, items = scores.topk(min(max(q.k for q in queries), n), dim=1)
+        scores, allowed = self.masked_scores(queries)
+        slotted = [i for i, q in enumerate(queries) if q.new_item_slot and q.history]
+        if slotted:
+            if self.new_item_slot is None:
+                raise UserError(
+                    "this student has no new-item slot: fit one first with "
+                    "`recommend CHECKPOINT --fit-new-item-slot`"
+                )
+            scores[slotted] = place_new_items(
+                scores[slotted], allowed[slotted], self.catalogue.new_items, self.new_item_slot
+            )
+        k = min(max(q.k for q in queries), self.catalogue.num_items)
+        values, items = scores.topk(k, dim=1)
         popularity = self.catalogue.popularity
         ranked = []
         for q, row_items, row_values in zip(queries, items.tolist(), values.tolist(), strict=True):
@@ -261,6 +303,11 @@ class Recommender:
             else:  # report the counts, not the tie-broken ranking scores
                 ranked.append(Ranked(chosen, [float(popularity[i]) for i in chosen], FALLBACK))
         return ranked
+
+    def masked_scores(self, queries: Sequence[Query]) -> tuple[torch.Tensor, torch.Tensor]:
+        """((B, N+1) scores, -inf where a query may not rank; (B, N+1) bool: what it may)."""
+        allowed = self._allowed(queries)
+        return self._scores(queries).masked_fill_(~allowed, -torch.inf), allowed
 
     def _scores(self, queries: Sequence[Query]) -> torch.Tensor:
         """(B, N+1) model scores; popularity ranks for empty histories."""
@@ -390,6 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user", help="a raw user id of the dataset: its whole history")
     who.add_argument("--history", help="raw item ids, oldest first, comma-separated ('' = none)")
     who.add_argument("--users-file", type=Path, help="raw user ids, one per line (needs --out)")
+    who.add_argument(
+        "--fit-new-item-slot",
+        action="store_true",
+        help=f"fit the new-item slot on the valid split and write {SIDECAR} into the checkpoint",
+    )
     parser.add_argument("--data", type=Path, help="prepared dataset (default: the card's)")
     parser.add_argument("-k", "--k", type=int, default=10, help="recommendations per user (10)")
     parser.add_argument(
@@ -397,6 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--candidates", help="rank only these raw item ids (a,b,c or @file)")
     parser.add_argument("--exclude", help="never recommend these raw item ids (a,b,c or @file)")
+    parser.add_argument(
+        "--new-item-slot",
+        action="store_true",
+        help="put the best new item (no training interaction) where it adds most expected NDCG@10",
+    )
     parser.add_argument("--out", type=Path, help="write the recommendations as Parquet")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--batch-size", type=int, default=256, help="histories per model call")
@@ -429,7 +486,12 @@ def read_users(path: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     check_args(args)
-    recommender = Recommender.load(args.checkpoint, args.data, device=args.device)
+    recommender = Recommender.load(
+        args.checkpoint, args.data, device=args.device, new_item_slot=not args.fit_new_item_slot
+    )
+    if args.fit_new_item_slot:
+        fit_new_item_slot(recommender, args.batch_size)
+        return
     users, queries, ignored = queries_of(args, recommender.catalogue)
     ranked = list(
         chain.from_iterable(
@@ -454,6 +516,16 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result) if args.json else table(result))
 
 
+def fit_new_item_slot(recommender: Recommender, batch_size: int) -> None:
+    from recdata.atomic import write_json
+    from sasrec import new_item_slot
+
+    fitted = new_item_slot.fit(recommender, batch_size)
+    path = Path(recommender.info["checkpoint"]) / SIDECAR
+    write_json(path, fitted)
+    print(f"{new_item_slot.summary(fitted)}; wrote {path}", file=sys.stderr)
+
+
 def check_args(args) -> None:
     if args.k < 1:
         raise UserError(f"-k must be at least 1, got {args.k}")
@@ -470,7 +542,10 @@ def queries_of(args, catalogue: Catalogue) -> tuple[list, list[Query], list[str]
         candidates = catalogue.item_ids(candidates, "--candidates")
     exclude = catalogue.item_ids(id_list(args.exclude) or [], "--exclude")
     users, histories, ignored = who_and_histories(args, catalogue)
-    queries = [Query(h, args.k, not args.keep_history, candidates, exclude) for h in histories]
+    queries = [
+        Query(h, args.k, not args.keep_history, candidates, exclude, args.new_item_slot)
+        for h in histories
+    ]
     return users, queries, ignored
 
 

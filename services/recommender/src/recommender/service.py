@@ -18,15 +18,19 @@ or a corrupt checkpoint stops `bentoml serve` with one message, see `recommender
 
 Endpoints (POST, JSON; raw ids are strings, as in the dataset's files):
 
-* ``/recommend`` -- batchable: ``{"requests": [{"user": "196"} | {"history": ["242", "302"]},
-  "k": 10, "exclude_history": true, "candidates": [...], "exclude": [...], "titles": false}, ...]}``
-  (1..256 requests per call) -> ``[{"items": [...], "scores": [...], "titles": [...] | null,
-  "fallback": null | "popularity", "ignored": [...]}, ...]``, best first. ``user`` ranks after the
-  user's whole sequence in the dataset. History items the catalogue does not know (newer than the
-  model) are skipped and listed in ``ignored``; a history that is empty, or empty once they are
-  skipped, is a new user: ranked by popularity in the training split, ``"fallback":
-  "popularity"``, its scores the interaction counts. Fewer than k items come back when fewer are
-  rankable. Concurrent calls are merged by BentoML's adaptive batcher.
+* ``/recommend`` -- batchable: ``{"requests": [{"user": "196"} | {"history": ["242", "302"]}, "k":
+  10, "exclude_history": true, "candidates": [...], "exclude": [...], "titles": false,
+  "new_item_slot": false}, ...]}`` (1..256 requests per call) -> ``[{"items": [...], "scores":
+  [...], "titles": [...] | null, "fallback": null | "popularity", "ignored": [...]}, ...]``, best
+  first. ``user`` ranks after the user's whole sequence in the dataset. History items the catalogue
+  does not know (newer than the model) are skipped and listed in ``ignored``; a history that is
+  empty, or empty once they are skipped, is a new user: ranked by popularity in the training split,
+  ``"fallback": "popularity"``, its scores the interaction counts. Fewer than k items come back when
+  fewer are rankable. ``new_item_slot``: the user's best-scored new item (no training interaction)
+  moves to the place in the top 10 where it adds most expected NDCG@10, as fitted beside the
+  checkpoint by ``recommend CHECKPOINT --fit-new-item-slot`` (`sasrec.new_item_slot`; read at
+  startup, a stale fit stops it; without one such a request gets a 400). Concurrent calls are merged
+  by BentoML's adaptive batcher.
 * ``/similar_items``: ``{"items": ["242", ...], "k": 10, "titles": false}`` -> ``[{"item": "242",
   "items": [...], "scores": [...], "titles": ...}, ...]``: nearest items by cosine of the item
   table (the item itself never).
@@ -101,12 +105,22 @@ class RecommendRequest(StrictBody):
         default_factory=list, description="never rank these raw item ids"
     )
     titles: StrictBool = Field(False, description="add the items' titles (when the data has any)")
+    new_item_slot: StrictBool = Field(
+        False,
+        description="put the best new item (no training interaction) at the place in the top 10 "
+        "where it adds most expected NDCG@10 (needs a fitted slot: recommend --fit-new-item-slot)",
+    )
 
     @model_validator(mode="after")
     def _known(self) -> RecommendRequest:
         if (self.user is None) == (self.history is None):
             raise ValueError("give either 'user' (a raw user id) or 'history' (raw item ids)")
         recommender = SERVED.recommender
+        if self.new_item_slot and recommender is not None and recommender.new_item_slot is None:
+            raise ValueError(
+                "this student has no new-item slot: fit one with `recommend CHECKPOINT "
+                "--fit-new-item-slot` and restart the service"
+            )
         if (
             self.user is not None
             and recommender is not None
@@ -213,7 +227,9 @@ class RecommenderService:
                 history, unknown = catalogue.known_items(r.history)
             exclude = catalogue.item_ids(r.exclude, "exclude")
             candidates = catalogue.item_ids(r.candidates, "candidates") if r.candidates else None
-            queries.append(Query(history, r.k, r.exclude_history, candidates, exclude))
+            queries.append(
+                Query(history, r.k, r.exclude_history, candidates, exclude, r.new_item_slot)
+            )
             ignored.append(unknown)
         ranked = self.recommender.rank(queries)
         return [

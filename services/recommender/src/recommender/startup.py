@@ -25,15 +25,14 @@ def settings() -> dict[str, str | None]:
 def check_settings(checkpoint: str | None, data: str | None) -> tuple[Path, Path]:
     """Cheap checks (no model load): the checkpoint is an intact SASRec student built on this
     dataset. -> (checkpoint dir, data dir)."""
-    from recdata.contract import load_prepared
     from recdata.errors import UserError
-    from sasrec.recommend import default_data, student_checkpoint
+    from sasrec.recommend import dataset_as_trained, default_data, student_checkpoint
 
     path = checkpoint_dir(checkpoint, "STUDENT_CHECKPOINT", EXAMPLE)
     try:
         path, card = student_checkpoint(path)
         data_dir = Path(data).expanduser() if data else default_data(card)
-        dataset = load_prepared(data_dir)
+        dataset = dataset_as_trained(data_dir, card.get("data"))
     except UserError as error:
         raise ServiceStartupError(
             f"cannot serve student {checkpoint!r} (STUDENT_DATA={data!r}): {error}"
