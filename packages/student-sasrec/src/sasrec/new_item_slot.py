@@ -61,28 +61,35 @@ def place_new_items(
     return with_calibrated_slot({"output": scores, "exclude": ~allowed}, new, calibration)
 
 
-def valid_samples(recommender, batch_size: int) -> Iterator[tuple[list, torch.Tensor]]:
-    """(queries, targets) batches of every user's valid sample, masked as evaluation masks it:
+SPLITS = {"valid": 2, "test": 1}  # the target's place from the end of a user's sequence
+
+
+def split_samples(
+    recommender, batch_size: int, split: str = "valid"
+) -> Iterator[tuple[list, torch.Tensor]]:
+    """(queries, targets) batches of every user's ``split`` sample, masked as evaluation masks it:
     the history's items are not ranked, except the target (a repeat stays rankable)."""
     from sasrec.recommend import Query
 
-    catalogue = recommender.catalogue
+    catalogue, back = recommender.catalogue, SPLITS[split]
     users = [u for u in range(len(catalogue.user_raw)) if _length(catalogue, u) >= 3]
     for lo in range(0, len(users), batch_size):
-        sequences = [_sequence(catalogue, u) for u in users[lo : lo + batch_size]]
+        sequences = [_up_to_target(catalogue, u, back) for u in users[lo : lo + batch_size]]
         queries = [
-            Query(s[:-2], K, exclude_history=False, exclude=sorted(set(s[:-2]) - {s[-2]}))
+            Query(s[:-1], K, exclude_history=False, exclude=sorted(set(s[:-1]) - {s[-1]}))
             for s in sequences
         ]
-        yield queries, torch.tensor([s[-2] for s in sequences])
+        yield queries, torch.tensor([s[-1] for s in sequences])
 
 
 def _length(catalogue, user: int) -> int:
     return int(catalogue.offsets[user + 1] - catalogue.offsets[user])
 
 
-def _sequence(catalogue, user: int) -> list[int]:
-    return catalogue.items[catalogue.offsets[user] : catalogue.offsets[user + 1]].tolist()
+def _up_to_target(catalogue, user: int, back: int) -> list[int]:
+    """A user's sequence up to its sample's target, the ``back``-th item from the end."""
+    start, end = catalogue.offsets[user], catalogue.offsets[user + 1]
+    return catalogue.items[start : end - back + 1].tolist()
 
 
 def fit(recommender, batch_size: int = 256) -> dict:
@@ -105,30 +112,44 @@ def fit(recommender, batch_size: int = 256) -> dict:
         "student_digest": recommender.info["digest"],
         "data_fingerprint": recommender.info["data_fingerprint"],
         "new_items": int(new.sum()),
-        "valid": _on_valid(recommender, calibration, batch_size),
+        "valid": on_split(recommender, calibration, batch_size, "valid"),
     }
 
 
-def _scored(recommender, batch_size: int) -> Iterator[tuple[dict, torch.Tensor]]:
-    for queries, targets in valid_samples(recommender, batch_size):
+def _scored(
+    recommender, batch_size: int, split: str = "valid"
+) -> Iterator[tuple[dict, torch.Tensor]]:
+    for queries, targets in split_samples(recommender, batch_size, split):
         scores, allowed = recommender.masked_scores(queries)
         yield {"output": scores, "exclude": ~allowed}, targets
 
 
-def _on_valid(recommender, calibration: Calibration, batch_size: int) -> dict:
-    """Plain vs slotted on valid: NDCG@10 and how often a new target reaches the top 10."""
+def split_ranks(recommender, calibration: Calibration, batch_size: int, split: str) -> dict:
+    """{"plain", "slotted": (S,) 0-based target ranks, "new target": (S,) bool, "moved": (S,)
+    bool} of every user's ``split`` sample."""
     new = recommender.catalogue.new_items
-    plain, slotted, new_target, moved = [], [], [], 0
-    for masked, targets in _scored(recommender, batch_size):
+    plain, slotted, new_target, moved = [], [], [], []
+    for masked, targets in _scored(recommender, batch_size, split):
         placed = with_calibrated_slot(masked, new, calibration)
         plain.append(target_ranks(masked["output"], targets, masked["exclude"]))
         slotted.append(target_ranks(placed, targets, masked["exclude"]))
         new_target.append(new[targets])
-        moved += int((placed != masked["output"]).any(1).sum())
-    plain, slotted, new_target = map(torch.cat, (plain, slotted, new_target))
+        moved.append((placed != masked["output"]).any(1))
+    names = ("plain", "slotted", "new target", "moved")
+    return dict(zip(names, map(torch.cat, (plain, slotted, new_target, moved)), strict=True))
+
+
+def on_split(recommender, calibration: Calibration, batch_size: int, split: str) -> dict:
+    """Plain vs slotted on ``split``: NDCG@10 and how often a new target reaches the top 10."""
+    return ranks_summary(split_ranks(recommender, calibration, batch_size, split))
+
+
+def ranks_summary(ranks: dict) -> dict:
+    """The figures of :func:`split_ranks`' ranks."""
+    plain, slotted, new_target = ranks["plain"], ranks["slotted"], ranks["new target"]
     return {
         "users": len(plain),
-        "users_moved": moved,
+        "users_moved": int(ranks["moved"].sum()),
         "new_targets": int(new_target.sum()),
         "ndcg@10": {
             "plain": ndcg_per_sample(plain, K).mean().item(),
