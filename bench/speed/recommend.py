@@ -10,7 +10,10 @@ the same machine as the server, so HTTP figures include their CPU.
 
     uv run python -m bench.speed.recommend --checkpoint result/<run>/checkpoints/best \\
         [--data DIR] [--export DIR] [--levels 1,16,64] [--calls 400] [--batch 256] [--k 10]
-        [--modes in-process,http,export] [--threads N]
+        [--modes in-process,http,export] [--threads N] [--new-item-slot]
+
+`--new-item-slot`: every call asks for the calibrated new-item slot (fit it first with `recommend
+CHECKPOINT --fit-new-item-slot`), to compare its cost with a run without it.
 """
 
 from __future__ import annotations
@@ -53,11 +56,13 @@ def run_level(make_client: Callable[[], Callable[[int], None]], clients: int, ca
     return times, time.perf_counter() - start
 
 
-def local_client(recommender, histories: list[list[int]], k: int):
+def local_client(recommender, histories: list[list[int]], k: int, slot: bool):
     from sasrec.recommend import Query
 
     def make() -> Callable[[int], None]:
-        return lambda j: recommender.rank([Query(histories[j % len(histories)], k)])
+        return lambda j: recommender.rank(
+            [Query(histories[j % len(histories)], k, new_item_slot=slot)]
+        )
 
     return make
 
@@ -104,13 +109,16 @@ def measure(mode: str, args, recommender, histories, bodies) -> list[str]:
         return measure_http(args, name, bodies)
     if mode == "export":
         recommender = exported(args, recommender)
-    make = local_client(recommender, histories, args.k)
+    make = local_client(recommender, histories, args.k, args.new_item_slot)
     lines = []
     for clients in args.levels:
         run_level(make, clients, min(args.calls, 4 * clients))  # warm-up
         times, wall = run_level(make, clients, args.calls)
         lines.append(row(name, mode, str(clients), times, len(times) / wall))
-    batch = [Query(histories[j % len(histories)], args.k) for j in range(args.batch)]
+    batch = [
+        Query(histories[j % len(histories)], args.k, new_item_slot=args.new_item_slot)
+        for j in range(args.batch)
+    ]
     lines.append(
         row(
             name,
@@ -173,7 +181,14 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--new-item-slot",
+        action="store_true",
+        help="every call asks for the new-item slot (fitted beside the checkpoint; not exports)",
+    )
     args = parser.parse_args()
+    if args.new_item_slot and "export" in args.modes.split(","):
+        parser.error("--new-item-slot is served from the checkpoint: leave export out of --modes")
     args.levels = [int(c) for c in args.levels.split(",")]
     import torch
 
@@ -191,7 +206,10 @@ def main() -> None:
     )  # noqa: E501
     users = c.user_raw[: max(args.calls, args.batch)]
     histories = [c.user_history(u) for u in users]
-    bodies = [{"requests": [{"history": c.raw(h), "k": args.k}]} for h in histories]
+    bodies = [
+        {"requests": [{"history": c.raw(h), "k": args.k, "new_item_slot": args.new_item_slot}]}
+        for h in histories
+    ]
     print("| catalogue | mode | clients | calls | p50 ms | p99 ms | recs/s |")
     print("|:--|:--|--:|--:|--:|--:|--:|")
     for mode in args.modes.split(","):
