@@ -104,6 +104,8 @@ def fit(recommender, batch_size: int = 256) -> dict:
         calibration_rows({**masked, "targets": targets}, new)
         for masked, targets in _scored(recommender, batch_size)
     ]
+    if not parts:
+        raise UserError("no user has a valid sample (a sequence of at least 3 items) to fit on")
     calibration = fit_rows({key: torch.cat([p[key] for p in parts]) for key in parts[0]})
     return {
         "format": FORMAT,

@@ -11,7 +11,12 @@ training split's item popularity. `rank(queries)` scores a batch of histories in
 * a query with an empty history (a new user, or every item unknown to the catalogue) is ranked
   by popularity (interactions in the training split, ties by item id) and says so
   (`fallback="popularity"`); its scores are those counts;
-* fewer than `k` items come back when fewer are rankable.
+* fewer than `k` items come back when fewer are rankable;
+* `new_item_slot` puts the query's best-scored new item (no training interaction) where it adds
+  most expected NDCG@10, by the calibration fitted beside the checkpoint (`sasrec.new_item_slot`).
+
+A student trained under the cold-item protocol is loaded on the prepared dataset it came from, as
+it was trained on it (`dataset_as_trained`: its held-out items have no training interaction).
 
 The ranking of a user's test history equals what `runkit.evaluation.evaluate` ranks for that
 sample (same window, same mask; tests/test_recommend.py checks it). The `recommend` command
@@ -34,6 +39,7 @@ import numpy as np
 import torch
 
 from recdata.errors import DataError, UserError, exit_on_user_error
+from runkit.new_items import Calibration
 from sasrec.new_item_slot import SIDECAR, load_calibration, place_new_items
 
 STUDENT_SCORER = "sasrec.kind:student_scorer"  # the kinds that load as a plain SASRec
@@ -203,10 +209,10 @@ class Recommender:
         item_table: torch.Tensor | None = None,
         info: dict | None = None,
         model: torch.nn.Module | None = None,
-        new_item_slot=None,
+        new_item_slot: Calibration | None = None,
     ):
         self.scorer, self.catalogue, self.max_seq_len = scorer, catalogue, int(max_seq_len)
-        self.new_item_slot = new_item_slot  # a runkit.new_items.Calibration, once fitted
+        self.new_item_slot = new_item_slot  # fitted by `recommend --fit-new-item-slot`
         self.info, self.model = info or {}, model  # model: the SASRec behind the scorer, if any
         n = catalogue.num_items
         # popularity as distinct ranking scores: count descending, then item id ascending
