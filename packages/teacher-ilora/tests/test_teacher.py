@@ -270,13 +270,10 @@ def test_negative_item_table_lr_scale_is_refused(tiny_pipeline, tmp_path, capsys
     ]
 
 
-@pytest.mark.parametrize("scale", [0, 1])
-def test_item_table_learning_rate_scale(tiny_pipeline, tmp_path, scale):
-    """train.item_table_lr_scale=0 keeps the student's table exactly while the head still trains;
-    the default scale 1 trains the table with the rest."""
+def three_step_teacher(tiny_pipeline, run, *overrides: str) -> dict[str, torch.Tensor]:
+    """The trained tensors of a 3-step tiny teacher run with ``overrides``."""
     from safetensors.torch import load_file
 
-    run = tmp_path / "t"
     run_cli(
         teacher_train.main,
         tiny_run_overrides(
@@ -285,10 +282,20 @@ def test_item_table_learning_rate_scale(tiny_pipeline, tmp_path, scale):
             *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]),
             "train.max_steps=3",
             "train.limit_val_batches=1",
-            f"train.item_table_lr_scale={scale}",
+            *overrides,
         ),
     )
-    trained = load_file(run / "checkpoints" / "last" / "model.safetensors")
+    return load_file(run / "checkpoints" / "last" / "model.safetensors")
+
+
+@pytest.mark.parametrize("scale", [0, 1])
+def test_item_table_learning_rate_scale(tiny_pipeline, tmp_path, scale):
+    """train.item_table_lr_scale=0 keeps the student's table exactly while the head still trains;
+    the default scale 1 trains the table with the rest."""
+    from safetensors.torch import load_file
+
+    scaled = f"train.item_table_lr_scale={scale}"
+    trained = three_step_teacher(tiny_pipeline, tmp_path / "t", scaled)
     student = load_file(tiny_pipeline["student"] / "model.safetensors")["item_emb.weight"]
     assert trained["head.weight"].abs().sum() > 0  # zero-initialised, so it moved
     assert torch.equal(trained["item_table"], student) == (scale == 0)
@@ -298,23 +305,14 @@ def test_item_table_learning_rate_scale(tiny_pipeline, tmp_path, scale):
 def test_text_projector_learning_rate_scale(tiny_pipeline, tmp_path, scale):
     """train.text_projector_lr_scale: the text projector learns at lr x scale (its lr curve
     follows the teacher's at that ratio, step by step); 0 keeps it at zero (scoring by ID)."""
-    from safetensors.torch import load_file
-
     run = tmp_path / "t"
-    run_cli(
-        teacher_train.main,
-        tiny_run_overrides(
-            tiny_pipeline["data"],
-            run,
-            *tiny_teacher_overrides(tiny_pipeline["llm"], tiny_pipeline["student"]),
-            "train.max_steps=3",
-            "train.limit_val_batches=1",
-            "trainer.log_every_n_steps=1",
-            "teacher.text_scoring=true",
-            f"train.text_projector_lr_scale={scale}",
-        ),
+    trained = three_step_teacher(
+        tiny_pipeline,
+        run,
+        "trainer.log_every_n_steps=1",
+        "teacher.text_scoring=true",
+        f"train.text_projector_lr_scale={scale}",
     )
-    trained = load_file(run / "checkpoints" / "last" / "model.safetensors")
     assert bool(trained["text_projector.weight"].abs().sum() > 0) == (scale > 0)
     if scale:
         teacher_lr = dict(_scalars(run, "lr/teacher"))
