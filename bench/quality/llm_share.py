@@ -23,6 +23,8 @@ distilled student (same seed). Variants (teacher overrides on top of experiment=
                on the teacher only; compared with each other and with the one-epoch textdrop)
     textfast, randomfast  textdrop and randomdrop whose text projector learns at 10x the lr
                (train.text_projector_lr_scale=10; compared with each other and with textdrop)
+    textfast2ep, randomfast2ep  textfast and randomfast trained for two epochs (compared with
+               each other and with the one-epoch textfast)
 
 The report compares every model with the student (a distilled one: with its baseline, the same
 student), and each pretrained teacher (main, textdrop) and the student distilled from it with its
@@ -73,12 +75,14 @@ VARIANTS |= {f"{v}2ep": [*VARIANTS[v], "train.max_epochs=2"] for v in ("textdrop
 FAST_TEXT = "train.text_projector_lr_scale=10"
 VARIANTS |= {"textfast": [*VARIANTS["textdrop"], FAST_TEXT]}
 VARIANTS |= {"randomfast": [*VARIANTS["randomdrop"], FAST_TEXT]}
+VARIANTS |= {f"{v}2ep": [*VARIANTS[v], "train.max_epochs=2"] for v in ("textfast", "randomfast")}
 # each pretrained teacher's controls, reported as pretrained - control
 CONTROLS = {
     "main": ("random", "inputonly", "notext", "deep"),
     "textdrop": ("randomdrop", "inputonly", "notext", "deepdrop"),
     "textdrop2ep": ("randomdrop2ep", "textdrop"),
     "textfast": ("randomfast", "textdrop"),
+    "textfast2ep": ("randomfast2ep", "textfast"),
 }
 DISTILL_EXTRA = {"notext": ["distill.ed_weight=0"]}
 # HR@100 reads the cold slice, where no model here reaches the top 10: a never-seen item's score
