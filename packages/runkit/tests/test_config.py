@@ -67,6 +67,8 @@ def test_the_shipped_defaults_pass_and_absent_keys_are_not_required():
         ("eval.ks", [], "a non-empty list of integers >= 1"),
         ("eval.ks", [5, 0], "a non-empty list of integers >= 1"),
         ("eval.num_candidates", 1, "an integer >= 2 or 0"),
+        ("teacher.student_mix_grid", [], "a non-empty list of numbers >= 0"),
+        ("teacher.student_mix_grid", [0, -1], "a non-empty list of numbers >= 0"),
         ("seed", -1, "an integer >= 0"),
         ("trainer.gradient_clip_val", -1.0, "a number in [0, inf) or null"),
     ],

@@ -1,13 +1,15 @@
 """teacher.student_mix: the teacher's own scores plus w x its student's, w chosen on valid."""
 
 import json
+import logging
 
 import pytest
 import torch
 
 from ilora import train as teacher_train
 from ilora.checkpoint import load_teacher
-from ilora.ensemble import MIX_GRID
+from ilora.config import TeacherSettings
+from ilora.ensemble import choose_student_mix
 from ilora.testing import tiny_teacher_overrides
 from recdata.contract import load_prepared
 from recdata.datamodule import SequentialDataModule
@@ -36,7 +38,8 @@ def test_auto_mix_is_chosen_on_valid_recorded_and_used_by_the_test_pass(tiny_pip
         card["hparams"]["teacher"]["student_mix"],
         card["metrics"]["valid_by_student_mix"],
     )
-    assert by_mix["metric"] == "ndcg@5" and {f"{w:g}" for w in MIX_GRID} <= set(by_mix)
+    default_grid = TeacherSettings().student_mix_grid
+    assert by_mix["metric"] == "ndcg@5" and {f"{w:g}" for w in default_grid} <= set(by_mix)
     assert by_mix[f"{weight:g}"] == max(v for k, v in by_mix.items() if k != "metric")
     # w = 0: the teacher alone
     assert by_mix["0"] == pytest.approx(card["metrics"]["valid"]["ndcg@5"], abs=1e-6)
@@ -130,7 +133,42 @@ def test_the_mix_figures_come_from_the_best_checkpoints_own_validation(
         ks=(1, 5),
         mask_history=False,
         device=torch.device("cpu"),
+        grid=tuple(recorded),
     )
     assert recorded == pytest.approx(again, abs=1e-6)
     # the mix changes the ranking: the figures are not all w = 0's
     assert len(set(recorded.values())) > 1
+
+
+def test_the_grid_is_a_knob(tiny_pipeline, tmp_path):
+    """`teacher.student_mix_grid` is the set auto chooses from (sorted, each weight once)."""
+    best = _train(
+        tiny_pipeline, tmp_path / "t", "train.max_steps=2", "teacher.student_mix_grid=[8,0,0.5,8]"
+    )
+    by_mix = json.loads((best / "card.json").read_text())["metrics"]["valid_by_student_mix"]
+    assert set(by_mix) == {"metric", "0", "0.5", "8"}
+
+
+def test_valid_choosing_the_grids_largest_weight_is_flagged(caplog):
+    """The grid's top chosen says the teacher adds little to its student and a wider grid may
+    choose more: the run says so, and only then."""
+
+    class Teacher:
+        config = TeacherSettings()
+
+    for figures, flagged in (({0.0: 0.1, 2.0: 0.3, 4.0: 0.2}, False), ({0.0: 0.1, 4.0: 0.3}, True)):
+        with caplog.at_level(logging.WARNING, logger="ilora.ensemble"):
+            caplog.clear()
+            weight, _ = choose_student_mix(
+                Teacher,
+                None,
+                0,
+                metric="ndcg@10",
+                ks=(10,),
+                mask_history=False,
+                device=None,
+                grid=tuple(figures),
+                by_mix=figures,
+            )
+        assert Teacher.config.student_mix == weight == max(figures, key=figures.get)
+        assert ("largest of teacher.student_mix_grid" in caplog.text) is flagged

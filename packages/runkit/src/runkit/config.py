@@ -111,6 +111,10 @@ POSITIVE_INT_LIST = Check(
     "a non-empty list of integers >= 1",
     lambda v: isinstance(v, list) and bool(v) and all(_is_int(k) and k >= 1 for k in v),
 )
+NON_NEGATIVE_NUMBER_LIST = Check(
+    "a non-empty list of numbers >= 0",
+    lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) and x >= 0 for x in v),
+)
 
 
 # -- fields ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 from recdata.errors import UserError
 from runkit.config import (
     BOOLEAN,
+    NON_NEGATIVE_NUMBER_LIST,
     Schema,
     alias_of,
     at_least,
@@ -146,6 +147,11 @@ class TeacherSettings(TeacherConfig):
     # auto = the weight w of scores + w x student chosen on valid after training (recorded in the
     # card)
     student_mix: Any = checked("auto", number_or("auto", 0))
+    # the weights auto chooses among (0 = the teacher alone); valid choosing the largest says the
+    # teacher adds little to its student, and a wider grid may choose larger still
+    student_mix_grid: list[float] = checked(
+        [0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0], NON_NEGATIVE_NUMBER_LIST
+    )
     # student checkpoints/best; null = the newest student run
     rec_model_checkpoint_path: str | None = None
     train_samples: str = "all"  # all | last_n_per_user=N: the training keys the teacher learns from

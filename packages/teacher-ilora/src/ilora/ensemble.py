@@ -2,8 +2,9 @@
 
 A teacher with its own query (`residual_student_state=false`) and the student make different
 errors; after training, the weight w of scores = teacher + w * student is chosen on the valid
-split from a fixed grid (w = 0: the teacher alone), recorded in the checkpoint card, and used by
-the test pass, the soft labels and the service. One LLM pass over valid serves every w.
+split from a grid (`teacher.student_mix_grid`; w = 0: the teacher alone), recorded in the
+checkpoint card, and used by the test pass, the soft labels and the service. One LLM pass over
+valid serves every w.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from runkit.metrics import ranking_metrics, target_ranks
 from sasrec.model import item_scores
 
 log = logging.getLogger(__name__)
-MIX_GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def own_and_student_scores(teacher, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,14 +29,19 @@ def own_and_student_scores(teacher, history: torch.Tensor) -> tuple[torch.Tensor
     )
 
 
-def ranks_by_mix(own, student, target, exclude, grid=MIX_GRID) -> dict[float, torch.Tensor]:
+def mix_grid(weights) -> tuple[float, ...]:
+    """The configured weights as the sorted, distinct grid every mix function takes."""
+    return tuple(sorted({float(w) for w in weights}))
+
+
+def ranks_by_mix(own, student, target, exclude, grid) -> dict[float, torch.Tensor]:
     """{w: the target's rank under own + w * student} over ``grid``."""
     return {w: target_ranks(own + w * student, target, exclude) for w in grid}
 
 
 @torch.no_grad()
 def valid_metric_by_mix(
-    teacher, loader, num_items: int, *, metric: str, ks, mask_history: bool, device, grid=MIX_GRID
+    teacher, loader, num_items: int, *, metric: str, ks, mask_history: bool, device, grid
 ) -> dict[float, float]:
     """{w: valid ``metric`` of teacher + w * student} over ``grid``, by one pass over ``loader``."""
     teacher.eval()
@@ -65,6 +70,7 @@ def choose_student_mix(
     ks,
     mask_history: bool,
     device,
+    grid,
     by_mix: dict[float, float] | None = None,
 ) -> tuple[float, dict]:
     """Set ``teacher.config.student_mix`` to the grid's best weight on valid (the first of ties);
@@ -79,6 +85,7 @@ def choose_student_mix(
             ks=ks,
             mask_history=mask_history,
             device=device,
+            grid=grid,
         )
     best = max(by_mix, key=lambda w: (by_mix[w], -w))
     teacher.config.student_mix = best
@@ -88,4 +95,10 @@ def choose_student_mix(
         "  ".join(f"{w:g}: {v:.4f}" for w, v in by_mix.items()),
         best,
     )
+    if len(by_mix) > 1 and best == max(by_mix) > 0:
+        log.warning(
+            "student_mix %g is the largest of teacher.student_mix_grid: the teacher's own scores "
+            "add little to its student's on valid; a wider grid may choose a larger weight",
+            best,
+        )
     return best, by_mix

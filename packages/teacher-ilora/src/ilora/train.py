@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ilora.checkpoint import ITEM_EMBEDDINGS_FILE, build_teacher, student_reference
 from ilora.config import TeacherConfig
-from ilora.ensemble import MIX_GRID, choose_student_mix
+from ilora.ensemble import choose_student_mix, mix_grid
 from ilora.imitation import DecaySchedule
 from ilora.module import TeacherModule
 from recdata.atomic import write_json
@@ -60,6 +60,7 @@ def finalize_teacher(module: TeacherModule, best_dir: Path, *, cfg: DictConfig, 
             ks=tuple(cfg.eval.ks),
             mask_history=bool(cfg.eval.mask_history),
             device=module.device,
+            grid=mix_grid(cfg.teacher.student_mix_grid),
             by_mix={w: m[monitor] for w, m in measured.items()} if measured else None,
         )
         card["hparams"]["teacher"]["student_mix"] = weight
@@ -149,7 +150,7 @@ def main(cfg: DictConfig) -> None:
         config = config.without_item_text()
     module = build_module(cfg, dm, config, student_path)
     if mix_is_auto(cfg):
-        module.mix_grid = MIX_GRID
+        module.mix_grid = mix_grid(cfg.teacher.student_mix_grid)
     run_training(cfg, module, dm, finalize_best=functools.partial(finalize_teacher, cfg=cfg, dm=dm))
 
 
