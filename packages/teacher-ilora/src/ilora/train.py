@@ -60,7 +60,7 @@ def finalize_teacher(module: TeacherModule, best_dir: Path, *, cfg: DictConfig, 
             ks=tuple(cfg.eval.ks),
             mask_history=bool(cfg.eval.mask_history),
             device=module.device,
-            grid=mix_grid(cfg.teacher.student_mix_grid),
+            grid=module.mix_grid,
             by_mix={w: m[monitor] for w, m in measured.items()} if measured else None,
         )
         card["hparams"]["teacher"]["student_mix"] = weight
